@@ -1,0 +1,56 @@
+"""generate: write a raw transaction feed (synthetic, or the real CDNOW logs) to a Delta table."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from jobs.common import JobContext
+from segmentation import tables
+from segmentation.datasets import cdnow_path, cdnow_transactions
+from segmentation.generate import generate_customers, generate_transactions
+from segmentation.logs import stage
+
+log = logging.getLogger(__name__)
+
+HELP = "write a raw transaction feed (synthetic or CDNOW) to the raw_transactions table"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dataset", choices=["synthetic", "cdnow_sample", "cdnow_master"], help="what to generate")
+    parser.add_argument("--customers", type=int, help="number of synthetic customers")
+    parser.add_argument("--seed", type=int, help="random seed of the synthetic feed")
+    parser.add_argument("--defect-share", type=float, help="share of rows made defective on purpose (0-0.5)")
+
+
+def config_overrides(args: argparse.Namespace) -> list[str]:
+    pairs = {
+        "generate.dataset": args.dataset,
+        "generate.customers": args.customers,
+        "generate.seed": args.seed,
+        "generate.defect_share": args.defect_share,
+    }
+    return [f"{key}={value}" for key, value in pairs.items() if value is not None]
+
+
+def run(ctx: JobContext, args: argparse.Namespace | None = None) -> dict[str, object]:
+    config = ctx.config.generate
+    target = ctx.table("raw_transactions")
+    with stage("generate") as summary:
+        if config.dataset == "synthetic":
+            raw = generate_transactions(generate_customers(ctx.spark, config), config)
+            summary.update(dataset="synthetic", customers=config.customers, seed=config.seed)
+        else:
+            path = cdnow_path(config.dataset, config.cdnow_path)
+            raw = cdnow_transactions(ctx.spark, path, config.dataset)
+            summary.update(dataset=config.dataset, file=path.name)
+        result = tables.write(raw, target, mode="overwrite", run_id=ctx.pipeline_run_id, overwrite_schema=True)
+        summary.update(rows=result.rows, table=target.location, version=result.version)
+    return summary
+
+
+if __name__ == "__main__":
+    from segmentation.cli import main
+
+    sys.exit(main(["generate", *sys.argv[1:]]))

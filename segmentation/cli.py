@@ -1,0 +1,102 @@
+"""The `segmentation` command: one subcommand per stage, plus `run` for the whole pipeline."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+import time
+from pathlib import Path
+
+from segmentation.errors import SegmentationError
+
+log = logging.getLogger("segmentation.cli")
+
+# subcommand -> module in jobs/ with HELP, add_arguments, config_overrides and run
+STAGES = {"generate": "jobs.generate", "ingest": "jobs.ingest", "run": "jobs.run"}
+
+DESCRIPTION = """Customer tiering on Spark, Delta Lake and MLflow.
+
+Stages read and write Delta tables whose locations come from conf/ (base.yaml, then the
+--env overlay, then --set overrides). Typical first run:
+
+  segmentation setup          check Java, cache Delta's jars (once per machine)
+  segmentation run            generate a demo feed if none exists, then run every stage
+"""
+
+
+class _Parser(argparse.ArgumentParser):
+    """Bad arguments exit with status 2 and one line saying why."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _common_options() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--env", default="local", help="configuration overlay: conf/<env>.yaml (default: local)")
+    common.add_argument("--conf-dir", help="configuration folder (default: ./conf, or $SEGMENTATION_CONF_DIR)")
+    common.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="override one configuration value, e.g. --set ingest.max_rejected_share=0.1 (repeatable)",
+    )
+    common.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="log level (default: from conf)")
+    return common
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="segmentation", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
+    common = _common_options()
+    commands.add_parser("setup", parents=[common], help="check Java and cache Delta Lake's jars for offline sessions")
+    for name, module_name in STAGES.items():
+        module = importlib.import_module(module_name)
+        sub = commands.add_parser(name, parents=[common], help=module.HELP, description=module.__doc__)
+        module.add_arguments(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from segmentation.config import load_config
+    from segmentation.logs import configure_logging
+
+    try:
+        if args.command == "setup":
+            configure_logging(args.log_level or "INFO")
+            return _setup(args)
+        module = importlib.import_module(STAGES[args.command])
+        config = load_config(args.env, args.conf_dir, [*args.overrides, *module.config_overrides(args)])
+        configure_logging(args.log_level or config.logging.level)
+        started = time.perf_counter()
+        from jobs.common import JobContext
+        from segmentation.spark import get_spark
+
+        context = JobContext(config, get_spark(config.spark))
+        log.info("%s: pipeline run %s, environment %s, configuration %s", args.command, context.pipeline_run_id, config.environment, config.fingerprint())
+        module.run(context, args)
+        log.info("%s: done in %.1f s", args.command, time.perf_counter() - started)
+        return 0
+    except SegmentationError as exc:
+        print(f"segmentation {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+
+
+def _setup(args: argparse.Namespace) -> int:
+    from segmentation.config import load_config
+    from segmentation.spark import default_jars_dir, delta_artifact, fetch_delta_jars, java_major_version
+
+    config = load_config(args.env, args.conf_dir, args.overrides)
+    print(f"Java {java_major_version()} found")
+    if config.spark.delta in ("provided", "packages"):
+        print(f"spark.delta is '{config.spark.delta}' in environment '{config.environment}': no local jars needed")
+        return 0
+    jars_dir = Path(config.spark.jars_dir) if config.spark.jars_dir else default_jars_dir()
+    jars = fetch_delta_jars(jars_dir)
+    print(f"{delta_artifact()} ready in {jars_dir} ({len(jars)} jars): Spark sessions start without network")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,292 @@
+"""Configuration: YAML files in `conf/` loaded into typed, validated objects.
+
+Layers, later wins: `base.yaml` (every default), `<env>.yaml` (local, cluster, databricks),
+then `--set key.path=value` overrides from the command line. Every leaf remembers the file
+(or override) it came from, so an unknown key or a bad value is reported as
+`conf/local.yaml: ingest.max_rejected_share: Input should be less than or equal to 1`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from segmentation.errors import ConfigError
+
+CONF_DIR_ENV = "SEGMENTATION_CONF_DIR"
+_METASTORE_NAME = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*){1,2}$")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TableLocations(_Section):
+    """Where each table lives: a path (absolute, or relative to `storage.root`), or a
+    `catalog.schema.table` / `schema.table` name when `storage.catalog` is `metastore`."""
+
+    raw_transactions: str
+    transactions: str
+    transactions_quarantine: str
+    ingest_log: str
+    customer_features: str
+
+
+class StorageConfig(_Section):
+    root: str
+    catalog: Literal["path", "metastore"] = "path"
+    tables: TableLocations
+
+    @model_validator(mode="after")
+    def _names_fit_catalog(self) -> "StorageConfig":
+        if self.catalog == "metastore":
+            for key, value in self.tables.model_dump().items():
+                if not _METASTORE_NAME.match(value):
+                    raise ValueError(
+                        f"tables.{key}: '{value}' is not a 'catalog.schema.table' or 'schema.table' "
+                        "name, which storage.catalog 'metastore' requires"
+                    )
+        return self
+
+
+class SparkConfig(_Section):
+    master: str | None = "local[2]"
+    app_name: str = "segmentation"
+    # auto: use an existing session (Databricks, notebooks) or local Delta jars from
+    # `segmentation setup`, else let Spark resolve them from Maven Central (needs network).
+    delta: Literal["auto", "local-jars", "packages", "provided"] = "auto"
+    jars_dir: str | None = None
+    log_level: Literal["ERROR", "WARN", "INFO", "DEBUG"] = "WARN"
+    conf: dict[str, str | int | float | bool] = Field(default_factory=dict)
+
+
+class MlflowConfig(_Section):
+    tracking_uri: str | None = None  # default: sqlite:///<storage.root>/mlflow.db
+    registry_uri: str | None = None
+    artifact_location: str | None = None  # default: <storage.root>/mlartifacts
+    experiment: str = "segmentation"
+
+
+class PrivacyConfig(_Section):
+    pseudonymise: bool = True
+    key_env: str = "SEGMENTATION_PSEUDONYMISATION_KEY"
+    key_file: str | None = None
+    # Only for demos and tests: a fixed, publicly known key. Never for real customer data.
+    allow_demo_key: bool = False
+
+
+class GenerateConfig(_Section):
+    dataset: Literal["synthetic", "cdnow_sample", "cdnow_master"] = "synthetic"
+    customers: int = Field(20_000, gt=0)
+    seed: int = 42
+    start_date: dt.date = dt.date(2023, 1, 1)
+    end_date: dt.date = dt.date(2025, 12, 31)
+    defect_share: float = Field(0.01, ge=0.0, le=0.5)
+    partitions: int | None = Field(None, gt=0)
+    cdnow_path: str | None = None
+
+    @model_validator(mode="after")
+    def _dates_ordered(self) -> "GenerateConfig":
+        if self.end_date <= self.start_date:
+            raise ValueError(f"end_date {self.end_date} must be after start_date {self.start_date}")
+        return self
+
+
+class SourceConfig(_Section):
+    """An ingest source: a configured table key, or a path with its format."""
+
+    table: str | None = "raw_transactions"
+    path: str | None = None
+    format: Literal["delta", "parquet", "csv"] = "delta"
+    options: dict[str, str | int | float | bool] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _one_location(self) -> "SourceConfig":
+        if (self.table is None) == (self.path is None):
+            raise ValueError("set exactly one of 'table' (a key of storage.tables) or 'path'")
+        return self
+
+
+class IngestConfig(_Section):
+    source: SourceConfig = Field(default_factory=SourceConfig)
+    channels: list[str]
+    min_timestamp: dt.date = dt.date(2000, 1, 1)
+    # Rows stamped later than the ingest time plus this tolerance are "timestamp_in_future".
+    future_tolerance_days: int = Field(1, ge=0)
+    # Overrides the ingest time as the reference for the future check (reproducible runs).
+    reference_time: dt.datetime | None = None
+    max_abs_amount: float = Field(50_000.0, gt=0)
+    max_abs_quantity: int = Field(1_000, gt=0)
+    max_rejected_share: float = Field(0.05, ge=0.0, le=1.0)
+
+    @field_validator("channels")
+    @classmethod
+    def _channels_normalised(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("at least one channel is required")
+        normalised = [c.strip().lower() for c in value]
+        if len(set(normalised)) != len(normalised):
+            raise ValueError(f"duplicate channel in {value}")
+        return normalised
+
+
+class LoggingConfig(_Section):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+
+class Config(_Section):
+    environment: str
+    storage: StorageConfig
+    spark: SparkConfig = Field(default_factory=SparkConfig)
+    mlflow: MlflowConfig = Field(default_factory=MlflowConfig)
+    privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
+    generate: GenerateConfig = Field(default_factory=GenerateConfig)
+    ingest: IngestConfig
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
+
+    @model_validator(mode="after")
+    def _source_table_known(self) -> "Config":
+        table = self.ingest.source.table
+        if table is not None and table not in TableLocations.model_fields:
+            raise ValueError(
+                f"ingest.source.table '{table}' is not a key of storage.tables "
+                f"({', '.join(TableLocations.model_fields)})"
+            )
+        return self
+
+    @property
+    def root(self) -> Path:
+        return Path(self.storage.root)
+
+    def fingerprint(self) -> str:
+        """A short hash of the effective configuration, for run tags and lineage."""
+        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        return hashlib.sha256(canonical.encode()).hexdigest()[:12]
+
+
+def default_conf_dir() -> Path:
+    """`$SEGMENTATION_CONF_DIR`, else `./conf`, else the `conf/` of this source checkout."""
+    if os.environ.get(CONF_DIR_ENV):
+        return Path(os.environ[CONF_DIR_ENV])
+    cwd_conf = Path.cwd() / "conf"
+    if (cwd_conf / "base.yaml").is_file():
+        return cwd_conf
+    return Path(__file__).resolve().parent.parent / "conf"
+
+
+def load_config(
+    env: str = "local",
+    conf_dir: str | Path | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+) -> Config:
+    """Load `base.yaml`, the `<env>.yaml` overlay and `key.path=value` overrides."""
+    directory = Path(conf_dir) if conf_dir is not None else default_conf_dir()
+    merged: dict[str, Any] = {}
+    origin: dict[tuple[str, ...], str] = {}
+    _merge(merged, _read_yaml(directory / "base.yaml"), origin, str(directory / "base.yaml"), ())
+    if env != "base":
+        overlay = directory / f"{env}.yaml"
+        if not overlay.is_file():
+            available = sorted(p.stem for p in directory.glob("*.yaml") if p.stem != "base")
+            raise ConfigError(
+                f"{overlay}: no such environment file (environment '{env}'; available: {', '.join(available)})"
+            )
+        _merge(merged, _read_yaml(overlay), origin, str(overlay), ())
+    for item in overrides:
+        key, value = _parse_override(item)
+        update: dict[str, Any] = value
+        for part in reversed(key):
+            update = {part: update}
+        _merge(merged, update, origin, f"--set {item}", ())
+    merged.setdefault("environment", env)
+    try:
+        config = Config.model_validate(merged)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, origin)) from None
+    return _resolved(config, directory)
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"{path}: configuration file not found")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def _parse_override(item: str) -> tuple[tuple[str, ...], Any]:
+    key, sep, raw = item.partition("=")
+    if not sep or not key.strip() or any(not part for part in key.strip().split(".")):
+        raise ConfigError(f"--set {item}: expected KEY.PATH=VALUE, e.g. ingest.max_rejected_share=0.1")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--set {item}: value is not valid YAML: {exc}") from None
+    return tuple(key.strip().split(".")), value
+
+
+def _merge(
+    target: dict[str, Any],
+    update: dict[str, Any],
+    origin: dict[tuple[str, ...], str],
+    source: str,
+    prefix: tuple[str, ...],
+) -> None:
+    for key, value in update.items():
+        path = (*prefix, str(key))
+        if isinstance(value, dict) and isinstance(target.get(key), dict):
+            _merge(target[key], value, origin, source, path)
+        else:
+            target[key] = value
+            origin[path] = source
+
+
+def _describe(exc: ValidationError, origin: dict[tuple[str, ...], str]) -> str:
+    lines = []
+    for error in exc.errors():
+        path = tuple(str(p) for p in error["loc"])
+        source = _origin_of(path, origin)
+        key = ".".join(path) or "(top level)"
+        reason = error["msg"]
+        if error["type"] == "extra_forbidden":
+            reason = "unknown key"
+        elif error["type"] == "missing":
+            reason = "required key is missing"
+        lines.append(f"{source}: {key}: {reason}")
+    return "invalid configuration:\n  " + "\n  ".join(lines)
+
+
+def _origin_of(path: tuple[str, ...], origin: dict[tuple[str, ...], str]) -> str:
+    for length in range(len(path), 0, -1):
+        if path[:length] in origin:
+            return origin[path[:length]]
+    below = sorted({src for key, src in origin.items() if key[: len(path)] == path})
+    return " + ".join(below) if below else "configuration"
+
+
+def _resolved(config: Config, conf_dir: Path) -> Config:
+    """Make relative paths absolute once, so every stage sees the same locations."""
+    root = Path(config.storage.root).expanduser()
+    if not root.is_absolute():
+        root = (Path.cwd() / root).resolve()
+    update: dict[str, Any] = {"storage": config.storage.model_copy(update={"root": str(root)})}
+    if config.privacy.key_file:
+        key_file = Path(config.privacy.key_file).expanduser()
+        if not key_file.is_absolute():
+            key_file = (conf_dir / key_file).resolve()
+        update["privacy"] = config.privacy.model_copy(update={"key_file": str(key_file)})
+    return config.model_copy(update=update)

@@ -1,0 +1,17 @@
+"""Typed errors: each says what failed and where, so a user can act on the message alone."""
+
+
+class SegmentationError(Exception):
+    """Base class of every error the product raises on purpose."""
+
+
+class ConfigError(SegmentationError, ValueError):
+    """A configuration file, key or value is missing or invalid."""
+
+
+class SetupError(SegmentationError, RuntimeError):
+    """The runtime (Java, Delta jars, Spark) is not usable as configured."""
+
+
+class DataQualityError(SegmentationError, ValueError):
+    """Input data cannot be processed: missing columns, or too many rejected rows."""

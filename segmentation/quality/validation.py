@@ -1,0 +1,186 @@
+"""Validation of raw transactions: every row gets the list of rules it fails.
+
+`validate_transactions` keeps each raw value (as text) beside its typed parse and an array
+`reasons`; `clean_transactions` and `quarantined_transactions` are the two halves of that
+one frame, so every input row lands in exactly one of them.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from dataclasses import dataclass
+
+from pyspark.sql import Column, DataFrame, Window
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from segmentation.config import IngestConfig
+from segmentation.errors import DataQualityError
+from segmentation.privacy import pseudonymised
+from segmentation.schema import (
+    LINEAGE_FIELDS,
+    QUARANTINE_SCHEMA,
+    RAW_COLUMNS,
+    REQUIRED_COLUMNS,
+    TRANSACTION_FIELDS,
+    TRANSACTIONS_SCHEMA,
+)
+
+log = logging.getLogger(__name__)
+
+CORRUPT_RECORD = "_corrupt_record"
+SOURCE_FILE = "_source_file"
+_RAW = "raw_"
+_TEXT_COLUMNS = [c for c, (dtype, _, _) in TRANSACTION_FIELDS.items() if isinstance(dtype, T.StringType)]
+_PARSED_COLUMNS = [c for c in RAW_COLUMNS if c not in _TEXT_COLUMNS]
+
+
+@dataclass(frozen=True)
+class SourceColumns:
+    """What a source brought compared with the transaction schema."""
+
+    missing_optional: list[str]
+    extra: list[str]
+
+
+def conform_source(df: DataFrame, source_name: str) -> tuple[DataFrame, SourceColumns]:
+    """Check a source's columns against the schema: a missing required column fails with its
+    name; missing optional columns become null; extra columns are reported and dropped."""
+    present = {c.lower(): c for c in df.columns}
+    missing_required = [c for c in REQUIRED_COLUMNS if c not in present]
+    if missing_required:
+        raise DataQualityError(
+            f"{source_name}: missing required column(s) {', '.join(missing_required)} "
+            f"(found: {', '.join(df.columns) or 'no columns'})"
+        )
+    missing_optional = [c for c in RAW_COLUMNS if c not in present]
+    bookkeeping = {CORRUPT_RECORD, SOURCE_FILE}
+    extra = [c for c in df.columns if c.lower() not in RAW_COLUMNS and c not in bookkeeping]
+    columns = [F.col(present[c]).alias(c) if c in present else F.lit(None).alias(c) for c in RAW_COLUMNS]
+    columns.append(F.col(CORRUPT_RECORD) if CORRUPT_RECORD in df.columns else F.lit(None).cast("string").alias(CORRUPT_RECORD))
+    columns.append(F.col(SOURCE_FILE) if SOURCE_FILE in df.columns else F.lit(None).cast("string").alias(SOURCE_FILE))
+    return df.select(*columns), SourceColumns(missing_optional, extra)
+
+
+def _text(column: str) -> Column:
+    """The raw value as trimmed text; empty text counts as missing."""
+    value = F.trim(F.col(column).cast("string"))
+    return F.when(value != "", value)
+
+
+def _parsed(column: str, dtype: T.DataType) -> Column:
+    return _text(column).try_cast(dtype)
+
+
+def validate_transactions(
+    raw: DataFrame,
+    rules: IngestConfig,
+    reference_time: dt.datetime,
+    key: bytes | None,
+    loaded_ids: DataFrame | None = None,
+) -> DataFrame:
+    """Typed columns, raw text columns (`raw_*`) and `reasons` for every row of a conformed source.
+
+    `loaded_ids` holds the `transaction_id`s already in the clean table (from other batches);
+    a row repeating one of them is rejected as `already_loaded`.
+    """
+    typed = {c: _parsed(c, TRANSACTION_FIELDS[c][0]) for c in _PARSED_COLUMNS}
+    text = {c: _text(c) for c in _TEXT_COLUMNS}
+    text["channel"] = F.lower(text["channel"])
+    latest_allowed = reference_time + dt.timedelta(days=rules.future_tolerance_days)
+    earliest_allowed = dt.datetime.combine(rules.min_timestamp, dt.time())
+
+    ts, amount, quantity = typed["transaction_ts"], typed["net_amount"], typed["quantity"]
+    discount, margin, is_return = typed["discount_amount"], typed["gross_margin"], typed["is_return"]
+    checks: list[tuple[str, Column]] = [("malformed_record", F.col(CORRUPT_RECORD).isNotNull())]
+    checks += [(f"missing:{c}", _text(c).isNull()) for c in REQUIRED_COLUMNS]
+    checks += [(f"bad_type:{c}", _text(c).isNotNull() & typed[c].isNull()) for c in _PARSED_COLUMNS]
+    checks += [
+        ("unknown_channel", text["channel"].isNotNull() & ~text["channel"].isin(rules.channels)),
+        # Written as "not within range" so that NaN and infinities fail too.
+        ("amount_out_of_range", amount.isNotNull() & ~(F.abs(amount) <= rules.max_abs_amount)),
+        ("quantity_out_of_range", quantity.isNotNull() & ((quantity == 0) | (F.abs(quantity) > rules.max_abs_quantity))),
+        ("discount_out_of_range", discount.isNotNull() & ~((discount >= 0) & (discount <= rules.max_abs_amount))),
+        ("margin_out_of_range", margin.isNotNull() & ~(F.abs(margin) <= rules.max_abs_amount)),
+        ("timestamp_too_old", ts < F.lit(earliest_allowed)),
+        ("timestamp_in_future", ts > F.lit(latest_allowed)),
+        ("return_sign_mismatch", is_return.isNotNull() & (amount != 0) & (is_return != (amount < 0))),
+    ]
+    reasons = F.filter(F.array(*[F.when(failed, F.lit(name)) for name, failed in checks]), lambda r: r.isNotNull())
+
+    validated = raw.select(
+        *[text[c].alias(c) for c in _TEXT_COLUMNS if c != "customer_id"],
+        pseudonymised(text["customer_id"], key).alias("customer_id"),
+        *[typed[c].alias(c) for c in _PARSED_COLUMNS],
+        *[_text(c).alias(_RAW + c) for c in _PARSED_COLUMNS],
+        F.col(CORRUPT_RECORD).alias("raw_record"),
+        F.col(SOURCE_FILE).alias("source_file"),
+        reasons.alias("reasons"),
+    )
+    return validated.transform(_with_duplicate_reasons, loaded_ids)
+
+
+def _with_duplicate_reasons(validated: DataFrame, loaded_ids: DataFrame | None) -> DataFrame:
+    """Reject repeats of a transaction id: against the clean table, then within the batch.
+
+    Within the batch the copy kept is the first valid one in a deterministic order (all raw
+    values), so re-running the same batch keeps the same row.
+    """
+    if loaded_ids is not None:
+        loaded = loaded_ids.select("transaction_id", F.lit(True).alias("_loaded")).distinct()
+        validated = validated.join(loaded, on="transaction_id", how="left")
+    else:
+        validated = validated.withColumn("_loaded", F.lit(False))
+    order = [F.size("reasons").asc()] + [F.col(c).asc_nulls_last() for c in _TEXT_COLUMNS] + [
+        F.col(_RAW + c).asc_nulls_last() for c in _PARSED_COLUMNS
+    ]
+    copy_number = F.row_number().over(Window.partitionBy("transaction_id").orderBy(*order))
+    has_id = F.col("transaction_id").isNotNull()
+    extra = F.array(
+        F.when(F.col("_loaded"), F.lit("already_loaded")),
+        F.when(has_id & (copy_number > 1), F.lit("duplicate_in_batch")),
+    )
+    all_reasons = F.concat(F.col("reasons"), F.filter(extra, lambda r: r.isNotNull()))
+    return validated.select(*[c for c in validated.columns if c not in ("reasons", "_loaded")], all_reasons.alias("reasons"))
+
+
+def clean_transactions(validated: DataFrame, batch_id: str, ingested_at: dt.datetime) -> DataFrame:
+    """Rows that passed every rule, typed as the `transactions` table."""
+    columns = []
+    for field in TRANSACTIONS_SCHEMA.fields:
+        if field.name == "is_return":
+            column = F.coalesce(F.col("is_return"), F.col("net_amount") < 0)
+        elif field.name in LINEAGE_FIELDS:
+            column = F.lit(batch_id if field.name == "ingest_batch_id" else ingested_at)
+        else:
+            column = F.col(field.name)
+        columns.append(column.cast(field.dataType).alias(field.name))
+    return validated.where(F.size("reasons") == 0).select(*columns)
+
+
+def quarantined_transactions(validated: DataFrame, batch_id: str, ingested_at: dt.datetime) -> DataFrame:
+    """Rows that failed at least one rule: raw values as text (customer id pseudonymised) and reasons."""
+    columns = []
+    for field in QUARANTINE_SCHEMA.fields:
+        if field.name in _PARSED_COLUMNS:
+            column = F.col(_RAW + field.name)
+        elif field.name in LINEAGE_FIELDS:
+            column = F.lit(batch_id if field.name == "ingest_batch_id" else ingested_at)
+        else:
+            column = F.col(field.name)
+        if not isinstance(field.dataType, T.ArrayType):
+            column = column.cast(field.dataType)
+        columns.append(column.alias(field.name))
+    return validated.where(F.size("reasons") > 0).select(*columns)
+
+
+def rejection_counts(validated: DataFrame) -> DataFrame:
+    """Rejected rows per rule (a row failing two rules counts under both)."""
+    return (
+        validated.where(F.size("reasons") > 0)
+        .select(F.explode("reasons").alias("rule"))
+        .groupBy("rule")
+        .count()
+        .orderBy(F.desc("count"), "rule")
+    )

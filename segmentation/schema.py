@@ -1,0 +1,61 @@
+"""The transaction data model: raw landing rows, clean transactions, quarantined rows."""
+
+from __future__ import annotations
+
+from pyspark.sql import types as T
+
+# Column -> (type of the clean table, required, description). Order is the table's order.
+TRANSACTION_FIELDS: dict[str, tuple[T.DataType, bool, str]] = {
+    "transaction_id": (T.StringType(), True, "unique id of the transaction line in the source system"),
+    "order_id": (T.StringType(), True, "basket / receipt id; several lines share one order"),
+    "customer_id": (T.StringType(), True, "customer id (pseudonymised with HMAC-SHA256 on ingest)"),
+    "transaction_ts": (T.TimestampType(), True, "when the transaction happened (UTC)"),
+    "channel": (T.StringType(), True, "store, web, app, marketplace or call_centre (configurable)"),
+    "store_id": (T.StringType(), False, "store or site id"),
+    "region": (T.StringType(), False, "sales region"),
+    "product_category": (T.StringType(), False, "product category of the line"),
+    "quantity": (T.IntegerType(), True, "units; negative on returns"),
+    "net_amount": (T.DoubleType(), True, "revenue after discount, in the reporting currency; negative on returns"),
+    "discount_amount": (T.DoubleType(), False, "discount granted on the line (>= 0)"),
+    "gross_margin": (T.DoubleType(), False, "net amount minus cost of goods"),
+    "is_return": (T.BooleanType(), True, "true for a return; derived from the sign of net_amount when absent"),
+}
+RAW_COLUMNS = list(TRANSACTION_FIELDS)
+# Required in the clean table but derived when the source leaves them empty.
+DERIVED_COLUMNS = ["is_return"]
+# Columns a source must carry and every row must fill; the others may be absent or empty.
+REQUIRED_COLUMNS = [
+    name for name, (_, required, _) in TRANSACTION_FIELDS.items() if required and name not in DERIVED_COLUMNS
+]
+
+LINEAGE_FIELDS: dict[str, tuple[T.DataType, str]] = {
+    "ingest_batch_id": (T.StringType(), "fingerprint of the source batch the row came from"),
+    "ingested_at": (T.TimestampType(), "when the ingest run started"),
+}
+
+RAW_SCHEMA = T.StructType([T.StructField(name, T.StringType(), True) for name in RAW_COLUMNS])
+
+TRANSACTIONS_SCHEMA = T.StructType(
+    [T.StructField(name, dtype, not required) for name, (dtype, required, _) in TRANSACTION_FIELDS.items()]
+    + [T.StructField(name, dtype, False) for name, (dtype, _) in LINEAGE_FIELDS.items()]
+)
+
+QUARANTINE_SCHEMA = T.StructType(
+    [T.StructField(name, T.StringType(), True) for name in RAW_COLUMNS]
+    + [
+        T.StructField("raw_record", T.StringType(), True),
+        T.StructField("source_file", T.StringType(), True),
+        T.StructField("reasons", T.ArrayType(T.StringType(), True), False),
+    ]
+    + [T.StructField(name, dtype, False) for name, (dtype, _) in LINEAGE_FIELDS.items()]
+)
+
+
+def schema_markdown() -> str:
+    """The clean table's schema as a Markdown table (kept in the README)."""
+    rows = ["| column | type | required | meaning |", "|---|---|---|---|"]
+    for name, (dtype, required, text) in TRANSACTION_FIELDS.items():
+        rows.append(f"| `{name}` | {dtype.simpleString()} | {'yes' if required else 'no'} | {text} |")
+    for name, (dtype, text) in LINEAGE_FIELDS.items():
+        rows.append(f"| `{name}` | {dtype.simpleString()} | yes | {text} |")
+    return "\n".join(rows)

@@ -1,0 +1,198 @@
+"""The Spark session factory and the local cache of Delta Lake's jars.
+
+Delta's JVM side must match pyspark's Spark version. `segmentation setup` fetches it once
+from Maven Central (with Maven) into a local folder, so sessions start with no network.
+Where a session already exists (Databricks, a notebook, a test) it is used as it is.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from importlib import metadata
+from pathlib import Path
+
+from segmentation.config import SparkConfig
+from segmentation.errors import SetupError
+
+log = logging.getLogger(__name__)
+
+JARS_DIR_ENV = "SEGMENTATION_JARS_DIR"
+_MANIFEST = "jars.txt"
+_DELTA_SQL = {
+    "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
+    "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
+}
+# Settings an existing session (Databricks, notebook) is given; the rest of spark.conf
+# only applies to sessions this factory builds.
+_RUNTIME_CONF = ("spark.sql.session.timeZone",)
+
+
+def delta_artifact() -> str:
+    """The Maven coordinate of the Delta jar that matches the installed pyspark and delta-spark."""
+    import pyspark
+
+    spark_minor = ".".join(pyspark.__version__.split(".")[:2])
+    return f"io.delta:delta-spark_{spark_minor}_2.13:{metadata.version('delta-spark')}"
+
+
+def default_jars_dir() -> Path:
+    if os.environ.get(JARS_DIR_ENV):
+        return Path(os.environ[JARS_DIR_ENV])
+    import pyspark
+
+    name = f"delta-{metadata.version('delta-spark')}-spark-{pyspark.__version__}"
+    return Path.home() / ".cache" / "segmentation" / "jars" / name
+
+
+def java_major_version() -> int:
+    """The major version of the `java` Spark will start, or a SetupError saying how to get Java 17."""
+    java_home = os.environ.get("JAVA_HOME")
+    java = str(Path(java_home) / "bin" / "java") if java_home else shutil.which("java")
+    hint = (
+        "Java 17 is required: install it (Debian/Ubuntu: 'apt-get install openjdk-17-jdk-headless', "
+        "macOS: 'brew install openjdk@17') and put it on PATH or set JAVA_HOME"
+    )
+    if not java or not Path(java).exists():
+        raise SetupError(f"no Java found (JAVA_HOME={java_home!r}, PATH has no 'java'). {hint}")
+    result = subprocess.run([java, "-version"], capture_output=True, text=True, check=False)
+    match = re.search(r'version "(\d+)(?:\.(\d+))?', result.stderr + result.stdout)
+    if not match:
+        raise SetupError(f"could not read the version of {java}. {hint}")
+    major = int(match.group(1))
+    if major == 1 and match.group(2):
+        major = int(match.group(2))
+    if major < 17:
+        raise SetupError(f"{java} is Java {major}. {hint}")
+    return major
+
+
+def local_delta_jars(jars_dir: Path) -> list[Path] | None:
+    """The jars listed in the folder's manifest, or None when the folder is not complete."""
+    manifest = jars_dir / _MANIFEST
+    if not manifest.is_file():
+        return None
+    jars = [jars_dir / line.strip() for line in manifest.read_text().splitlines() if line.strip()]
+    if not jars or not all(jar.is_file() for jar in jars):
+        return None
+    return jars
+
+
+def fetch_delta_jars(jars_dir: Path | None = None) -> list[Path]:
+    """Fetch Delta's jars and their runtime dependencies with Maven into `jars_dir`.
+
+    Dependencies pyspark already ships (Hadoop, Jackson, Parquet, Scala, ...) are left out,
+    so the jars never shadow Spark's own versions of them.
+    """
+    jars_dir = jars_dir or default_jars_dir()
+    existing = local_delta_jars(jars_dir)
+    if existing:
+        return existing
+    mvn = shutil.which("mvn")
+    if mvn is None:
+        raise SetupError(
+            "Maven ('mvn') is not installed, so Delta's jars cannot be cached locally. Install Maven "
+            "(Debian/Ubuntu: 'apt-get install maven'), or set spark.delta: packages to let Spark "
+            f"download {delta_artifact()} at session start (needs network)"
+        )
+    group, artifact, version = delta_artifact().split(":")
+    pom = f"""<project xmlns="http://maven.apache.org/POM/4.0.0">
+  <modelVersion>4.0.0</modelVersion>
+  <groupId>segmentation.local</groupId><artifactId>delta-jars</artifactId><version>1</version>
+  <packaging>pom</packaging>
+  <dependencies><dependency>
+    <groupId>{group}</groupId><artifactId>{artifact}</artifactId><version>{version}</version>
+  </dependency></dependencies>
+</project>
+"""
+    with tempfile.TemporaryDirectory(prefix="segmentation-jars-") as work:
+        (Path(work) / "pom.xml").write_text(pom)
+        staging = Path(work) / "jars"
+        log.info("fetching %s and its dependencies with Maven", delta_artifact())
+        result = subprocess.run(
+            [mvn, "-B", "-q", "dependency:copy-dependencies", f"-DoutputDirectory={staging}", "-DincludeScope=runtime"],
+            cwd=work, capture_output=True, text=True, check=False,
+        )
+        if result.returncode != 0:
+            tail = "\n".join((result.stdout + result.stderr).strip().splitlines()[-5:])
+            raise SetupError(f"Maven could not fetch {delta_artifact()}:\n{tail}")
+        shipped = _spark_shipped_artifacts()
+        keep = sorted(j for j in staging.glob("*.jar") if _artifact_name(j.name) not in shipped)
+        jars_dir.mkdir(parents=True, exist_ok=True)
+        for jar in keep:
+            shutil.copy2(jar, jars_dir / jar.name)
+    (jars_dir / _MANIFEST).write_text("".join(f"{jar.name}\n" for jar in keep))
+    log.info("Delta jars cached in %s (%d jars)", jars_dir, len(keep))
+    return [jars_dir / jar.name for jar in keep]
+
+
+def _artifact_name(jar_name: str) -> str:
+    return re.sub(r"-\d[\w.\-]*\.jar$", "", jar_name)
+
+
+def _spark_shipped_artifacts() -> set[str]:
+    import pyspark
+
+    return {_artifact_name(j.name) for j in (Path(pyspark.__file__).parent / "jars").glob("*.jar")}
+
+
+def running_on_databricks() -> bool:
+    return "DATABRICKS_RUNTIME_VERSION" in os.environ
+
+
+def get_spark(config: SparkConfig):
+    """The one SparkSession of a job: the active one if there is one, else a new one."""
+    from pyspark.sql import SparkSession
+
+    active = SparkSession.getActiveSession()
+    if active is not None:
+        for key in _RUNTIME_CONF:
+            if key in config.conf:
+                active.conf.set(key, str(config.conf[key]))
+        log.info("using the existing Spark session (Spark %s)", active.version)
+        return active
+    if running_on_databricks():
+        raise SetupError("on Databricks but no active Spark session: run inside a Databricks job or notebook")
+
+    java_major_version()
+    if (config.master or "").startswith("local") and not os.environ.get("PYSPARK_PYTHON"):
+        # Python workers must run this interpreter (its packages), not whatever `python3` is first on PATH.
+        os.environ["PYSPARK_PYTHON"] = sys.executable
+    builder = SparkSession.builder.appName(config.app_name)
+    if config.master:
+        builder = builder.master(config.master)
+    for key, value in config.conf.items():
+        builder = builder.config(key, _conf_value(value))
+    mode = _delta_mode(config)
+    if mode != "provided":
+        for key, value in _DELTA_SQL.items():
+            builder = builder.config(key, value)
+    if mode == "local-jars":
+        jars_dir = Path(config.jars_dir) if config.jars_dir else default_jars_dir()
+        jars = local_delta_jars(jars_dir)
+        if jars is None:
+            raise SetupError(f"Delta jars not found in {jars_dir}: run 'segmentation setup' once (needs Maven)")
+        builder = builder.config("spark.jars", ",".join(str(j) for j in jars))
+    elif mode == "packages":
+        log.warning("Delta jars are not cached locally: Spark will download %s (needs network)", delta_artifact())
+        builder = builder.config("spark.jars.packages", delta_artifact())
+    spark = builder.getOrCreate()
+    spark.sparkContext.setLogLevel(config.log_level)
+    log.info("Spark %s session started (master %s, Delta jars: %s)", spark.version, spark.sparkContext.master, mode)
+    return spark
+
+
+def _delta_mode(config: SparkConfig) -> str:
+    if config.delta != "auto":
+        return config.delta
+    jars_dir = Path(config.jars_dir) if config.jars_dir else default_jars_dir()
+    return "local-jars" if local_delta_jars(jars_dir) else "packages"
+
+
+def _conf_value(value: str | int | float | bool) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)

@@ -1,0 +1,142 @@
+"""Delta table I/O: the one place that knows where tables live and how they are written.
+
+A table is addressed by its configuration key (`transactions`, ...). Its location is a
+path (Delta directory) or a metastore name (`catalog.schema.table`), from configuration.
+Every write returns the Delta version it produced, and carries the pipeline run id as the
+commit's user metadata.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from delta.tables import DeltaTable
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import types as T
+
+from segmentation.config import Config
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TableRef:
+    key: str
+    location: str
+    is_path: bool
+
+    def __str__(self) -> str:
+        return f"{self.key} ({self.location})"
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    table: TableRef
+    version: int | None  # None when the write was skipped as already applied
+    rows: int | None = None
+
+    @property
+    def skipped(self) -> bool:
+        return self.version is None
+
+
+def table_ref(config: Config, key: str) -> TableRef:
+    location = getattr(config.storage.tables, key)
+    if config.storage.catalog == "metastore":
+        return TableRef(key, location, is_path=False)
+    if "://" not in location and not Path(location).is_absolute():
+        location = str(Path(config.storage.root) / location)
+    return TableRef(key, location, is_path=True)
+
+
+def _delta_table(spark: SparkSession, ref: TableRef) -> DeltaTable:
+    return DeltaTable.forPath(spark, ref.location) if ref.is_path else DeltaTable.forName(spark, ref.location)
+
+
+def exists(spark: SparkSession, ref: TableRef) -> bool:
+    if ref.is_path:
+        return DeltaTable.isDeltaTable(spark, ref.location)
+    return spark.catalog.tableExists(ref.location)
+
+
+def read(spark: SparkSession, ref: TableRef, version: int | None = None) -> DataFrame:
+    reader = spark.read.format("delta")
+    if version is not None:
+        reader = reader.option("versionAsOf", version)
+    return reader.load(ref.location) if ref.is_path else reader.table(ref.location)
+
+
+def current_version(spark: SparkSession, ref: TableRef) -> int | None:
+    if not exists(spark, ref):
+        return None
+    return int(_delta_table(spark, ref).history(1).select("version").first()[0])
+
+
+def ensure_table(
+    spark: SparkSession, ref: TableRef, schema: T.StructType, partition_by: list[str] | None = None
+) -> None:
+    """Create the table empty with its schema (NOT NULL columns enforced by Delta) if absent."""
+    builder = DeltaTable.createIfNotExists(spark)
+    builder = builder.location(ref.location) if ref.is_path else builder.tableName(ref.location)
+    builder = builder.addColumns(schema)
+    if partition_by:
+        builder = builder.partitionedBy(*partition_by)
+    builder.execute()
+
+
+def write(
+    df: DataFrame,
+    ref: TableRef,
+    *,
+    mode: str = "append",
+    run_id: str,
+    partition_by: list[str] | None = None,
+    replace_where: str | None = None,
+    idempotency_key: tuple[str, int] | None = None,
+    overwrite_schema: bool = False,
+) -> WriteResult:
+    """Write `df` to a Delta table and return the version it committed.
+
+    `idempotency_key` = (application id, version) makes a retried write a no-op (Delta's
+    txnAppId / txnVersion): the result then has `version` None.
+    """
+    before = current_version(df.sparkSession, ref)
+    writer = df.write.format("delta").mode(mode).option("userMetadata", run_id)
+    if partition_by:
+        writer = writer.partitionBy(*partition_by)
+    if overwrite_schema:
+        writer = writer.option("overwriteSchema", "true")
+    if replace_where:
+        writer = writer.option("replaceWhere", replace_where)
+    if idempotency_key:
+        writer = writer.option("txnAppId", idempotency_key[0]).option("txnVersion", idempotency_key[1])
+    if ref.is_path:
+        writer.save(ref.location)
+    else:
+        writer.saveAsTable(ref.location)
+    version, rows = _commit_by(df.sparkSession, ref, run_id, after=before)
+    if version is None:
+        log.info("write to %s skipped: already applied", ref)
+    else:
+        log.info("wrote %s rows to %s at version %d", rows, ref, version)
+    return WriteResult(ref, version, rows)
+
+
+def _commit_by(
+    spark: SparkSession, ref: TableRef, run_id: str, after: int | None, depth: int = 20
+) -> tuple[int | None, int | None]:
+    """Version and rows written of the newest commit after `after` that carries `run_id`.
+
+    Looking for our own commit (not just the latest version) stays right while other
+    pipelines commit to the same table at the same time.
+    """
+    history = _delta_table(spark, ref).history(depth).select("version", "userMetadata", "operationMetrics").collect()
+    floor = -1 if after is None else after
+    ours = [row for row in history if row.userMetadata == run_id and row.version > floor]
+    if not ours:
+        return None, None
+    newest = max(ours, key=lambda row: row.version)
+    rows = (newest.operationMetrics or {}).get("numOutputRows")
+    return int(newest.version), int(rows) if rows is not None else None
