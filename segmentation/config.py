@@ -22,6 +22,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from segmentation.errors import ConfigError
 
 CONF_DIR_ENV = "SEGMENTATION_CONF_DIR"
+# Free-form mappings whose keys contain dots themselves (Spark settings, reader options):
+# in `--set spark.conf.spark.sql.shuffle.partitions=8` everything after the prefix is one key.
+_FREEFORM_MAPPINGS = [("spark", "conf"), ("ingest", "source", "options")]
 _METASTORE_NAME = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*){1,2}$")
 
 
@@ -118,7 +121,7 @@ class SourceConfig(_Section):
 class IngestConfig(_Section):
     source: SourceConfig = Field(default_factory=SourceConfig)
     channels: list[str]
-    min_timestamp: dt.date = dt.date(2000, 1, 1)
+    min_timestamp: dt.date = dt.date(1990, 1, 1)
     # Rows stamped later than the ingest time plus this tolerance are "timestamp_in_future".
     future_tolerance_days: int = Field(1, ge=0)
     # Overrides the ingest time as the reference for the future check (reproducible runs).
@@ -236,7 +239,11 @@ def _parse_override(item: str) -> tuple[tuple[str, ...], Any]:
         value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError as exc:
         raise ConfigError(f"--set {item}: value is not valid YAML: {exc}") from None
-    return tuple(key.strip().split(".")), value
+    parts = tuple(key.strip().split("."))
+    for prefix in _FREEFORM_MAPPINGS:
+        if parts[: len(prefix)] == prefix and len(parts) > len(prefix) + 1:
+            parts = (*prefix, ".".join(parts[len(prefix):]))
+    return parts, value
 
 
 def _merge(
@@ -261,7 +268,7 @@ def _describe(exc: ValidationError, origin: dict[tuple[str, ...], str]) -> str:
         path = tuple(str(p) for p in error["loc"])
         source = _origin_of(path, origin)
         key = ".".join(path) or "(top level)"
-        reason = error["msg"]
+        reason = error["msg"].removeprefix("Value error, ")
         if error["type"] == "extra_forbidden":
             reason = "unknown key"
         elif error["type"] == "missing":
@@ -271,11 +278,17 @@ def _describe(exc: ValidationError, origin: dict[tuple[str, ...], str]) -> str:
 
 
 def _origin_of(path: tuple[str, ...], origin: dict[tuple[str, ...], str]) -> str:
+    """The file(s) that set `path`: the nearest layer that set it or a parent, plus every
+    layer that set something below it (a section-level error may come from any of them)."""
+    sources: list[str] = []
     for length in range(len(path), 0, -1):
         if path[:length] in origin:
-            return origin[path[:length]]
-    below = sorted({src for key, src in origin.items() if key[: len(path)] == path})
-    return " + ".join(below) if below else "configuration"
+            sources.append(origin[path[:length]])
+            break
+    for key, source in origin.items():
+        if len(key) > len(path) and key[: len(path)] == path and source not in sources:
+            sources.append(source)
+    return " + ".join(sources) if sources else "configuration"
 
 
 def _resolved(config: Config, conf_dir: Path) -> Config:

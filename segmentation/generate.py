@@ -33,10 +33,10 @@ CATEGORIES = {
 # median order value, channel weights (store, web, app, marketplace, call centre),
 # share of orders in another channel than the preferred one, discount-seeker share, return rate
 ARCHETYPES = [
-    ("vip", 0.05, 30.0, 80.0, 160.0, (0.45, 0.25, 0.25, 0.00, 0.05), 0.45, 0.15, 0.04),
-    ("regular", 0.22, 10.0, 25.0, 70.0, (0.45, 0.25, 0.20, 0.05, 0.05), 0.25, 0.30, 0.05),
-    ("occasional", 0.43, 4.0, 6.0, 45.0, (0.40, 0.25, 0.15, 0.18, 0.02), 0.15, 0.45, 0.07),
-    ("one_off", 0.30, 2.0, 1.2, 35.0, (0.35, 0.30, 0.10, 0.25, 0.00), 0.05, 0.55, 0.10),
+    ("vip", 0.05, 36.0, 80.0, 120.0, (0.45, 0.25, 0.25, 0.00, 0.05), 0.45, 0.15, 0.04),
+    ("regular", 0.22, 14.0, 25.0, 70.0, (0.45, 0.25, 0.20, 0.05, 0.05), 0.25, 0.30, 0.05),
+    ("occasional", 0.43, 6.0, 6.0, 45.0, (0.40, 0.25, 0.15, 0.18, 0.02), 0.15, 0.45, 0.07),
+    ("one_off", 0.30, 3.0, 1.2, 35.0, (0.35, 0.30, 0.10, 0.25, 0.00), 0.05, 0.55, 0.10),
 ]
 MAX_REPEAT_PURCHASES = 200
 # Seasonal weight per month (thinning of candidate purchases): November and December peak.
@@ -110,7 +110,7 @@ def generate_customers(spark: SparkSession, config: GenerateConfig) -> DataFrame
         ),
         # Beta(1, b) by inversion of its CDF.
         (1.0 - F.pow(1.0 - _uniform(seed, customer, "dropout"), 1.0 / dropout_b)).alias("dropout_probability"),
-        (_by_archetype([a[4] for a in ARCHETYPES]) * F.exp(0.6 * _normal(seed, customer, "spend"))).alias(
+        (_by_archetype([a[4] for a in ARCHETYPES]) * F.exp(0.45 * _normal(seed, customer, "spend"))).alias(
             "order_value"
         ),
         preferred_channel.otherwise(F.lit(CHANNELS[0])).alias("preferred_channel"),
@@ -162,7 +162,7 @@ def generate_transactions(customers: DataFrame, config: GenerateConfig) -> DataF
 
     switch = _uniform(seed, customer, "switch", F.col("order_no")) < F.col("channel_switch_rate")
     other_channel = _pick(_uniform(seed, customer, "other", F.col("order_no")), CHANNELS, [0.35, 0.3, 0.2, 0.12, 0.03])
-    lines_in_order = (1 + F.floor(-F.log(_uniform(seed, customer, "lines", F.col("order_no"))) * 0.9)).cast("int")
+    lines_in_order = (1 + F.floor(-F.log(_uniform(seed, customer, "lines", F.col("order_no"))) * 1.4)).cast("int")
     orders = orders.select(
         "*",
         F.when(switch, other_channel).otherwise(F.col("preferred_channel")).alias("channel"),

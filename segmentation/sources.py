@@ -72,6 +72,9 @@ def _read_files(spark: SparkSession, path: str, fmt: str, options: dict[str, str
 def _read_csv(spark: SparkSession, path: str, options: dict[str, str]) -> DataFrame:
     """CSV with every column as text; a line that does not fit the header goes to `_corrupt_record`."""
     settings = {"header": "true", "encoding": "UTF-8", **options}
+    # With column pruning Spark parses only the columns a query uses and then cannot see that
+    # a line has too few or too many fields; such lines must reach quarantine as malformed.
+    spark.conf.set("spark.sql.csv.parser.columnPruning.enabled", "false")
     header = spark.read.options(**settings).option("inferSchema", "false").csv(path).columns
     if not header:
         raise DataQualityError(f"{path}: empty CSV input (no header line)")

@@ -80,5 +80,6 @@ def log_delta_input(ref: TableRef, version: int | None, context: str) -> None:
         if ref.is_path
         else DeltaDatasetSource(delta_table_name=ref.location, delta_table_version=version)
     )
-    mlflow.log_input(MetaDataset(source=source, name=ref.key), context=context)
+    # The digest carries the version: MLflow's source JSON omits a version of 0 (falsy).
+    mlflow.log_input(MetaDataset(source=source, name=ref.key, digest=f"v{version}"), context=context)
     mlflow.set_tag(f"input.{ref.key}.version", str(version))

@@ -1,0 +1,53 @@
+"""Shared fixtures: one local Spark session with Delta for the whole test session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from segmentation.config import Config, load_config
+
+REPO = Path(__file__).resolve().parent.parent
+CONF_DIR = REPO / "conf"
+
+TEST_SPARK_SETTINGS = [
+    "spark.master=local[2]",
+    "spark.conf.spark.sql.shuffle.partitions=2",
+    "spark.conf.spark.default.parallelism=2",
+    "spark.conf.spark.ui.enabled=false",
+    "spark.conf.spark.databricks.delta.snapshotPartitions=1",
+    "spark.conf.spark.sql.adaptive.coalescePartitions.initialPartitionNum=2",
+    "spark.conf.spark.driver.memory=2g",
+    "logging.level=INFO",
+]
+
+
+def make_config(root: Path, *overrides: str, env: str = "local") -> Config:
+    """The local configuration with storage under `root`, plus test overrides."""
+    return load_config(env, CONF_DIR, [f"storage.root={root}", *TEST_SPARK_SETTINGS, *overrides])
+
+
+@pytest.fixture(scope="session")
+def spark(tmp_path_factory):
+    from segmentation.logs import configure_logging
+    from segmentation.spark import get_spark
+
+    warehouse = tmp_path_factory.mktemp("warehouse")
+    os.environ.pop("SEGMENTATION_PSEUDONYMISATION_KEY", None)
+    config = make_config(warehouse, f"spark.conf.spark.sql.warehouse.dir={warehouse}")
+    configure_logging("INFO")
+    session = get_spark(config.spark)
+    yield session
+    session.stop()
+
+
+@pytest.fixture()
+def config(tmp_path) -> Config:
+    return make_config(tmp_path / "data")
+
+
+def columns(schema):
+    """Names and types of a schema: the contract, nullability aside."""
+    return [(field.name, field.dataType) for field in schema]
