@@ -49,7 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="segmentation", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
     common = _common_options()
-    commands.add_parser("setup", parents=[common], help="check Java and cache Delta Lake's jars for offline sessions")
+    setup = commands.add_parser("setup", parents=[common], help="check Java and cache Delta Lake's jars for offline sessions")
+    setup.add_argument("--print-jars", action="store_true", help="print the cached jars comma-separated, for spark-submit --jars")
     for name, module_name in STAGES.items():
         module = importlib.import_module(module_name)
         sub = commands.add_parser(name, parents=[common], help=module.HELP, description=module.__doc__)
@@ -88,11 +89,14 @@ def _setup(args: argparse.Namespace) -> int:
     from segmentation.spark import default_jars_dir, delta_artifact, fetch_delta_jars, java_major_version
 
     config = load_config(args.env, args.conf_dir, args.overrides)
+    jars_dir = Path(config.spark.jars_dir) if config.spark.jars_dir else default_jars_dir()
+    if args.print_jars:
+        print(",".join(str(jar) for jar in fetch_delta_jars(jars_dir)))
+        return 0
     print(f"Java {java_major_version()} found")
     if config.spark.delta in ("provided", "packages"):
         print(f"spark.delta is '{config.spark.delta}' in environment '{config.environment}': no local jars needed")
         return 0
-    jars_dir = Path(config.spark.jars_dir) if config.spark.jars_dir else default_jars_dir()
     jars = fetch_delta_jars(jars_dir)
     print(f"{delta_artifact()} ready in {jars_dir} ({len(jars)} jars): Spark sessions start without network")
     return 0

@@ -183,8 +183,28 @@ def get_spark(config: SparkConfig):
         builder = builder.config("spark.jars.packages", delta_artifact())
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel(config.log_level)
+    _check_delta_loaded(spark, mode)
     log.info("Spark %s session started (master %s, Delta jars: %s)", spark.version, spark.sparkContext.master, mode)
     return spark
+
+
+def _check_delta_loaded(spark, mode: str) -> None:
+    """Fail at start, with what to do, when Delta's classes are not on the driver's classpath."""
+    try:
+        spark.sparkContext._jvm.org.apache.spark.util.Utils.classForName(  # type: ignore[union-attr]
+            "io.delta.sql.DeltaSparkSessionExtension", True, False
+        )
+    except Exception:
+        if "PYSPARK_GATEWAY_PORT" in os.environ:
+            advice = (
+                "under spark-submit the JVM starts before this code runs: pass the jars on the command line, "
+                "spark-submit --jars \"$(segmentation setup --print-jars)\" ... (or --packages " + delta_artifact() + ")"
+            )
+        elif mode == "provided":
+            advice = "spark.delta is 'provided' but the cluster has no Delta Lake: install it there or use spark.delta: auto"
+        else:
+            advice = "run 'segmentation setup' to cache the jars (or spark.delta: packages with network access)"
+        raise SetupError(f"Delta Lake is not on Spark's classpath ({delta_artifact()}): {advice}") from None
 
 
 def _delta_mode(config: SparkConfig) -> str:

@@ -1,0 +1,77 @@
+"""The `segmentation` command and the jobs/ scripts as a user runs them."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO
+
+BIN = Path(sys.executable).parent
+
+
+def run(*args, cwd=REPO, env=None):
+    return subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=600, env={**os.environ, **(env or {})})
+
+
+def test_help_lists_every_stage():
+    result = run(str(BIN / "segmentation"), "--help")
+    assert result.returncode == 0
+    for command in ("setup", "generate", "ingest", "run"):
+        assert command in result.stdout
+    ingest_help = run(str(BIN / "segmentation"), "ingest", "--help")
+    assert "--source PATH" in ingest_help.stdout and "--set KEY=VALUE" in ingest_help.stdout
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["frobnicate"], "invalid choice: 'frobnicate'"),
+        (["generate", "--customers", "many"], "argument --customers: invalid int value: 'many'"),
+        (["ingest", "--format", "xml"], "argument --format: invalid choice: 'xml'"),
+    ],
+)
+def test_bad_arguments_exit_2_with_one_line(args, message):
+    result = run(str(BIN / "segmentation"), *args)
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and message in result.stderr
+
+
+def test_bad_configuration_exits_1_naming_the_source_and_key(tmp_path):
+    result = run(str(BIN / "segmentation"), "generate", "--customers", "0", cwd=tmp_path)
+    assert result.returncode == 1
+    assert "--set generate.customers=0: generate.customers: Input should be greater than 0" in result.stderr
+    assert "Traceback" not in result.stderr
+    result = run(str(BIN / "segmentation"), "run", "--env", "staging", cwd=tmp_path)
+    assert result.returncode == 1 and "no such environment file" in result.stderr
+
+
+@pytest.mark.slow
+def test_spark_submit_runs_the_pipeline_script(tmp_path):
+    """jobs/run.py under spark-submit on the CDNOW sample: the same stages, the same tables."""
+    jars = run(str(BIN / "segmentation"), "setup", "--print-jars").stdout.strip()
+    assert "delta-spark_" in jars
+    result = run(
+        str(BIN / "spark-submit"), "--master", "local[2]", "--jars", jars, str(REPO / "jobs" / "run.py"),
+        "--dataset", "cdnow_sample", "--conf-dir", str(REPO / "conf"),
+        "--set", f"storage.root={tmp_path / 'data'}", "--set", "spark.conf.spark.ui.enabled=false",
+        cwd=tmp_path, env={"PYSPARK_PYTHON": sys.executable},
+    )
+    output = result.stdout + result.stderr  # spark-submit merges the Python process's stderr into stdout
+    assert result.returncode == 0, output[-3000:]
+    assert "stage ingest: finished" in output and "rows_clean=6919" in output
+    assert f"transactions             {tmp_path / 'data' / 'transactions'}  (Delta version 1)" in result.stdout
+    assert (tmp_path / "data" / "mlflow.db").is_file()
+
+
+def test_spark_submit_without_delta_jars_says_what_to_pass(tmp_path):
+    result = run(
+        str(BIN / "spark-submit"), "--master", "local[1]", str(REPO / "jobs" / "ingest.py"), "--conf-dir", str(REPO / "conf"),
+        "--set", f"storage.root={tmp_path}", cwd=tmp_path, env={"PYSPARK_PYTHON": sys.executable},
+    )
+    assert result.returncode == 1
+    assert 'spark-submit --jars "$(segmentation setup --print-jars)"' in result.stdout + result.stderr
