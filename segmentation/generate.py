@@ -60,11 +60,16 @@ def _normal(seed: int, *parts: Column | str | int) -> Column:
     return F.sqrt(-2.0 * F.log(u1)) * F.cos(2.0 * math.pi * u2)
 
 
-def _pick(u: Column, names: list[str], weights: list[float] | tuple[float, ...]) -> Column:
-    """The name whose cumulative-weight bucket contains `u`."""
-    total, cumulative, column = float(sum(weights)), 0.0, None
+def _pick(u: Column, names: list[str], weights: list[float] | tuple[float, ...] | list[Column]) -> Column:
+    """The name whose cumulative-weight bucket contains `u`; numeric weights are normalised,
+    Column weights (per-row probabilities) must already sum to one."""
+    if all(isinstance(w, (int, float)) for w in weights):
+        total = float(sum(weights))  # type: ignore[arg-type]
+        weights = [w / total for w in weights]  # type: ignore[operator]
+    cumulative: float | Column = 0.0
+    column = None
     for name, weight in zip(names, weights):
-        cumulative += weight / total
+        cumulative = cumulative + weight
         condition = u <= cumulative
         column = F.when(condition, F.lit(name)) if column is None else column.when(condition, F.lit(name))
     return column.otherwise(F.lit(names[-1]))
@@ -86,19 +91,8 @@ def generate_customers(spark: SparkSession, config: GenerateConfig) -> DataFrame
     archetype = _pick(_uniform(seed, customer, "archetype"), [a[0] for a in ARCHETYPES], [a[1] for a in ARCHETYPES])
     base = spark.range(0, config.customers, numPartitions=partitions).withColumnRenamed("id", "customer_idx")
     with_type = base.select(customer, archetype.alias("archetype"))
-    channel_columns = {}
-    for position, channel in enumerate(CHANNELS):
-        channel_columns[channel] = _by_archetype([a[5][position] for a in ARCHETYPES])
-    preferred_channel = None
-    cumulative = F.lit(0.0)
-    u_channel = _uniform(seed, customer, "channel")
-    for channel in CHANNELS:
-        cumulative = cumulative + channel_columns[channel]
-        preferred_channel = (
-            F.when(u_channel <= cumulative, F.lit(channel))
-            if preferred_channel is None
-            else preferred_channel.when(u_channel <= cumulative, F.lit(channel))
-        )
+    channel_weights = [_by_archetype([a[5][position] for a in ARCHETYPES]) for position in range(len(CHANNELS))]
+    preferred_channel = _pick(_uniform(seed, customer, "channel"), CHANNELS, channel_weights)
     dropout_b = _by_archetype([a[3] for a in ARCHETYPES])
     return with_type.select(
         customer,
@@ -113,7 +107,7 @@ def generate_customers(spark: SparkSession, config: GenerateConfig) -> DataFrame
         (_by_archetype([a[4] for a in ARCHETYPES]) * F.exp(0.45 * _normal(seed, customer, "spend"))).alias(
             "order_value"
         ),
-        preferred_channel.otherwise(F.lit(CHANNELS[0])).alias("preferred_channel"),
+        preferred_channel.alias("preferred_channel"),
         _by_archetype([a[6] for a in ARCHETYPES]).alias("channel_switch_rate"),
         _pick(_uniform(seed, customer, "category"), list(CATEGORIES), [1.0] * len(CATEGORIES)).alias(
             "preferred_category"
