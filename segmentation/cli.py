@@ -7,7 +7,6 @@ import importlib
 import logging
 import sys
 import time
-from pathlib import Path
 
 from segmentation.errors import SegmentationError
 
@@ -86,19 +85,19 @@ def main(argv: list[str] | None = None) -> int:
 
 def _setup(args: argparse.Namespace) -> int:
     from segmentation.config import load_config
-    from segmentation.spark import default_jars_dir, delta_artifact, fetch_delta_jars, java_major_version
+    from segmentation.spark import delta_artifact, configured_jars_dir, fetch_delta_jars, java_major_version
 
     config = load_config(args.env, args.conf_dir, args.overrides)
-    jars_dir = Path(config.spark.jars_dir) if config.spark.jars_dir else default_jars_dir()
+    folder = configured_jars_dir(config.spark)
     if args.print_jars:
-        print(",".join(str(jar) for jar in fetch_delta_jars(jars_dir)))
+        print(",".join(str(jar) for jar in fetch_delta_jars(folder)))
         return 0
     print(f"Java {java_major_version()} found")
     if config.spark.delta in ("provided", "packages"):
         print(f"spark.delta is '{config.spark.delta}' in environment '{config.environment}': no local jars needed")
         return 0
-    jars = fetch_delta_jars(jars_dir)
-    print(f"{delta_artifact()} ready in {jars_dir} ({len(jars)} jars): Spark sessions start without network")
+    jars = fetch_delta_jars(folder)
+    print(f"{delta_artifact()} ready in {folder} ({len(jars)} jars): Spark sessions start without network")
     return 0
 
 

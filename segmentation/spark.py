@@ -50,6 +50,11 @@ def default_jars_dir() -> Path:
     return Path.home() / ".cache" / "segmentation" / "jars" / name
 
 
+def configured_jars_dir(config: SparkConfig) -> Path:
+    """Where this configuration keeps Delta's jars: `spark.jars_dir`, else the default cache."""
+    return Path(config.jars_dir) if config.jars_dir else default_jars_dir()
+
+
 def java_major_version() -> int:
     """The major version of the `java` Spark will start, or a SetupError saying how to get Java 17."""
     java_home = os.environ.get("JAVA_HOME")
@@ -173,10 +178,9 @@ def get_spark(config: SparkConfig):
         for key, value in _DELTA_SQL.items():
             builder = builder.config(key, value)
     if mode == "local-jars":
-        jars_dir = Path(config.jars_dir) if config.jars_dir else default_jars_dir()
-        jars = local_delta_jars(jars_dir)
+        jars = local_delta_jars(configured_jars_dir(config))
         if jars is None:
-            raise SetupError(f"Delta jars not found in {jars_dir}: run 'segmentation setup' once (needs Maven)")
+            raise SetupError(f"Delta jars not found in {configured_jars_dir(config)}: run 'segmentation setup' once (needs Maven)")
         builder = builder.config("spark.jars", ",".join(str(j) for j in jars))
     elif mode == "packages":
         log.warning("Delta jars are not cached locally: Spark will download %s (needs network)", delta_artifact())
@@ -210,8 +214,7 @@ def _check_delta_loaded(spark, mode: str) -> None:
 def _delta_mode(config: SparkConfig) -> str:
     if config.delta != "auto":
         return config.delta
-    jars_dir = Path(config.jars_dir) if config.jars_dir else default_jars_dir()
-    return "local-jars" if local_delta_jars(jars_dir) else "packages"
+    return "local-jars" if local_delta_jars(configured_jars_dir(config)) else "packages"
 
 
 def _conf_value(value: str | int | float | bool) -> str:
