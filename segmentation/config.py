@@ -26,6 +26,9 @@ CONF_DIR_ENV = "SEGMENTATION_CONF_DIR"
 # in `--set spark.conf.spark.sql.shuffle.partitions=8` everything after the prefix is one key.
 _FREEFORM_MAPPINGS = [("spark", "conf"), ("ingest", "source", "options")]
 _METASTORE_NAME = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*){1,2}$")
+# Channels become column names (revenue_share_<channel>), so they must be identifiers.
+_IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]*$")
+_SCORE_RANGE = re.compile(r"^\s*([1-5])\s*(?:-\s*([1-5])\s*)?$")
 
 
 class _Section(BaseModel):
@@ -138,7 +141,107 @@ class IngestConfig(_Section):
         normalised = [c.strip().lower() for c in value]
         if len(set(normalised)) != len(normalised):
             raise ValueError(f"duplicate channel in {value}")
+        for channel in normalised:
+            if not _IDENTIFIER.match(channel):
+                raise ValueError(f"channel '{channel}' must be letters, digits and underscores (it names feature columns)")
         return normalised
+
+
+class ExpressionRule(_Section):
+    """One row of a first-match rule table: a name and a Spark SQL condition over feature columns."""
+
+    name: str = Field(min_length=1)
+    when: str = Field(min_length=1)
+
+
+class SegmentRule(_Section):
+    """One row of the RFM segment map: score ranges such as "5", "4-5" or "any"."""
+
+    name: str = Field(min_length=1)
+    r: str = "any"
+    f: str = "any"
+    m: str = "any"
+
+    @field_validator("r", "f", "m", mode="before")
+    @classmethod
+    def _score_range(cls, value: Any) -> str:
+        text = str(value).strip().lower()
+        if text == "any":
+            return text
+        match = _SCORE_RANGE.match(text)
+        if not match or (match.group(2) and int(match.group(2)) < int(match.group(1))):
+            raise ValueError(f"'{value}' is not a score range: use a score 1-5, a range like 4-5, or any")
+        return text.replace(" ", "")
+
+    def condition(self) -> str:
+        """The row as a condition over r_score, f_score and m_score."""
+        parts = []
+        for letter in "rfm":
+            spec = getattr(self, letter)
+            if spec == "any":
+                continue
+            low, _, high = spec.partition("-")
+            parts.append(f"{letter}_score = {low}" if not high else f"{letter}_score BETWEEN {low} AND {high}")
+        return " AND ".join(parts) or "true"
+
+
+class RfmConfig(_Section):
+    # The feature columns scored 1-5 (recency inverted: fewest days = 5).
+    recency: str = "recency_days"
+    frequency: str = "frequency_orders"
+    monetary: str = "monetary"
+    segments: list[SegmentRule]
+
+    @field_validator("segments")
+    @classmethod
+    def _segments_named_once(cls, value: list[SegmentRule]) -> list[SegmentRule]:
+        return _unique_names(value, "segment")
+
+
+class ValueTier(_Section):
+    name: str = Field(min_length=1)
+    share: float | None = Field(None, gt=0.0, lt=1.0)  # share of customers; the last tier takes the rest
+
+
+class ValuePyramidConfig(_Section):
+    rank_by: str = "revenue_365d"
+    tiers: list[ValueTier]
+
+    @field_validator("tiers")
+    @classmethod
+    def _shares_add_up(cls, value: list[ValueTier]) -> list[ValueTier]:
+        _unique_names(value, "tier")
+        if len(value) < 2:
+            raise ValueError("at least two tiers are needed")
+        if any(tier.share is None for tier in value[:-1]) or value[-1].share is not None:
+            raise ValueError("every tier but the last needs a share; the last takes the rest and has none")
+        total = sum(tier.share for tier in value[:-1])  # type: ignore[misc]
+        if total >= 1.0:
+            raise ValueError(f"the shares add up to {total:g}; they must leave some customers for '{value[-1].name}'")
+        return value
+
+
+class FeaturesConfig(_Section):
+    as_of: dt.date | None = None  # default: the date of the latest transaction
+    # Relative error of the approximate quantiles behind RFM scores and value tiers (0 = exact, slow).
+    quantile_relative_error: float = Field(0.001, ge=0.0, lt=0.5)
+    rfm: RfmConfig
+    value_pyramid: ValuePyramidConfig
+    lifecycle: list[ExpressionRule]
+    business_rules: list[ExpressionRule] = Field(default_factory=list)
+
+    @field_validator("lifecycle", "business_rules")
+    @classmethod
+    def _rules_named_once(cls, value: list[ExpressionRule]) -> list[ExpressionRule]:
+        return _unique_names(value, "rule")
+
+
+def _unique_names(items: list[Any], kind: str) -> list[Any]:
+    names = [item.name for item in items]
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    if duplicates:
+        raise ValueError(f"{kind} name(s) used twice: {', '.join(duplicates)}")
+    return items
 
 
 class LoggingConfig(_Section):
@@ -153,6 +256,7 @@ class Config(_Section):
     privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
     generate: GenerateConfig = Field(default_factory=GenerateConfig)
     ingest: IngestConfig
+    features: FeaturesConfig
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
 
     @model_validator(mode="after")

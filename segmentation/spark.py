@@ -187,9 +187,23 @@ def get_spark(config: SparkConfig):
         builder = builder.config("spark.jars.packages", delta_artifact())
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel(config.log_level)
+    if config.log_level != "DEBUG":
+        _quiet_query_context_loggers()
     _check_delta_loaded(spark, mode)
     log.info("Spark %s session started (master %s, Delta jars: %s)", spark.version, spark.sparkContext.master, mode)
     return spark
+
+
+# PySpark logs every analysis error a second time, as a multi-line JSON record, through
+# these loggers; the product reports those errors itself (a rule naming an unknown column).
+_QUERY_CONTEXT_LOGGERS = ("DataFrameQueryContextLogger", "SQLQueryContextLogger")
+
+
+def _quiet_query_context_loggers() -> None:
+    from pyspark.logger import PySparkLogger
+
+    for name in _QUERY_CONTEXT_LOGGERS:
+        PySparkLogger.getLogger(name).setLevel(logging.CRITICAL)
 
 
 def _check_delta_loaded(spark, mode: str) -> None:
