@@ -326,7 +326,7 @@ def _read_yaml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: configuration file not found")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
+    except (yaml.YAMLError, ValueError) as exc:  # ValueError: an impossible date such as 2025-02-30
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
     if data is None:
         return {}
@@ -341,7 +341,7 @@ def _parse_override(item: str) -> tuple[tuple[str, ...], Any]:
         raise ConfigError(f"--set {item}: expected KEY.PATH=VALUE, e.g. ingest.max_rejected_share=0.1")
     try:
         value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError as exc:
+    except (yaml.YAMLError, ValueError) as exc:  # ValueError: an impossible date such as 2025-02-30
         raise ConfigError(f"--set {item}: value is not valid YAML: {exc}") from None
     parts = tuple(key.strip().split("."))
     for prefix in _FREEFORM_MAPPINGS:

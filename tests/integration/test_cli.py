@@ -21,7 +21,7 @@ def run(*args, cwd=REPO, env=None):
 def test_help_lists_every_stage():
     result = run(str(BIN / "segmentation"), "--help")
     assert result.returncode == 0
-    for command in ("setup", "generate", "ingest", "run"):
+    for command in ("setup", "generate", "ingest", "features", "run"):
         assert command in result.stdout
     ingest_help = run(str(BIN / "segmentation"), "ingest", "--help")
     assert "--source PATH" in ingest_help.stdout and "--set KEY=VALUE" in ingest_help.stdout
@@ -64,6 +64,7 @@ def test_spark_submit_runs_the_pipeline_script(tmp_path):
     output = result.stdout + result.stderr  # spark-submit merges the Python process's stderr into stdout
     assert result.returncode == 0, output[-3000:]
     assert "stage ingest: finished" in output and "rows_clean=6919" in output
+    assert "stage features: finished" in output and "customers=2357" in output
     assert f"transactions             {tmp_path / 'data' / 'transactions'}  (Delta version 1)" in result.stdout
     assert (tmp_path / "data" / "mlflow.db").is_file()
 

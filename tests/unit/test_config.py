@@ -92,3 +92,31 @@ def test_relative_root_is_resolved_and_fingerprint_tracks_values(tmp_path, monke
     assert config.storage.root == str(tmp_path / "segmentation-data")
     assert config.fingerprint() == load_config("local", CONF_DIR).fingerprint()
     assert config.fingerprint() != load_config("local", CONF_DIR, ["generate.seed=7"]).fingerprint()
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("features.rfm.segments=[{name: Best, r: 6}]", r"features.rfm.segments.0.r: '6' is not a score range"),
+        ("features.rfm.segments=[{name: Best, f: 5-3}]", r"features.rfm.segments.0.f: '5-3' is not a score range"),
+        ("features.rfm.segments=[{name: A}, {name: A}]", r"features.rfm.segments: segment name\(s\) used twice: A"),
+        (
+            "features.value_pyramid.tiers=[{name: a, share: 0.6}, {name: b, share: 0.5}, {name: c}]",
+            r"features.value_pyramid.tiers: the shares add up to 1.1",
+        ),
+        ("features.value_pyramid.tiers=[{name: a, share: 0.5}, {name: b, share: 0.2}]", r"the last takes the rest"),
+        ("features.lifecycle=[{name: x, when: ''}]", r"features.lifecycle.0.when: String should have at least 1 character"),
+        ("features.as_of=2025-02-30", r"--set features.as_of=2025-02-30: value is not valid YAML: day is out of range"),
+        ("ingest.channels=[store, 'web shop']", r"channel 'web shop' must be letters, digits and underscores"),
+    ],
+)
+def test_tiering_settings_are_validated(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config("local", CONF_DIR, [override])
+
+
+def test_segment_map_rows_read_as_conditions():
+    segments = load_config("local", CONF_DIR).features.rfm.segments
+    assert segments[0].name == "Champions"
+    assert segments[0].condition() == "r_score = 5 AND f_score BETWEEN 4 AND 5 AND m_score BETWEEN 4 AND 5"
+    assert [s.name for s in segments][-1] == "Lost"
