@@ -18,6 +18,7 @@ import sys
 
 import mlflow
 from pyspark import StorageLevel
+from pyspark.sql import functions as F
 
 from jobs.common import JobContext
 from segmentation import tables, tracking
@@ -78,6 +79,11 @@ def run(ctx: JobContext, args: argparse.Namespace | None = None) -> dict[str, ob
 
         features = customer_features(transactions, as_of, channels).persist(StorageLevel.MEMORY_AND_DISK)
         try:
+            if features.isEmpty():
+                first = transactions.agg(F.min(F.to_date("transaction_ts"))).first()[0]
+                raise DataQualityError(
+                    f"no customer has a transaction on or before {as_of} in {source} (the first is on {first})"
+                )
             cuts = tier_cuts(features, settings)
             tiered = with_rule_tiers(features, cuts, settings)
             result = tables.write(

@@ -208,3 +208,14 @@ def customer_features(transactions: DataFrame, as_of: dt.date, channels: list[st
 def latest_transaction_date(transactions: DataFrame) -> dt.date | None:
     """The default as-of date: the day of the newest transaction (None for an empty table)."""
     return transactions.agg(F.max(F.to_date("transaction_ts"))).first()[0]
+
+
+def feature_markdown() -> str:
+    """The feature columns as a Markdown table (kept in the README)."""
+    rows = ["| column | meaning |", "|---|---|"]
+    for name, text in FEATURE_COLUMNS.items():
+        if name == "preferred_channel":
+            rows.append("| `revenue_share_<channel>` | purchase revenue in the channel / gross_revenue, per configured channel |")
+            rows.append("| `order_share_<channel>` | orders in the channel / frequency_orders |")
+        rows.append(f"| `{name}` | {text} |")
+    return "\n".join(rows)

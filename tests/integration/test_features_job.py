@@ -195,3 +195,10 @@ def test_features_command_rejects_a_bad_date(capsys):
         main(["features", "--as-of", "2025-13-01"])
     assert exit_info.value.code == 2
     assert "argument --as-of: '2025-13-01' is not a date (expected YYYY-MM-DD)" in capsys.readouterr().err
+
+
+def test_an_as_of_date_before_any_transaction_is_an_error(spark, ingested, tmp_path):
+    ctx = own_table(spark, ingested, tmp_path, at(dt.date(2020, 1, 1)))
+    with pytest.raises(DataQualityError, match=r"no customer has a transaction on or before 2020-01-01 in transactions .*the first is on 2023-01-\d\d\)"):
+        features.run(ctx)
+    assert not tables.exists(spark, ctx.table("customer_features"))
