@@ -15,3 +15,7 @@ class SetupError(SegmentationError, RuntimeError):
 
 class DataQualityError(SegmentationError, ValueError):
     """Input data cannot be processed: missing columns, or too many rejected rows."""
+
+
+class ModelFitError(SegmentationError, RuntimeError):
+    """A model fit did not reach a usable optimum; the message says what to try instead."""
