@@ -53,7 +53,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def config_overrides(args: argparse.Namespace) -> list[str]:
     as_of = getattr(args, "as_of", None)
-    return [f"features.as_of={as_of.isoformat()}"] if as_of else []
+    return [f"as_of={as_of.isoformat()}"] if as_of else []
 
 
 def run(ctx: JobContext, args: argparse.Namespace | None = None) -> dict[str, object]:
@@ -68,7 +68,7 @@ def run(ctx: JobContext, args: argparse.Namespace | None = None) -> dict[str, ob
         # Every rule is checked against the feature columns before a single job runs.
         with_rule_tiers(customer_features(transactions, dt.date.today(), channels), TierCuts(), settings)
 
-        as_of = settings.as_of or latest_transaction_date(transactions)
+        as_of = config.as_of or latest_transaction_date(transactions)
         if as_of is None:
             raise DataQualityError(f"{source} has no rows: nothing to compute features from")
         summary.update(as_of=as_of.isoformat(), transactions_version=version)

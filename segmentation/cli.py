@@ -13,7 +13,13 @@ from segmentation.errors import SegmentationError
 log = logging.getLogger("segmentation.cli")
 
 # subcommand -> module in jobs/ with HELP, add_arguments, config_overrides and run
-STAGES = {"generate": "jobs.generate", "ingest": "jobs.ingest", "features": "jobs.features", "run": "jobs.run"}
+STAGES = {
+    "generate": "jobs.generate",
+    "ingest": "jobs.ingest",
+    "features": "jobs.features",
+    "clv": "jobs.clv",
+    "run": "jobs.run",
+}
 
 DESCRIPTION = """Customer tiering on Spark, Delta Lake and MLflow.
 

@@ -44,6 +44,7 @@ class TableLocations(_Section):
     transactions_quarantine: str
     ingest_log: str
     customer_features: str
+    customer_clv: str
 
 
 class StorageConfig(_Section):
@@ -222,7 +223,6 @@ class ValuePyramidConfig(_Section):
 
 
 class FeaturesConfig(_Section):
-    as_of: dt.date | None = None  # default: the date of the latest transaction
     # Relative error of the approximate quantiles behind RFM scores and value tiers (0 = exact, slow).
     quantile_relative_error: float = Field(0.001, ge=0.0, lt=0.5)
     rfm: RfmConfig
@@ -248,8 +248,29 @@ class LoggingConfig(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
 
+class ClvConfig(_Section):
+    """BG/NBD + Gamma-Gamma lifetime value: the fit, the scoring horizon and the holdout check."""
+
+    # Purchases are counted per day; t_x and T are measured in this unit (FHL 2005 use weeks).
+    time_unit: Literal["day", "week"] = "week"
+    # > 0: fit on the transactions up to as_of minus this many days, and compare the
+    # predictions with what customers actually bought in those days.
+    holdout_days: int = Field(0, ge=0)
+    horizon_days: int = Field(90, gt=0)  # expected purchases over the next N days
+    months: int = Field(12, gt=0)  # discounted CLV over this many months
+    monthly_discount_rate: float = Field(0.01, ge=0.0, lt=1.0)
+    penalizer: float = Field(0.0, ge=0.0)  # L2 penalty of the BG/NBD fit (lifetimes' penalizer_coef)
+    spend_penalizer: float = Field(0.0, ge=0.0)  # the same for Gamma-Gamma
+    # Up to this many distinct triples (or spend groups) are fitted on the driver; beyond,
+    # each optimiser step sums the likelihood in Spark instead of collecting the rows.
+    max_driver_rows: int = Field(200_000, gt=0)
+
+
 class Config(_Section):
     environment: str
+    # The snapshot date of every stage: only transactions on or before it are used.
+    # Default: the date of the latest transaction.
+    as_of: dt.date | None = None
     storage: StorageConfig
     spark: SparkConfig = Field(default_factory=SparkConfig)
     mlflow: MlflowConfig = Field(default_factory=MlflowConfig)
@@ -257,6 +278,7 @@ class Config(_Section):
     generate: GenerateConfig = Field(default_factory=GenerateConfig)
     ingest: IngestConfig
     features: FeaturesConfig
+    clv: ClvConfig = Field(default_factory=ClvConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
 
     @model_validator(mode="after")

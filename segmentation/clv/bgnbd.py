@@ -13,6 +13,7 @@ Predictions take and return numpy arrays so that Spark can call them from pandas
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,10 +22,13 @@ from numpy.typing import ArrayLike
 from scipy import special
 
 from segmentation.clv.fitting import (
+    LocalRows,
     PositiveParams,
+    WeightedRows,
     arrays,
     check_penalizer,
     floats,
+    mean_negative_log_likelihood,
     minimise_penalised,
     reject_rows,
     weighted_columns,
@@ -95,39 +99,53 @@ def fit_bgnbd(
     penalty independent of the time unit). `initial` (in the data's time unit) replaces the
     default start, lifetimes' exp(0.1) for every rescaled parameter.
     """
-    check_penalizer(penalizer)
     x, t_x, T, weight = _bgnbd_columns(triples)
-    scale = 1.0 / T.max()
-    scaled_t_x, scaled_T = t_x * scale, T * scale
+    rows = LocalRows({"x": x, "t_x": t_x, "T": T}, weight)
+    return fit_bgnbd_rows(rows, penalizer=penalizer, initial=initial, max_iterations=max_iterations)
+
+
+def fit_bgnbd_rows(
+    rows: WeightedRows,
+    *,
+    penalizer: float = 0.0,
+    initial: BgNbdParams | None = None,
+    max_iterations: int = 1000,
+) -> BgNbdFit:
+    """`fit_bgnbd` on triples wherever they are held (columns x, t_x, T; already checked)."""
+    check_penalizer(penalizer)
+    scale = 1.0 / rows.maximum("T")
     rescale = np.array([1, scale, 1, 1])  # alpha is a time
-    total_weight = weight.sum()
-
-    def mean_negative_log_likelihood(params: np.ndarray) -> tuple[float, np.ndarray]:
-        head, still_active, dropped_out = _likelihood_terms(*params, x, scaled_t_x, scaled_T)
-        tail = np.logaddexp(still_active, dropped_out)
-        gradient = _log_likelihood_gradient(*params, x, scaled_t_x, scaled_T, dropped_out - tail)
-        return -(weight @ (head + tail)) / total_weight, -(gradient @ weight) / total_weight
-
     start = np.full(4, np.exp(0.1)) if initial is None else np.array(floats(initial)) * rescale
     optimum = minimise_penalised(
-        mean_negative_log_likelihood,
+        mean_negative_log_likelihood(rows, functools.partial(_weighted_sums, time_scale=scale)),
         start,
-        total_weight=total_weight,
+        total_weight=rows.total_weight,
         penalizer=penalizer,
         max_iterations=max_iterations,
-        failure=f"BG/NBD fit on {len(x)} triples",
+        failure=f"BG/NBD fit on {rows.count} triples",
         advice=_FIT_ADVICE,
     )
     params = BgNbdParams(*(optimum.params / rescale).tolist())
+    log_likelihood, _ = rows.sums(functools.partial(_weighted_sums, time_scale=1.0), np.array(floats(params)))
     return BgNbdFit(
         params=params,
-        log_likelihood=float(weight @ bgnbd_log_likelihood(params, x, t_x, T)),
+        log_likelihood=float(log_likelihood),
         standard_errors=BgNbdParams(*(optimum.standard_errors / rescale).tolist()),
-        customers=float(total_weight),
-        triples=len(x),
+        customers=rows.total_weight,
+        triples=rows.count,
         iterations=optimum.iterations,
         penalizer=penalizer,
     )
+
+
+def _weighted_sums(params: np.ndarray, columns, weight: np.ndarray, *, time_scale: float) -> tuple[float, np.ndarray]:
+    """Sum of w * log-likelihood and of w * gradient over some triples, with t_x and T in
+    units of 1 / time_scale (the fit works with the longest T rescaled to 1)."""
+    x, t_x, T = columns["x"], columns["t_x"] * time_scale, columns["T"] * time_scale
+    head, still_active, dropped_out = _likelihood_terms(*params, x, t_x, T)
+    tail = np.logaddexp(still_active, dropped_out)
+    gradient = _log_likelihood_gradient(*params, x, t_x, T, dropped_out - tail)
+    return float(weight @ (head + tail)), gradient @ weight
 
 
 def probability_alive(params: BgNbdParams, x: ArrayLike, t_x: ArrayLike, T: ArrayLike) -> np.ndarray:

@@ -1,11 +1,19 @@
-"""What the BG/NBD and Gamma-Gamma fits share: input checks on weighted rows, and the
-penalised maximum-likelihood fit with standard errors from the Hessian."""
+"""What the BG/NBD and Gamma-Gamma fits share: weighted rows, input checks, and the
+penalised maximum-likelihood fit with standard errors from the Hessian.
+
+A model's likelihood is a weighted sum over rows (triples, spend groups). The fit only asks
+the rows for that sum and its gradient at given parameters (`WeightedRows.sums`), so the
+same fit runs on rows held by the driver (`LocalRows`) or on a Spark DataFrame that sums
+per partition (`segmentation.clv.distributed.SparkRows`) when there are too many rows to
+collect.
+"""
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import pandas as pd
@@ -17,6 +25,53 @@ from segmentation.errors import DataQualityError, ModelFitError
 # (lifetimes' tolerance); "precision loss" below the second, scipy's default, is also an optimum.
 GRADIENT_TOLERANCE = 1e-7
 PRECISION_LOSS_TOLERANCE = 1e-5
+
+# (params, columns of some rows, their weights) -> (sum of w * log-likelihood, sum of w * gradient)
+RowSums = Callable[[np.ndarray, Mapping[str, np.ndarray], np.ndarray], tuple[float, np.ndarray]]
+
+
+class WeightedRows(Protocol):
+    """Rows of a likelihood with their weights (customer counts), wherever they are held."""
+
+    total_weight: float
+    count: int
+
+    def sums(self, row_sums: RowSums, params: np.ndarray) -> tuple[float, np.ndarray]: ...
+
+    def maximum(self, column: str) -> float: ...
+
+
+@dataclass(frozen=True)
+class LocalRows:
+    """Rows held by the driver as numpy arrays."""
+
+    columns: dict[str, np.ndarray]
+    weight: np.ndarray
+
+    @property
+    def total_weight(self) -> float:
+        return float(self.weight.sum())
+
+    @property
+    def count(self) -> int:
+        return len(self.weight)
+
+    def sums(self, row_sums: RowSums, params: np.ndarray) -> tuple[float, np.ndarray]:
+        return row_sums(params, self.columns, self.weight)
+
+    def maximum(self, column: str) -> float:
+        return float(self.columns[column].max())
+
+
+def mean_negative_log_likelihood(rows: WeightedRows, row_sums: RowSums) -> Callable[[np.ndarray], tuple[float, np.ndarray]]:
+    """The objective the optimiser minimises: -sum(w * ll) / sum(w), with its gradient."""
+    total = rows.total_weight
+
+    def objective(params: np.ndarray) -> tuple[float, np.ndarray]:
+        value, gradient = rows.sums(row_sums, params)
+        return -value / total, -np.asarray(gradient) / total
+
+    return objective
 
 
 @dataclass(frozen=True)

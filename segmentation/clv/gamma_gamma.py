@@ -18,10 +18,13 @@ from scipy import special
 
 from segmentation.clv.bgnbd import BgNbdParams, expected_purchases
 from segmentation.clv.fitting import (
+    LocalRows,
     PositiveParams,
+    WeightedRows,
     arrays,
     check_penalizer,
     floats,
+    mean_negative_log_likelihood,
     minimise_penalised,
     reject_rows,
     weighted_columns,
@@ -77,37 +80,50 @@ def fit_gamma_gamma(
     plus `penalizer` times the sum of squared parameters (v in the data's currency unit),
     minimised over log-parameters from exp(0.1) each unless `initial` is given.
     """
-    check_penalizer(penalizer)
     what = "Gamma-Gamma groups"
     x, m, weight = weighted_columns(groups, GROUP_COLUMNS, what)
     reject_rows(what, "x", (x < 1) | (x != np.floor(x)), "not a whole number >= 1 (repeat purchases)")
     reject_rows(what, "m", m <= 0, "not positive (mean spend of repeat purchases)")
-    total_weight = weight.sum()
+    return fit_gamma_gamma_rows(
+        LocalRows({"x": x, "m": m}, weight), penalizer=penalizer, initial=initial, max_iterations=max_iterations
+    )
 
-    def mean_negative_log_likelihood(params: np.ndarray) -> tuple[float, np.ndarray]:
-        log_likelihood = _log_likelihood(*params, x, m)
-        gradient = _log_likelihood_gradient(*params, x, m)
-        return -(weight @ log_likelihood) / total_weight, -(gradient @ weight) / total_weight
 
+def fit_gamma_gamma_rows(
+    rows: WeightedRows,
+    *,
+    penalizer: float = 0.0,
+    initial: GammaGammaParams | None = None,
+    max_iterations: int = 1000,
+) -> GammaGammaFit:
+    """`fit_gamma_gamma` on groups wherever they are held (columns x, m; already checked)."""
+    check_penalizer(penalizer)
     optimum = minimise_penalised(
-        mean_negative_log_likelihood,
+        mean_negative_log_likelihood(rows, _weighted_sums),
         np.full(3, np.exp(0.1)) if initial is None else np.array(floats(initial)),
-        total_weight=total_weight,
+        total_weight=rows.total_weight,
         penalizer=penalizer,
         max_iterations=max_iterations,
-        failure=f"Gamma-Gamma fit on {len(x)} groups",
+        failure=f"Gamma-Gamma fit on {rows.count} groups",
         advice=_FIT_ADVICE,
     )
     params = GammaGammaParams(*optimum.params.tolist())
+    log_likelihood, _ = rows.sums(_weighted_sums, optimum.params)
     return GammaGammaFit(
         params=params,
-        log_likelihood=float(weight @ gamma_gamma_log_likelihood(params, x, m)),
+        log_likelihood=float(log_likelihood),
         standard_errors=GammaGammaParams(*optimum.standard_errors.tolist()),
-        customers=float(total_weight),
-        groups=len(x),
+        customers=rows.total_weight,
+        groups=rows.count,
         iterations=optimum.iterations,
         penalizer=penalizer,
     )
+
+
+def _weighted_sums(params: np.ndarray, columns, weight: np.ndarray) -> tuple[float, np.ndarray]:
+    """Sum of w * log-likelihood and of w * gradient over some groups."""
+    x, m = columns["x"], columns["m"]
+    return float(weight @ _log_likelihood(*params, x, m)), _log_likelihood_gradient(*params, x, m) @ weight
 
 
 def expected_average_value(params: GammaGammaParams, x: ArrayLike, m: ArrayLike) -> np.ndarray:

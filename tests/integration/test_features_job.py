@@ -28,7 +28,7 @@ def context(spark, root, *overrides):
 
 
 def at(day):
-    return f"features.as_of={day.isoformat()}"
+    return f"as_of={day.isoformat()}"
 
 
 @pytest.fixture(scope="module")

@@ -106,7 +106,7 @@ def test_relative_root_is_resolved_and_fingerprint_tracks_values(tmp_path, monke
         ),
         ("features.value_pyramid.tiers=[{name: a, share: 0.5}, {name: b, share: 0.2}]", r"the last takes the rest"),
         ("features.lifecycle=[{name: x, when: ''}]", r"features.lifecycle.0.when: String should have at least 1 character"),
-        ("features.as_of=2025-02-30", r"--set features.as_of=2025-02-30: value is not valid YAML: day is out of range"),
+        ("as_of=2025-02-30", r"--set as_of=2025-02-30: value is not valid YAML: day is out of range"),
         ("ingest.channels=[store, 'web shop']", r"channel 'web shop' must be letters, digits and underscores"),
     ],
 )
