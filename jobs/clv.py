@@ -18,12 +18,14 @@ import logging
 import sys
 
 import mlflow
+import pandas as pd
+from mlflow.models import ModelSignature
+from mlflow.types import ColSpec, Schema
 from pyspark import StorageLevel
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from jobs.common import JobContext
-from jobs.features import iso_date
+from jobs.common import JobContext, add_as_of_argument, as_of_overrides
 from segmentation import tables, tracking
 from segmentation.clv.bgnbd import BgNbdFit, fit_bgnbd, fit_bgnbd_rows
 from segmentation.clv.distributed import SparkRows
@@ -46,17 +48,19 @@ CLV_COLUMNS = [
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--as-of", type=iso_date, metavar="YYYY-MM-DD", help="snapshot date (default: the latest transaction date)"
-    )
-    parser.add_argument("--holdout-days", type=int, metavar="N", help="fit up to as-of minus N days and check predictions on them")
+    add_as_of_argument(parser)
+    add_holdout_argument(parser)
     parser.add_argument("--json", action="store_true", help="print the fitted parameters as JSON on stdout")
 
 
+def add_holdout_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--holdout-days", type=int, metavar="N", help="fit up to as-of minus N days and check the predictions on them"
+    )
+
+
 def config_overrides(args: argparse.Namespace) -> list[str]:
-    overrides = []
-    if getattr(args, "as_of", None):
-        overrides.append(f"as_of={args.as_of.isoformat()}")
+    overrides = as_of_overrides(args)
     if getattr(args, "holdout_days", None) is not None:
         overrides.append(f"clv.holdout_days={args.holdout_days}")
     return overrides
@@ -231,14 +235,18 @@ def _log_run(fitted, totals, bgnbd: BgNbdFit, spend: GammaGammaFit | None, scori
     model = ClvModel(bgnbd.params, spend.params if spend else None, scoring)
     mlflow.pyfunc.log_model(
         name="clv_model", python_model=model, pip_requirements=["numpy", "scipy", "pandas", "mlflow"],
-        input_example=_example(), metadata={"calibration_end": calibration_end.isoformat()},
+        signature=SIGNATURE, input_example=_example(), metadata={"calibration_end": calibration_end.isoformat()},
     )
 
 
-def _example():
-    import pandas as pd
+SIGNATURE = ModelSignature(
+    inputs=Schema([ColSpec("long", "x"), ColSpec("double", "t_x"), ColSpec("double", "T"), ColSpec("double", "m", required=False)]),
+    outputs=Schema([ColSpec("double", name) for name in SCORE_FIELDS]),
+)
 
-    return pd.DataFrame({"x": [0.0, 2.0], "t_x": [0.0, 10.5], "T": [20.0, 30.0], "m": [None, 25.0]})[INPUT_COLUMNS]
+
+def _example() -> pd.DataFrame:
+    return pd.DataFrame({"x": [0, 2], "t_x": [0.0, 10.5], "T": [20.0, 30.0], "m": [None, 25.0]})[INPUT_COLUMNS]
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ import mlflow
 from pyspark import StorageLevel
 from pyspark.sql import functions as F
 
-from jobs.common import JobContext
+from jobs.common import JobContext, add_as_of_argument, as_of_overrides
 from segmentation import tables, tracking
 from segmentation.errors import DataQualityError
 from segmentation.features.customer import customer_features, latest_transaction_date
@@ -38,22 +38,12 @@ RULE_TABLES = {
 }
 
 
-def iso_date(text: str) -> dt.date:
-    try:
-        return dt.date.fromisoformat(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a date (expected YYYY-MM-DD)") from None
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--as-of", type=iso_date, metavar="YYYY-MM-DD", help="snapshot date (default: the latest transaction date)"
-    )
+    add_as_of_argument(parser)
 
 
 def config_overrides(args: argparse.Namespace) -> list[str]:
-    as_of = getattr(args, "as_of", None)
-    return [f"as_of={as_of.isoformat()}"] if as_of else []
+    return as_of_overrides(args)
 
 
 def run(ctx: JobContext, args: argparse.Namespace | None = None) -> dict[str, object]:

@@ -1,6 +1,6 @@
 """run: the whole pipeline, one stage after the other, under one MLflow parent run.
 
-Stages so far: generate (when the raw table is missing, or with --generate), ingest, features.
+Stages so far: generate (when the raw table is missing, or with --generate), ingest, features, clv.
 """
 
 from __future__ import annotations
@@ -11,26 +11,27 @@ import sys
 
 import mlflow
 
-from jobs import features, generate, ingest
-from jobs.common import JobContext
+from jobs import clv, features, generate, ingest
+from jobs.common import JobContext, add_as_of_argument
 from segmentation import tables, tracking
 from segmentation.logs import stage
 
 log = logging.getLogger(__name__)
 
-HELP = "run the whole pipeline (generate if needed, ingest, features) and print where the results are"
+HELP = "run the whole pipeline (generate if needed, ingest, features, clv) and print where the results are"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     generate.add_arguments(parser)
-    features.add_arguments(parser)
+    add_as_of_argument(parser)
+    clv.add_holdout_argument(parser)
     parser.add_argument(
         "--generate", action="store_true", help="regenerate the raw feed even when the raw table exists"
     )
 
 
 def config_overrides(args: argparse.Namespace) -> list[str]:
-    return generate.config_overrides(args) + features.config_overrides(args)
+    return generate.config_overrides(args) + clv.config_overrides(args)
 
 
 def run(ctx: JobContext, args: argparse.Namespace | None = None) -> dict[str, object]:
@@ -43,6 +44,7 @@ def run(ctx: JobContext, args: argparse.Namespace | None = None) -> dict[str, ob
             results["generate"] = generate.run(ctx, args)
         results["ingest"] = ingest.run(ctx, args)
         results["features"] = features.run(ctx, args)
+        results["clv"] = clv.run(ctx, args)
         summary.update(pipeline_run_id=ctx.pipeline_run_id, mlflow_run_id=parent.info.run_id)
         mlflow.set_tag("status", "finished")
     _print_where(ctx, parent.info.run_id)
@@ -52,7 +54,7 @@ def run(ctx: JobContext, args: argparse.Namespace | None = None) -> dict[str, ob
 def _print_where(ctx: JobContext, mlflow_run_id: str) -> None:
     config = ctx.config
     uri = tracking.tracking_uri(config)
-    keys = ["raw_transactions", "transactions", "transactions_quarantine", "ingest_log", "customer_features"]
+    keys = ["raw_transactions", "transactions", "transactions_quarantine", "ingest_log", "customer_features", "customer_clv"]
     lines = ["", "Results:"]
     for key in keys:
         ref = ctx.table(key)
