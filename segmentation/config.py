@@ -263,7 +263,7 @@ class ClvConfig(_Section):
     spend_penalizer: float = Field(0.0, ge=0.0)  # the same for Gamma-Gamma
     # Up to this many distinct triples (or spend groups) are fitted on the driver; beyond,
     # each optimiser step sums the likelihood in Spark instead of collecting the rows.
-    max_driver_rows: int = Field(200_000, gt=0)
+    max_driver_rows: int = Field(1_000_000, gt=0)
 
 
 class Config(_Section):
