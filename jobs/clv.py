@@ -33,7 +33,14 @@ from segmentation.clv.gamma_gamma import GammaGammaFit, fit_gamma_gamma, fit_gam
 from segmentation.clv.holdout import holdout_by_frequency, plot_holdout
 from segmentation.clv.model import INPUT_COLUMNS, ClvModel
 from segmentation.clv.scoring import SCORE_FIELDS, ScoringSettings, with_clv_scores
-from segmentation.clv.summary import UNIT_DAYS, clv_summary, frequency_spend_correlation, holdout_purchases
+from segmentation.clv.summary import (
+    UNIT_DAYS,
+    bgnbd_triples,
+    clv_summary,
+    frequency_spend_correlation,
+    holdout_purchases,
+    spend_groups,
+)
 from segmentation.errors import DataQualityError
 from segmentation.features.customer import latest_transaction_date
 from segmentation.logs import stage
@@ -89,6 +96,8 @@ def run(ctx: JobContext, args: argparse.Namespace | None = None) -> dict[str, ob
 
         customers = clv_summary(transactions, calibration_end, settings.time_unit).persist(StorageLevel.MEMORY_AND_DISK)
         try:
+            if customers.isEmpty():
+                raise DataQualityError(f"no customer has a purchase on or before {calibration_end} in {source}")
             bgnbd = _fit_purchases(customers, settings)
             spend = _fit_spend(customers, settings)
             correlation = frequency_spend_correlation(customers)
@@ -119,13 +128,12 @@ def run(ctx: JobContext, args: argparse.Namespace | None = None) -> dict[str, ob
 
 
 def _fit_purchases(customers: DataFrame, settings) -> BgNbdFit:
-    triples = customers.groupBy("x", "t_x", "T").agg(F.count(F.lit(1)).alias("weight"))
+    triples = bgnbd_triples(customers)
     return _fit_weighted(triples, ["x", "t_x", "T"], settings.max_driver_rows, fit_bgnbd, fit_bgnbd_rows, settings.penalizer, "triples")
 
 
 def _fit_spend(customers: DataFrame, settings) -> GammaGammaFit | None:
-    repeat = customers.where((F.col("x") > 0) & (F.col("m") > 0))
-    groups = repeat.groupBy("x", "m").agg(F.count(F.lit(1)).alias("weight"))
+    groups = spend_groups(customers)
     if groups.isEmpty():
         log.warning("no customer has a repeat purchase of positive value: no spend model, value and CLV stay empty")
         return None

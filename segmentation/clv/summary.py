@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import datetime as dt
 
-import pandas as pd
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
@@ -55,17 +54,16 @@ def clv_summary(transactions: DataFrame, calibration_end: dt.date, time_unit: st
     )
 
 
-def bgnbd_triples(summary: DataFrame) -> pd.DataFrame:
+def bgnbd_triples(summary: DataFrame) -> DataFrame:
     """The distinct (x, t_x, T) with how many customers share each: what BG/NBD is fitted on."""
-    triples = summary.groupBy("x", "t_x", "T").agg(F.count(F.lit(1)).alias("weight"))
-    return triples.orderBy("x", "t_x", "T").toPandas()
+    return summary.groupBy("x", "t_x", "T").agg(F.count(F.lit(1)).alias("weight"))
 
 
-def spend_groups(summary: DataFrame) -> pd.DataFrame:
+def spend_groups(summary: DataFrame) -> DataFrame:
     """The distinct (x, m) of customers with repeat purchases of positive mean value, weighted:
     what Gamma-Gamma is fitted on (customers with equal x and m share a likelihood term)."""
-    groups = summary.where((F.col("x") > 0) & (F.col("m") > 0)).groupBy("x", "m").agg(F.count(F.lit(1)).alias("weight"))
-    return groups.orderBy("x", "m").toPandas()
+    repeat = summary.where((F.col("x") > 0) & (F.col("m") > 0))
+    return repeat.groupBy("x", "m").agg(F.count(F.lit(1)).alias("weight"))
 
 
 def frequency_spend_correlation(summary: DataFrame) -> float | None:

@@ -19,6 +19,7 @@ from jobs.common import JobContext
 from segmentation import tables, tracking
 from segmentation.cli import main
 from segmentation.clv.scoring import SCORE_FIELDS
+from segmentation.errors import DataQualityError
 from tests.conftest import CONF_DIR, make_config
 
 LIFETIMES_DATA = Path(importlib.util.find_spec("lifetimes").origin).parent / "datasets"
@@ -138,3 +139,9 @@ def test_lifetimes_agrees_on_generated_customers(spark, tmp_path):
     np.testing.assert_allclose(table["expected_purchases"], expected, rtol=1e-7)
     alive = oracle.conditional_probability_alive(table["x"], table["t_x"], table["T"])
     np.testing.assert_allclose(table["probability_alive"], alive, rtol=1e-7)
+
+
+def test_a_calibration_end_before_any_purchase_is_an_error(spark, cdnow):
+    ctx = context(cdnow, spark, "as_of=1996-12-31")
+    with pytest.raises(DataQualityError, match=r"no customer has a purchase on or before 1996-12-31 in transactions"):
+        clv.run(ctx)

@@ -7,7 +7,6 @@ import csv
 
 import mlflow
 import pytest
-from delta.tables import DeltaTable
 from pyspark.sql import functions as F
 
 from jobs import generate, ingest

@@ -56,9 +56,9 @@ def test_triples_and_spend_groups_carry_customer_counts(spark):
         line("A", "2025-01-08", 20), line("B", "2025-01-08", 20), line("C", "2025-01-08", 0),
     ]
     summary = clv_summary(spark.createDataFrame(lines, TRANSACTIONS_SCHEMA), END, "week")
-    triples = bgnbd_triples(summary)
+    triples = bgnbd_triples(summary).toPandas()
     assert triples.to_dict("records") == [{"x": 1, "t_x": 1.0, "T": 89 / 7, "weight": 3}]
-    groups = spend_groups(summary)  # C's repeat purchase is worth 0: no spend to model
+    groups = spend_groups(summary).toPandas()  # C's repeat purchase is worth 0: no spend to model
     assert groups.to_dict("records") == [{"x": 1, "m": 20.0, "weight": 2}]
 
 
