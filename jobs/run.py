@@ -1,6 +1,6 @@
 """run: the whole pipeline, one stage after the other, under one MLflow parent run.
 
-Stages so far: generate (when the raw table is missing, or with --generate), ingest, features, clv.
+Stages so far: generate (when the raw table is missing, or with --generate), ingest, features, clv, cluster.
 """
 
 from __future__ import annotations
@@ -11,14 +11,14 @@ import sys
 
 import mlflow
 
-from jobs import clv, features, generate, ingest
+from jobs import clv, cluster, features, generate, ingest
 from jobs.common import JobContext, add_as_of_argument
 from segmentation import tables, tracking
 from segmentation.logs import stage
 
 log = logging.getLogger(__name__)
 
-HELP = "run the whole pipeline (generate if needed, ingest, features, clv) and print where the results are"
+HELP = "run the whole pipeline (generate if needed, ingest, features, clv, cluster) and print where the results are"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -45,6 +45,7 @@ def run(ctx: JobContext, args: argparse.Namespace | None = None) -> dict[str, ob
         results["ingest"] = ingest.run(ctx, args)
         results["features"] = features.run(ctx, args)
         results["clv"] = clv.run(ctx, args)
+        results["cluster"] = cluster.run(ctx, args)
         summary.update(pipeline_run_id=ctx.pipeline_run_id, mlflow_run_id=parent.info.run_id)
         mlflow.set_tag("status", "finished")
     _print_where(ctx, parent.info.run_id)
@@ -54,7 +55,7 @@ def run(ctx: JobContext, args: argparse.Namespace | None = None) -> dict[str, ob
 def _print_where(ctx: JobContext, mlflow_run_id: str) -> None:
     config = ctx.config
     uri = tracking.tracking_uri(config)
-    keys = ["raw_transactions", "transactions", "transactions_quarantine", "ingest_log", "customer_features", "customer_clv"]
+    keys = ["raw_transactions", "transactions", "transactions_quarantine", "ingest_log", "customer_features", "customer_clv", "customer_clusters"]
     lines = ["", "Results:"]
     for key in keys:
         ref = ctx.table(key)

@@ -18,6 +18,7 @@ STAGES = {
     "ingest": "jobs.ingest",
     "features": "jobs.features",
     "clv": "jobs.clv",
+    "cluster": "jobs.cluster",
     "run": "jobs.run",
 }
 

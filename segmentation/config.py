@@ -45,6 +45,7 @@ class TableLocations(_Section):
     ingest_log: str
     customer_features: str
     customer_clv: str
+    customer_clusters: str
 
 
 class StorageConfig(_Section):
@@ -266,6 +267,42 @@ class ClvConfig(_Section):
     max_driver_rows: int = Field(1_000_000, gt=0)
 
 
+class ClusterConfig(_Section):
+    """K-means segmentation over customer features (see segmentation/clustering)."""
+
+    algorithm: Literal["kmeans", "bisecting_kmeans"] = "kmeans"
+    features: list[str]
+    # Skewed amounts and counts enter as log(1 + max(value, 0)).
+    log_features: list[str] = Field(default_factory=list)
+    k: int | None = Field(None, ge=2)  # a fixed k; default: the best silhouette in k_min..k_max
+    k_min: int = Field(3, ge=2)
+    k_max: int = Field(8, ge=2)
+    # Silhouette is computed on a sample of at most this many customers, whatever their number.
+    silhouette_sample: int = Field(20_000, ge=100)
+    seed: int = 42
+    # K-means finds a local optimum: fit this many times (seeds seed, seed+1, ...) per k and
+    # keep the lowest cost, so a retrain on barely changed data lands on the same clusters.
+    restarts: int = Field(3, ge=1)
+    max_iterations: int = Field(40, gt=0)
+    registered_model: str = "customer_segments"
+    # The new model becomes champion when its silhouette is at least the champion's minus this.
+    promote_tolerance: float = Field(0.02, ge=0.0)
+    # Clusters whose centroids lie within this distance (in standardised units) of a champion
+    # cluster keep that cluster's id and name; farther ones get new ids.
+    max_match_distance: float = Field(1.0, gt=0.0)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "ClusterConfig":
+        if self.k_max < self.k_min:
+            raise ValueError(f"k_max {self.k_max} is below k_min {self.k_min}")
+        unknown = sorted(set(self.log_features) - set(self.features))
+        if unknown:
+            raise ValueError(f"log_features not in features: {', '.join(unknown)}")
+        if len(set(self.features)) != len(self.features) or not self.features:
+            raise ValueError("features must be a non-empty list without repeats")
+        return self
+
+
 class Config(_Section):
     environment: str
     # The snapshot date of every stage: only transactions on or before it are used.
@@ -279,6 +316,7 @@ class Config(_Section):
     ingest: IngestConfig
     features: FeaturesConfig
     clv: ClvConfig = Field(default_factory=ClvConfig)
+    cluster: ClusterConfig
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
 
     @model_validator(mode="after")

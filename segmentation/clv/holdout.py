@@ -4,14 +4,11 @@ against what they bought, summarised by calibration frequency as in Fader, Hardi
 
 from __future__ import annotations
 
-import matplotlib
+from matplotlib.figure import Figure
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
 
-matplotlib.use("Agg")  # jobs run without a display
-
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from pyspark.sql import DataFrame  # noqa: E402
-from pyspark.sql import functions as F  # noqa: E402
+from segmentation.plots import plt
 
 
 def holdout_by_frequency(snapshot: DataFrame, cap: int = 7) -> DataFrame:

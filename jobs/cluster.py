@@ -1,0 +1,278 @@
+"""cluster: K-means segmentation of the customer features of an as-of date, tracked in
+MLflow, registered, and written to `customer_clusters` with stable, named clusters.
+
+One MLflow run per job with a child run per candidate k. The chosen model is registered as
+`cluster.registered_model`; its clusters are matched to the current champion's (optimal
+one-to-one assignment of centroids) so ids and names stay put across retrains, and the
+`champion` alias moves only when the silhouette rule in configuration says so.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import warnings
+
+import mlflow
+import numpy as np
+import pyspark
+from mlflow.exceptions import MlflowException
+from mlflow.models import infer_signature
+from mlflow.tracking import MlflowClient
+from pyspark import StorageLevel
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from jobs.common import JobContext, add_as_of_argument, as_of_overrides
+from segmentation import tables, tracking
+from segmentation.clustering.model import (
+    PREDICTION,
+    Candidate,
+    Space,
+    assign_clusters,
+    candidate_ks,
+    choose_k,
+    fit_candidate,
+    model_space,
+    silhouette_fraction,
+)
+from segmentation.clustering.profiles import (
+    NAMING_COLUMNS,
+    REVENUE,
+    ReferenceClusters,
+    cluster_name,
+    cluster_profiles,
+    match_to_reference,
+    unique_names,
+)
+from segmentation.errors import ConfigError, DataQualityError
+from segmentation.logs import stage
+from segmentation.plots import plt
+
+log = logging.getLogger(__name__)
+
+HELP = "segment customers with K-means on their features, register the model, write customer_clusters"
+CHAMPION = "champion"
+CENTROIDS_ARTIFACT = "cluster/centroids.json"
+CLUSTER_COLUMNS = ["customer_id", "as_of_date", "cluster_id", "cluster_name", "distance_to_centroid", "model_version"]
+
+
+def add_arguments(parser) -> None:
+    add_as_of_argument(parser)
+    parser.add_argument("--k", type=int, help="a fixed number of clusters (default: chosen by silhouette)")
+
+
+def config_overrides(args) -> list[str]:
+    overrides = as_of_overrides(args)
+    if getattr(args, "k", None) is not None:
+        overrides.append(f"cluster.k={args.k}")
+    return overrides
+
+
+def run(ctx: JobContext, args=None) -> dict[str, object]:
+    config, spark, settings = ctx.config, ctx.spark, ctx.config.cluster
+    source, target = ctx.table("customer_features"), ctx.table("customer_clusters")
+    with tracking.stage_run(config, "cluster", ctx.pipeline_run_id) as parent, stage("cluster") as summary:
+        if not tables.exists(spark, source):
+            raise DataQualityError(f"{source}: no customer features yet; run 'segmentation features' first")
+        version = tables.current_version(spark, source)
+        features = tables.read(spark, source, version)
+        _check_columns(features, settings)
+        as_of = config.as_of or features.agg(F.max("as_of_date")).first()[0]
+        if as_of is None:
+            raise DataQualityError(f"{source} has no snapshots: run 'segmentation features' first")
+        columns = list(dict.fromkeys(["customer_id", *settings.features, *NAMING_COLUMNS, REVENUE]))
+        customers = features.where(F.col("as_of_date") == F.lit(as_of)).select(*columns).persist(StorageLevel.MEMORY_AND_DISK)
+        try:
+            count = customers.count()
+            if count == 0:
+                raise DataQualityError(f"{source} has no snapshot as of {as_of}")
+            summary.update(as_of=as_of.isoformat(), customers=count, features_version=version)
+            tracking.log_delta_input(source, version, context="customer_features")
+            mlflow.set_tag("as_of", as_of.isoformat())
+            mlflow.log_params({"as_of": as_of.isoformat(), **{k: str(v) for k, v in settings.model_dump().items()}})
+
+            candidates = _fit_candidates(customers, settings, count, as_of)
+            best = choose_k(candidates)
+            space = model_space(best.model, settings)
+            client = MlflowClient()
+            reference, champion_silhouette = _champion(client, settings.registered_model)
+            matching = match_to_reference(space, reference, settings.max_match_distance)
+            assigned = assign_clusters(best.model, customers, space, matching.ids)
+            profiles = [r.asDict() for r in cluster_profiles(customers.join(assigned, on="customer_id", how="inner"), settings.features).collect()]
+            names = _names(profiles, matching.inherited_names, customers)
+
+            model_version = _register(best, customers, settings)
+            decision = _decide(client, settings, model_version, best.silhouette, champion_silhouette)
+            snapshot = _with_names(assigned, names).select(
+                "customer_id", F.lit(as_of).alias("as_of_date"), "cluster_id", "cluster_name",
+                "distance_to_centroid", F.lit(int(model_version)).alias("model_version"),
+            )
+            result = tables.write(
+                snapshot.select(*CLUSTER_COLUMNS), target, mode="overwrite", run_id=ctx.pipeline_run_id,
+                partition_by=["as_of_date"], replace_where=f"as_of_date = '{as_of.isoformat()}'",
+            )
+        finally:
+            customers.unpersist()
+
+        reference_now = ReferenceClusters(space.inputs, space.centroids, matching.ids, [names[i] for i in matching.ids])
+        _log_parent(best, candidates, space, matching.ids, names, profiles, reference_now, decision)
+        summary.update(k=best.k, silhouette=round(best.silhouette, 4), model_version=model_version,
+                       champion=decision["champion_version"], version=result.version, table=target.location)
+        print(report(best, candidates, profiles, names, decision), flush=True)
+    return {**summary, "mlflow_run_id": parent.info.run_id, "names": names, "decision": decision}
+
+
+def _check_columns(features: DataFrame, settings) -> None:
+    numeric = {f.name for f in features.schema if isinstance(f.dataType, (T.NumericType, T.BooleanType))}
+    unknown = [c for c in settings.features if c not in numeric]
+    if unknown:
+        raise ConfigError(
+            f"cluster.features: {', '.join(unknown)} not numeric columns of customer_features "
+            f"(numeric columns: {', '.join(sorted(numeric))})"
+        )
+
+
+def _fit_candidates(customers: DataFrame, settings, count: int, as_of) -> list[Candidate]:
+    fraction = silhouette_fraction(count, settings.silhouette_sample)
+    candidates = []
+    for k in candidate_ks(settings):
+        if k >= count:
+            log.warning("k=%d skipped: only %d customers", k, count)
+            continue
+        experiment_id = mlflow.active_run().info.experiment_id
+        tags = {"stage": "cluster.candidate", "as_of": as_of.isoformat()}
+        with mlflow.start_run(experiment_id=experiment_id, run_name=f"k={k}", nested=True, tags=tags):
+            candidate = fit_candidate(customers, settings, k, fraction)
+            mlflow.log_params({"k": k, "algorithm": settings.algorithm, "seed": settings.seed, "silhouette_sample_fraction": fraction})
+            mlflow.log_metrics({"silhouette": candidate.silhouette, "cost": candidate.cost})
+            mlflow.log_dict({"cluster_sizes": candidate.sizes}, "cluster_sizes.json")
+        log.info("k=%d: silhouette %.4f, cost %.1f, sizes %s", k, candidate.silhouette, candidate.cost, candidate.sizes)
+        candidates.append(candidate)
+    if not candidates:
+        raise DataQualityError(f"{count} customers are too few for k in {candidate_ks(settings)}")
+    return candidates
+
+
+def _champion(client: MlflowClient, name: str) -> tuple[ReferenceClusters | None, float | None]:
+    """The champion's clusters and silhouette, or (None, None) before the first promotion."""
+    try:
+        version = client.get_model_version_by_alias(name, CHAMPION)
+    except MlflowException:
+        return None, None
+    run = client.get_run(version.run_id)
+    reference = ReferenceClusters.from_dict(mlflow.artifacts.load_dict(f"runs:/{version.run_id}/{CENTROIDS_ARTIFACT}"))
+    return reference, run.data.metrics.get("silhouette")
+
+
+def _names(profiles: list[dict], inherited: dict[int, str], customers: DataFrame) -> dict[int, str]:
+    overall = customers.agg(F.avg("monetary")).first()[0] or 0.0
+    names = {p["cluster_id"]: inherited.get(p["cluster_id"]) or cluster_name(p, overall) for p in profiles}
+    return unique_names(names)
+
+
+def _with_names(assigned: DataFrame, names: dict[int, str]) -> DataFrame:
+    mapping = F.create_map(*[v for cluster_id, name in sorted(names.items()) for v in (F.lit(cluster_id), F.lit(name))])
+    return assigned.select("*", F.element_at(mapping, F.col("cluster_id")).alias("cluster_name"))
+
+
+def _register(best: Candidate, customers: DataFrame, settings) -> str:
+    sample = customers.select(*[F.col(c).cast("double") for c in settings.features]).limit(5)
+    predictions = best.model.transform(sample).select(PREDICTION).toPandas()
+    with warnings.catch_warnings():  # the cluster index is an integer that is never missing
+        warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer")
+        signature = infer_signature(sample.toPandas(), predictions)
+    info = mlflow.spark.log_model(
+        best.model, "model", registered_model_name=settings.registered_model, signature=signature,
+        pip_requirements=[f"pyspark=={pyspark.__version__}", f"mlflow=={mlflow.__version__}"],
+    )
+    return str(info.registered_model_version)
+
+
+def _decide(client: MlflowClient, settings, version: str, silhouette: float, champion_silhouette: float | None) -> dict:
+    """Move the champion alias only by the configured rule; the decision is logged either way."""
+    current = None
+    try:
+        current = str(client.get_model_version_by_alias(settings.registered_model, CHAMPION).version)
+    except MlflowException:
+        pass
+    if champion_silhouette is None:
+        promote, reason = True, "no champion yet"
+    elif silhouette >= champion_silhouette - settings.promote_tolerance:
+        promote, reason = True, f"silhouette {silhouette:.4f} >= champion's {champion_silhouette:.4f} - {settings.promote_tolerance}"
+    else:
+        promote, reason = False, f"silhouette {silhouette:.4f} < champion's {champion_silhouette:.4f} - {settings.promote_tolerance}"
+    if promote:
+        client.set_registered_model_alias(settings.registered_model, CHAMPION, version)
+    decision = {"model_version": version, "promoted": promote, "reason": reason, "champion_version": version if promote else current}
+    mlflow.set_tags({"champion_decision": "promoted" if promote else "kept", "champion_reason": reason})
+    log.info("model version %s %s as %s: %s", version, "promoted" if promote else "not promoted", CHAMPION, reason)
+    return decision
+
+
+def _log_parent(best: Candidate, candidates, space: Space, ids, names, profiles, reference, decision) -> None:
+    mlflow.log_metrics({"silhouette": best.silhouette, "cost": best.cost, "k": best.k})
+    mlflow.log_dict(reference.as_dict(), CENTROIDS_ARTIFACT)
+    mlflow.log_dict({"profiles": profiles, "names": {str(k): v for k, v in names.items()}}, "cluster/profiles.json")
+    mlflow.log_dict(decision, "cluster/champion_decision.json")
+    mlflow.log_dict(
+        {"inputs": space.inputs, "centroids_standardised": {str(i): row.tolist() for i, row in zip(ids, space.centroids_scaled)}},
+        "cluster/centroids_standardised.json",
+    )
+    mlflow.log_figure(_plot_choice(candidates), "cluster/k_choice.png")
+    mlflow.log_figure(_plot_sizes(profiles, names), "cluster/sizes.png")
+    mlflow.log_figure(_plot_heatmap(space, ids, names), "cluster/heatmap.png")
+    plt.close("all")
+
+
+def _plot_choice(candidates):
+    figure, left = plt.subplots(figsize=(7, 4))
+    ks = [c.k for c in candidates]
+    left.plot(ks, [c.silhouette for c in candidates], marker="o", color="tab:blue")
+    left.set_xlabel("k")
+    left.set_ylabel("silhouette (sample)", color="tab:blue")
+    right = left.twinx()
+    right.plot(ks, [c.cost for c in candidates], marker="s", color="tab:red")
+    right.set_ylabel("within-cluster cost", color="tab:red")
+    figure.tight_layout()
+    return figure
+
+
+def _plot_sizes(profiles, names):
+    figure, axis = plt.subplots(figsize=(7, 4))
+    labels = [f"{p['cluster_id']}: {names[p['cluster_id']]}" for p in profiles]
+    axis.barh(labels, [p["customers"] for p in profiles])
+    axis.set_xlabel("customers")
+    figure.tight_layout()
+    return figure
+
+
+def _plot_heatmap(space: Space, ids, names):
+    figure, axis = plt.subplots(figsize=(9, 0.6 * len(ids) + 2))
+    order = np.argsort(ids)
+    image = axis.imshow(space.centroids_scaled[order], cmap="coolwarm", vmin=-2, vmax=2, aspect="auto")
+    axis.set_yticks(range(len(ids)), [f"{ids[i]}: {names[ids[i]]}" for i in order])
+    axis.set_xticks(range(len(space.inputs)), space.inputs, rotation=60, ha="right")
+    figure.colorbar(image, label="standardised centroid")
+    figure.tight_layout()
+    return figure
+
+
+def report(best: Candidate, candidates, profiles, names, decision) -> str:
+    lines = ["", "K-means candidates:"]
+    lines += [f"  k={c.k}: silhouette {c.silhouette:.4f}, cost {c.cost:,.1f}" for c in candidates]
+    lines += [f"Chosen k={best.k}. Clusters:"]
+    for p in profiles:
+        lines.append(
+            f"  {p['cluster_id']:>3}  {names[p['cluster_id']]:<34}{p['customers']:>10,}  "
+            f"{100 * p['customer_share']:5.1f}% of customers  {100 * (p['revenue_share'] or 0):5.1f}% of revenue"
+        )
+    lines.append(f"Model version {decision['model_version']}: {'promoted to champion' if decision['promoted'] else 'not promoted'} ({decision['reason']})")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    from segmentation.cli import main
+
+    sys.exit(main(["cluster", *sys.argv[1:]]))

@@ -1,0 +1,125 @@
+"""K-means segmentation as a Spark ML pipeline, and the choice of k.
+
+The pipeline: log transforms of skewed columns (SQLTransformer), median imputation of
+missing values (customers with only returns have no recency), a vector, standardisation,
+then KMeans (k-means|| initialisation) or BisectingKMeans, always seeded. k is fixed by
+configuration or chosen by silhouette, computed on a sample whose size does not grow with
+the customer count; the within-cluster cost of every candidate is kept for an elbow view.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from pyspark.ml import Pipeline, PipelineModel
+from pyspark.ml.clustering import BisectingKMeans, KMeans
+from pyspark.ml.evaluation import ClusteringEvaluator
+from pyspark.ml.feature import Imputer, SQLTransformer, StandardScaler, VectorAssembler
+from pyspark.ml.functions import vector_to_array
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+
+from segmentation.config import ClusterConfig
+
+VECTOR, SCALED, PREDICTION = "features_vector", "features_scaled", "cluster_index"
+
+
+def model_input(name: str, log_features: list[str]) -> str:
+    return f"{name}__log" if name in log_features else f"{name}__in"
+
+
+def segmentation_pipeline(config: ClusterConfig, k: int, seed: int) -> Pipeline:
+    inputs = [model_input(f, config.log_features) for f in config.features]
+    prepared = ", ".join(
+        f"LN(1 + GREATEST(CAST({f} AS DOUBLE), 0)) AS {f}__log" if f in config.log_features else f"CAST({f} AS DOUBLE) AS {f}__in"
+        for f in config.features
+    )
+    imputed = [f"{name}__imputed" for name in inputs]
+    algorithm = KMeans if config.algorithm == "kmeans" else BisectingKMeans
+    return Pipeline(stages=[
+        SQLTransformer(statement=f"SELECT *, {prepared} FROM __THIS__"),
+        Imputer(inputCols=inputs, outputCols=imputed, strategy="median"),
+        VectorAssembler(inputCols=imputed, outputCol=VECTOR),
+        StandardScaler(inputCol=VECTOR, outputCol=SCALED, withMean=True, withStd=True),
+        algorithm(featuresCol=SCALED, predictionCol=PREDICTION, k=k, seed=seed, maxIter=config.max_iterations),
+    ])
+
+
+@dataclass(frozen=True)
+class Candidate:
+    k: int
+    model: PipelineModel
+    cost: float
+    silhouette: float
+    sizes: list[int]
+
+
+def fit_candidate(customers: DataFrame, config: ClusterConfig, k: int, sample_fraction: float) -> Candidate:
+    """Fit one k `config.restarts` times and keep the lowest cost; silhouette on a seeded
+    sample of the scored customers (squared euclidean)."""
+    fits = [segmentation_pipeline(config, k, config.seed + restart).fit(customers) for restart in range(config.restarts)]
+    model = min(fits, key=lambda fitted: fitted.stages[-1].summary.trainingCost)
+    summary = model.stages[-1].summary
+    sample = model.transform(customers.sample(fraction=sample_fraction, seed=config.seed)) if sample_fraction < 1 else model.transform(customers)
+    silhouette = ClusteringEvaluator(featuresCol=SCALED, predictionCol=PREDICTION).evaluate(sample)
+    return Candidate(k, model, float(summary.trainingCost), float(silhouette), [int(s) for s in summary.clusterSizes])
+
+
+def choose_k(candidates: list[Candidate]) -> Candidate:
+    """The highest silhouette; ties go to the smaller k (simpler segmentations read better)."""
+    return max(candidates, key=lambda c: (round(c.silhouette, 9), -c.k))
+
+
+def candidate_ks(config: ClusterConfig) -> list[int]:
+    return [config.k] if config.k is not None else list(range(config.k_min, config.k_max + 1))
+
+
+def silhouette_fraction(customer_count: int, sample_size: int) -> float:
+    return 1.0 if customer_count <= sample_size else sample_size / customer_count
+
+
+@dataclass(frozen=True)
+class Space:
+    """The fitted model's space: per input, the scaler's mean and standard deviation, and the
+    centroids both standardised and in input units (after logs), indexed as the model does."""
+
+    inputs: list[str]
+    mean: np.ndarray
+    std: np.ndarray
+    centroids_scaled: np.ndarray
+
+    @property
+    def centroids(self) -> np.ndarray:
+        return self.centroids_scaled * self.std + self.mean
+
+    def standardise(self, points: np.ndarray) -> np.ndarray:
+        return (points - self.mean) / np.where(self.std > 0, self.std, 1.0)
+
+
+def model_space(model: PipelineModel, config: ClusterConfig) -> Space:
+    scaler, clusterer = model.stages[3], model.stages[4]
+    return Space(
+        inputs=[model_input(f, config.log_features) for f in config.features],
+        mean=np.array(scaler.mean.toArray()),
+        std=np.array(scaler.std.toArray()),
+        centroids_scaled=np.array([np.array(c) for c in clusterer.clusterCenters()]),
+    )
+
+
+def assign_clusters(model: PipelineModel, customers: DataFrame, space: Space, stable_ids: list[int]) -> DataFrame:
+    """customer_id, the stable cluster id and the (standardised) distance to its centroid."""
+    scored = model.transform(customers)
+    centroids = F.array(*[F.array(*[F.lit(float(v)) for v in row]) for row in space.centroids_scaled])
+    ids = F.array(*[F.lit(i) for i in stable_ids])
+    position = F.col(PREDICTION) + 1
+    centroid = F.element_at(centroids, position)
+    squared = F.aggregate(
+        F.zip_with(vector_to_array(SCALED), centroid, lambda a, b: (a - b) * (a - b)), F.lit(0.0), lambda acc, v: acc + v
+    )
+    return scored.select(
+        "customer_id",
+        F.element_at(ids, position).alias("cluster_id"),
+        F.sqrt(squared).alias("distance_to_centroid"),
+        F.col(PREDICTION).alias("model_cluster_index"),
+    )

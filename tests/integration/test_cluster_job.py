@@ -1,0 +1,96 @@
+"""The cluster job on generated customers: table, MLflow runs, registry and champion alias,
+read back through the MLflow client; stable ids and names across a retrain."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import mlflow
+import pytest
+from mlflow.tracking import MlflowClient
+from pyspark.sql import functions as F
+
+from jobs import cluster, features, generate, ingest
+from jobs.common import JobContext
+from segmentation import tables, tracking
+from segmentation.errors import ConfigError
+from tests.conftest import make_config
+
+SETTINGS = ["generate.customers=1500", "cluster.k_min=3", "cluster.k_max=4"]
+
+
+@pytest.fixture(scope="module")
+def first(spark, tmp_path_factory):
+    root = tmp_path_factory.mktemp("cluster")
+    ctx = JobContext(make_config(root, *SETTINGS), spark)
+    generate.run(ctx)
+    ingest.run(ctx)
+    features.run(ctx)
+    return ctx, cluster.run(ctx)
+
+
+def test_every_customer_of_the_snapshot_gets_a_named_cluster(first):
+    ctx, result = first
+    snapshot = tables.read(ctx.spark, ctx.table("customer_features")).where(F.col("as_of_date") == result["as_of"])
+    clusters = tables.read(ctx.spark, ctx.table("customer_clusters"))
+    assert clusters.columns == cluster.CLUSTER_COLUMNS
+    assert clusters.count() == snapshot.count() == result["customers"]
+    assert clusters.join(snapshot, "customer_id", "left_anti").count() == 0
+    assert clusters.where(F.col("cluster_name").isNull() | F.col("distance_to_centroid").isNull()).count() == 0
+    assert {r[0] for r in clusters.select("model_version").distinct().collect()} == {1}
+    assert clusters.select("cluster_id").distinct().count() == result["k"] in (3, 4)
+
+
+def test_runs_registry_and_champion_read_back_through_the_client(first):
+    ctx, result = first
+    tracking.configure_mlflow(ctx.config)
+    client = MlflowClient()
+    parent = client.get_run(result["mlflow_run_id"])
+    assert parent.data.tags["stage"] == "cluster" and parent.data.tags["as_of"] == result["as_of"]
+    assert parent.data.tags["input.customer_features.version"] == str(result["features_version"])
+    assert parent.data.tags["champion_decision"] == "promoted"
+    children = client.search_runs(
+        [parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'"
+    )
+    assert sorted(int(c.data.params["k"]) for c in children) == [3, 4]
+    assert all("silhouette" in c.data.metrics and "cost" in c.data.metrics for c in children)
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id, "cluster")}
+    assert {"cluster/centroids.json", "cluster/profiles.json", "cluster/k_choice.png", "cluster/heatmap.png",
+            "cluster/sizes.png", "cluster/champion_decision.json"} <= artifacts
+    champion = client.get_model_version_by_alias("customer_segments", "champion")
+    assert str(champion.version) == "1" and champion.run_id == parent.info.run_id
+    model = mlflow.pyfunc.load_model("models:/customer_segments@champion")
+    assert model.metadata.get_input_schema().input_names() == ctx.config.cluster.features
+
+
+def test_a_retrain_keeps_ids_and_names_and_moves_the_champion_by_the_rule(spark, first):
+    """Retrain on the snapshot of the day before (the data barely changes): the clusters keep
+    their ids and names, and the alias follows the silhouette rule."""
+    ctx, result = first
+    day_before = dt.date.fromisoformat(result["as_of"]) - dt.timedelta(days=1)
+    again = JobContext(make_config(ctx.config.root, *SETTINGS, f"cluster.k={result['k']}", f"as_of={day_before}"), spark)
+    features.run(again)
+    second = cluster.run(again)
+    assert second["names"] == result["names"]
+    rule = second["silhouette"] >= result["silhouette"] - again.config.cluster.promote_tolerance
+    assert second["decision"]["promoted"] == rule
+    assert second["decision"]["champion_version"] == ("2" if rule else "1")
+    clusters = tables.read(spark, ctx.table("customer_clusters"))
+    old = clusters.where(F.col("as_of_date") == result["as_of"]).select("customer_id", F.col("cluster_id").alias("old"))
+    new = clusters.where(F.col("as_of_date") == day_before).join(old, "customer_id")
+    assert new.where(F.col("cluster_id") != F.col("old")).count() / new.count() < 0.05
+
+    tracking.configure_mlflow(again.config)
+    champion = str(MlflowClient().get_model_version_by_alias("customer_segments", "champion").version)
+    with mlflow.start_run():
+        kept = cluster._decide(MlflowClient(), again.config.cluster, "2", silhouette=0.1, champion_silhouette=0.9)
+    assert not kept["promoted"] and kept["champion_version"] == champion
+    assert str(MlflowClient().get_model_version_by_alias("customer_segments", "champion").version) == champion
+
+
+def test_unknown_feature_names_the_key(spark, first):
+    ctx, _ = first
+    overrides = ["cluster.features=[monetary, lifetime_value]", "cluster.log_features=[monetary]"]
+    bad = JobContext(make_config(ctx.config.root, *SETTINGS, *overrides), spark)
+    with pytest.raises(ConfigError, match="cluster.features: lifetime_value not numeric columns of customer_features"):
+        cluster.run(bad)
