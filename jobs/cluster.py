@@ -102,6 +102,9 @@ def run(ctx: JobContext, args=None) -> dict[str, object]:
             assigned = assign_clusters(best.model, customers, space, matching.ids)
             profiles = [r.asDict() for r in cluster_profiles(customers.join(assigned, on="customer_id", how="inner"), settings.features).collect()]
             names = _names(profiles, matching.inherited_names, customers)
+            reference_now = ReferenceClusters(space.inputs, space.centroids, matching.ids, [names[i] for i in matching.ids])
+            # Logged before the model can become champion: the next retrain matches against it.
+            mlflow.log_dict(reference_now.as_dict(), CENTROIDS_ARTIFACT)
 
             model_version = _register(best, customers, settings)
             decision = _decide(client, settings, model_version, best.silhouette, champion_silhouette)
@@ -116,8 +119,7 @@ def run(ctx: JobContext, args=None) -> dict[str, object]:
         finally:
             customers.unpersist()
 
-        reference_now = ReferenceClusters(space.inputs, space.centroids, matching.ids, [names[i] for i in matching.ids])
-        _log_parent(best, candidates, space, matching.ids, names, profiles, reference_now, decision)
+        _log_parent(best, candidates, space, matching.ids, names, profiles, decision)
         summary.update(k=best.k, silhouette=round(best.silhouette, 4), model_version=model_version,
                        champion=decision["champion_version"], version=result.version, table=target.location)
         print(report(best, candidates, profiles, names, decision), flush=True)
@@ -161,9 +163,13 @@ def _champion(client: MlflowClient, name: str) -> tuple[ReferenceClusters | None
         version = client.get_model_version_by_alias(name, CHAMPION)
     except MlflowException:
         return None, None
-    run = client.get_run(version.run_id)
-    reference = ReferenceClusters.from_dict(mlflow.artifacts.load_dict(f"runs:/{version.run_id}/{CENTROIDS_ARTIFACT}"))
-    return reference, run.data.metrics.get("silhouette")
+    silhouette = client.get_run(version.run_id).data.metrics.get("silhouette")
+    try:
+        reference = ReferenceClusters.from_dict(mlflow.artifacts.load_dict(f"runs:/{version.run_id}/{CENTROIDS_ARTIFACT}"))
+    except (MlflowException, OSError, KeyError, ValueError) as error:
+        log.warning("champion version %s has no readable %s (%s): clusters get new ids", version.version, CENTROIDS_ARTIFACT, error)
+        return None, silhouette
+    return reference, silhouette
 
 
 def _names(profiles: list[dict], inherited: dict[int, str], customers: DataFrame) -> dict[int, str]:
@@ -211,9 +217,8 @@ def _decide(client: MlflowClient, settings, version: str, silhouette: float, cha
     return decision
 
 
-def _log_parent(best: Candidate, candidates, space: Space, ids, names, profiles, reference, decision) -> None:
+def _log_parent(best: Candidate, candidates, space: Space, ids, names, profiles, decision) -> None:
     mlflow.log_metrics({"silhouette": best.silhouette, "cost": best.cost, "k": best.k})
-    mlflow.log_dict(reference.as_dict(), CENTROIDS_ARTIFACT)
     mlflow.log_dict({"profiles": profiles, "names": {str(k): v for k, v in names.items()}}, "cluster/profiles.json")
     mlflow.log_dict(decision, "cluster/champion_decision.json")
     mlflow.log_dict(
