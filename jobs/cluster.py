@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import sys
 import warnings
+from dataclasses import dataclass
 
 import mlflow
 import numpy as np
@@ -71,13 +72,10 @@ def config_overrides(args) -> list[str]:
 
 
 def run(ctx: JobContext, args=None) -> dict[str, object]:
-    config, spark, settings = ctx.config, ctx.spark, ctx.config.cluster
-    source, target = ctx.table("customer_features"), ctx.table("customer_clusters")
+    config, settings = ctx.config, ctx.config.cluster
+    target = ctx.table("customer_clusters")
     with tracking.stage_run(config, "cluster", ctx.pipeline_run_id) as parent, stage("cluster") as summary:
-        if not tables.exists(spark, source):
-            raise DataQualityError(f"{source}: no customer features yet; run 'segmentation features' first")
-        version = tables.current_version(spark, source)
-        features = tables.read(spark, source, version)
+        source, version, features = ctx.read_input("customer_features", "no customer features yet; run 'segmentation features' first")
         _check_columns(features, settings)
         as_of = config.as_of or features.agg(F.max("as_of_date")).first()[0]
         if as_of is None:
@@ -97,8 +95,8 @@ def run(ctx: JobContext, args=None) -> dict[str, object]:
             best = choose_k(candidates)
             space = model_space(best.model, settings)
             client = MlflowClient()
-            reference, champion_silhouette = _champion(client, settings.registered_model)
-            matching = match_to_reference(space, reference, settings.max_match_distance)
+            champion = _champion(client, settings.registered_model)
+            matching = match_to_reference(space, champion.reference if champion else None, settings.max_match_distance)
             assigned = assign_clusters(best.model, customers, space, matching.ids)
             profiles = [r.asDict() for r in cluster_profiles(customers.join(assigned, on="customer_id", how="inner"), settings.features).collect()]
             names = _names(profiles, matching.inherited_names, customers)
@@ -107,7 +105,7 @@ def run(ctx: JobContext, args=None) -> dict[str, object]:
             mlflow.log_dict(reference_now.as_dict(), CENTROIDS_ARTIFACT)
 
             model_version = _register(best, customers, settings)
-            decision = _decide(client, settings, model_version, best.silhouette, champion_silhouette)
+            decision = _decide(client, settings, model_version, best.silhouette, champion)
             snapshot = _with_names(assigned, names).select(
                 "customer_id", F.lit(as_of).alias("as_of_date"), "cluster_id", "cluster_name",
                 "distance_to_centroid", F.lit(int(model_version)).alias("model_version"),
@@ -157,19 +155,26 @@ def _fit_candidates(customers: DataFrame, settings, count: int, as_of) -> list[C
     return candidates
 
 
-def _champion(client: MlflowClient, name: str) -> tuple[ReferenceClusters | None, float | None]:
-    """The champion's clusters and silhouette, or (None, None) before the first promotion."""
+@dataclass(frozen=True)
+class Champion:
+    version: str
+    silhouette: float | None
+    reference: ReferenceClusters | None  # None when its centroids cannot be read
+
+
+def _champion(client: MlflowClient, name: str) -> Champion | None:
+    """The model version the alias points at, read once per job (None before the first promotion)."""
     try:
         version = client.get_model_version_by_alias(name, CHAMPION)
     except MlflowException:
-        return None, None
+        return None
     silhouette = client.get_run(version.run_id).data.metrics.get("silhouette")
     try:
         reference = ReferenceClusters.from_dict(mlflow.artifacts.load_dict(f"runs:/{version.run_id}/{CENTROIDS_ARTIFACT}"))
     except (MlflowException, OSError, KeyError, ValueError) as error:
         log.warning("champion version %s has no readable %s (%s): clusters get new ids", version.version, CENTROIDS_ARTIFACT, error)
-        return None, silhouette
-    return reference, silhouette
+        reference = None
+    return Champion(str(version.version), silhouette, reference)
 
 
 def _names(profiles: list[dict], inherited: dict[int, str], customers: DataFrame) -> dict[int, str]:
@@ -196,13 +201,10 @@ def _register(best: Candidate, customers: DataFrame, settings) -> str:
     return str(info.registered_model_version)
 
 
-def _decide(client: MlflowClient, settings, version: str, silhouette: float, champion_silhouette: float | None) -> dict:
+def _decide(client: MlflowClient, settings, version: str, silhouette: float, champion: Champion | None) -> dict:
     """Move the champion alias only by the configured rule; the decision is logged either way."""
-    current = None
-    try:
-        current = str(client.get_model_version_by_alias(settings.registered_model, CHAMPION).version)
-    except MlflowException:
-        pass
+    current = champion.version if champion else None
+    champion_silhouette = champion.silhouette if champion else None
     if champion_silhouette is None:
         promote, reason = True, "no champion yet"
     elif silhouette >= champion_silhouette - settings.promote_tolerance:

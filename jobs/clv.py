@@ -32,7 +32,7 @@ from segmentation.clv.distributed import SparkRows
 from segmentation.clv.gamma_gamma import GammaGammaFit, fit_gamma_gamma, fit_gamma_gamma_rows
 from segmentation.clv.holdout import holdout_by_frequency, plot_holdout
 from segmentation.clv.model import INPUT_COLUMNS, ClvModel
-from segmentation.clv.scoring import SCORE_FIELDS, ScoringSettings, with_clv_scores
+from segmentation.clv.scoring import SCORE_FIELDS, ScoringSettings, expected_purchases_over, with_clv_scores
 from segmentation.clv.summary import (
     UNIT_DAYS,
     bgnbd_triples,
@@ -42,7 +42,6 @@ from segmentation.clv.summary import (
     spend_groups,
 )
 from segmentation.errors import DataQualityError
-from segmentation.features.customer import latest_transaction_date
 from segmentation.logs import stage
 
 log = logging.getLogger(__name__)
@@ -75,15 +74,10 @@ def config_overrides(args: argparse.Namespace) -> list[str]:
 
 def run(ctx: JobContext, args: argparse.Namespace | None = None) -> dict[str, object]:
     config, spark, settings = ctx.config, ctx.spark, ctx.config.clv
-    source, target = ctx.table("transactions"), ctx.table("customer_clv")
+    target = ctx.table("customer_clv")
     with tracking.stage_run(config, "clv", ctx.pipeline_run_id), stage("clv") as summary_log:
-        if not tables.exists(spark, source):
-            raise DataQualityError(f"{source}: no transactions table yet; run 'segmentation ingest' first")
-        version = tables.current_version(spark, source)
-        transactions = tables.read(spark, source, version)
-        as_of = config.as_of or latest_transaction_date(transactions)
-        if as_of is None:
-            raise DataQualityError(f"{source} has no rows: nothing to fit")
+        source, version, transactions = ctx.read_transactions()
+        as_of = ctx.as_of(transactions, source)
         calibration_end = as_of - dt.timedelta(days=settings.holdout_days)
         unit_days = UNIT_DAYS[settings.time_unit]
         scoring = ScoringSettings.from_days(settings.horizon_days, settings.months, settings.monthly_discount_rate, unit_days)
@@ -158,13 +152,12 @@ def _with_holdout(scored: DataFrame, transactions, settings, calibration_end, as
     """Add what the model expected in the holdout and what each customer bought (null without one)."""
     if settings.holdout_days == 0:
         return scored.select("*", *[F.lit(None).cast(t).alias(c) for c, t in (("holdout_expected_purchases", "double"), ("holdout_purchases", "long"))])
-    holdout = ScoringSettings.from_days(settings.holdout_days, 1, 0.0, unit_days)
-    expected = with_clv_scores(scored.select("customer_id", "x", "t_x", "T", "m"), bgnbd.params, None, holdout)
+    expected = expected_purchases_over(bgnbd.params, settings.holdout_days / unit_days)
     actual = holdout_purchases(transactions, calibration_end, as_of)
-    return (
-        scored.join(expected.select("customer_id", F.col("expected_purchases").alias("holdout_expected_purchases")), on="customer_id", how="left")
-        .join(actual, on="customer_id", how="left")
-        .select(*scored.columns, "holdout_expected_purchases", F.coalesce("holdout_purchases", F.lit(0)).cast("long").alias("holdout_purchases"))
+    return scored.join(actual, on="customer_id", how="left").select(
+        *scored.columns,
+        expected.alias("holdout_expected_purchases"),
+        F.coalesce("holdout_purchases", F.lit(0)).cast("long").alias("holdout_purchases"),
     )
 
 

@@ -7,9 +7,11 @@ import datetime as dt
 import uuid
 from dataclasses import dataclass, field
 
-from pyspark.sql import SparkSession
+from pyspark.sql import DataFrame, SparkSession
 
+from segmentation import tables
 from segmentation.config import Config
+from segmentation.errors import DataQualityError
 from segmentation.tables import TableRef, table_ref
 
 
@@ -21,6 +23,27 @@ class JobContext:
 
     def table(self, key: str) -> TableRef:
         return table_ref(self.config, key)
+
+    def read_input(self, key: str, missing: str) -> tuple[TableRef, int, DataFrame]:
+        """A stage's input table at its current version (the version is what runs record);
+        `missing` says what to run first when the table does not exist yet."""
+        ref = self.table(key)
+        if not tables.exists(self.spark, ref):
+            raise DataQualityError(f"{ref}: {missing}")
+        version = tables.current_version(self.spark, ref)
+        return ref, version, tables.read(self.spark, ref, version)
+
+    def read_transactions(self) -> tuple[TableRef, int, DataFrame]:
+        return self.read_input("transactions", "no transactions table yet; run 'segmentation ingest' first")
+
+    def as_of(self, transactions: DataFrame, ref: TableRef) -> dt.date:
+        """The snapshot date: configured, else the day of the latest transaction (a Spark job)."""
+        from segmentation.features.customer import latest_transaction_date
+
+        as_of = self.config.as_of or latest_transaction_date(transactions)
+        if as_of is None:
+            raise DataQualityError(f"{ref} has no rows: nothing to compute from")
+        return as_of
 
 
 def iso_date(text: str) -> dt.date:

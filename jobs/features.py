@@ -23,7 +23,7 @@ from pyspark.sql import functions as F
 from jobs.common import JobContext, add_as_of_argument, as_of_overrides
 from segmentation import tables, tracking
 from segmentation.errors import DataQualityError
-from segmentation.features.customer import customer_features, latest_transaction_date
+from segmentation.features.customer import customer_features
 from segmentation.features.rules import UNMATCHED
 from segmentation.features.tiers import TierCuts, tier_counts, tier_cuts, value_pyramid_summary, with_rule_tiers
 from segmentation.logs import stage
@@ -47,20 +47,14 @@ def config_overrides(args: argparse.Namespace) -> list[str]:
 
 
 def run(ctx: JobContext, args: argparse.Namespace | None = None) -> dict[str, object]:
-    config, spark, settings = ctx.config, ctx.spark, ctx.config.features
-    source, target = ctx.table("transactions"), ctx.table("customer_features")
+    config, settings = ctx.config, ctx.config.features
+    target = ctx.table("customer_features")
     with tracking.stage_run(config, "features", ctx.pipeline_run_id), stage("features") as summary:
-        if not tables.exists(spark, source):
-            raise DataQualityError(f"{source}: no transactions table yet; run 'segmentation ingest' first")
-        version = tables.current_version(spark, source)
-        transactions = tables.read(spark, source, version)
+        source, version, transactions = ctx.read_transactions()
         channels = config.ingest.channels
         # Every rule is checked against the feature columns before a single job runs.
         with_rule_tiers(customer_features(transactions, dt.date.today(), channels), TierCuts(), settings)
-
-        as_of = config.as_of or latest_transaction_date(transactions)
-        if as_of is None:
-            raise DataQualityError(f"{source} has no rows: nothing to compute features from")
+        as_of = ctx.as_of(transactions, source)
         summary.update(as_of=as_of.isoformat(), transactions_version=version)
         log.info("features as of %s from %s version %s", as_of, source, version)
         tracking.log_delta_input(source, version, context="transactions")

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from pyspark.sql import DataFrame
+from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql.functions import pandas_udf
 
@@ -62,6 +62,16 @@ def customer_scores(
         scores["expected_average_value"] = np.where(np.isfinite(value), value, np.nan)
         scores["clv"] = np.where(np.isfinite(clv), clv, np.nan)
     return pd.DataFrame(scores)[SCORE_FIELDS]
+
+
+def expected_purchases_over(bgnbd: BgNbdParams, horizon: float) -> Column:
+    """Expected purchases in the next `horizon` (the summary's unit) as a column over x, t_x, T."""
+
+    @pandas_udf("double")
+    def expected(x: pd.Series, t_x: pd.Series, T: pd.Series) -> pd.Series:
+        return pd.Series(expected_purchases(bgnbd, horizon, *(s.to_numpy(dtype=float) for s in (x, t_x, T))))
+
+    return expected("x", "t_x", "T")
 
 
 def with_clv_scores(

@@ -83,7 +83,8 @@ def test_a_retrain_keeps_ids_and_names_and_moves_the_champion_by_the_rule(spark,
     tracking.configure_mlflow(again.config)
     champion = str(MlflowClient().get_model_version_by_alias("customer_segments", "champion").version)
     with mlflow.start_run():
-        kept = cluster._decide(MlflowClient(), again.config.cluster, "2", silhouette=0.1, champion_silhouette=0.9)
+        current = cluster.Champion(champion, silhouette=0.9, reference=None)
+        kept = cluster._decide(MlflowClient(), again.config.cluster, "2", silhouette=0.1, champion=current)
     assert not kept["promoted"] and kept["champion_version"] == champion
     assert str(MlflowClient().get_model_version_by_alias("customer_segments", "champion").version) == champion
 
