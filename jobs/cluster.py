@@ -23,7 +23,6 @@ from mlflow.tracking import MlflowClient
 from pyspark import StorageLevel
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
-from pyspark.sql import types as T
 
 from jobs.common import JobContext, add_as_of_argument, as_of_overrides
 from segmentation import tables, tracking
@@ -47,8 +46,9 @@ from segmentation.clustering.profiles import (
     match_to_reference,
     unique_names,
 )
-from segmentation.errors import ConfigError, DataQualityError
+from segmentation.errors import DataQualityError
 from segmentation.logs import stage
+from segmentation.schema import require_numeric_columns
 from segmentation.plots import plt
 
 log = logging.getLogger(__name__)
@@ -76,7 +76,7 @@ def run(ctx: JobContext, args=None) -> dict[str, object]:
     target = ctx.table("customer_clusters")
     with tracking.stage_run(config, "cluster", ctx.pipeline_run_id) as parent, stage("cluster") as summary:
         source, version, features = ctx.read_input("customer_features", "no customer features yet; run 'segmentation features' first")
-        _check_columns(features, settings)
+        require_numeric_columns(features, {"cluster.features": settings.features}, "customer_features", booleans=True)
         as_of = config.as_of or features.agg(F.max("as_of_date")).first()[0]
         if as_of is None:
             raise DataQualityError(f"{source} has no snapshots: run 'segmentation features' first")
@@ -122,16 +122,6 @@ def run(ctx: JobContext, args=None) -> dict[str, object]:
                        champion=decision["champion_version"], version=result.version, table=target.location)
         print(report(best, candidates, profiles, names, decision), flush=True)
     return {**summary, "mlflow_run_id": parent.info.run_id, "names": names, "decision": decision}
-
-
-def _check_columns(features: DataFrame, settings) -> None:
-    numeric = {f.name for f in features.schema if isinstance(f.dataType, (T.NumericType, T.BooleanType))}
-    unknown = [c for c in settings.features if c not in numeric]
-    if unknown:
-        raise ConfigError(
-            f"cluster.features: {', '.join(unknown)} not numeric columns of customer_features "
-            f"(numeric columns: {', '.join(sorted(numeric))})"
-        )
 
 
 def _fit_candidates(customers: DataFrame, settings, count: int, as_of) -> list[Candidate]:

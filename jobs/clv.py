@@ -92,7 +92,7 @@ def run(ctx: JobContext, args: argparse.Namespace | None = None) -> dict[str, ob
         try:
             if customers.isEmpty():
                 raise DataQualityError(f"no customer has a purchase on or before {calibration_end} in {source}")
-            bgnbd = _fit_purchases(customers, settings)
+            bgnbd = fit_purchases(customers, settings)
             spend = _fit_spend(customers, settings)
             correlation = frequency_spend_correlation(customers)
             scored = with_clv_scores(customers, bgnbd.params, spend.params if spend else None, scoring)
@@ -121,7 +121,7 @@ def run(ctx: JobContext, args: argparse.Namespace | None = None) -> dict[str, ob
     return {**summary_log, **fitted, **totals}
 
 
-def _fit_purchases(customers: DataFrame, settings) -> BgNbdFit:
+def fit_purchases(customers: DataFrame, settings) -> BgNbdFit:
     triples = bgnbd_triples(customers)
     return _fit_weighted(triples, ["x", "t_x", "T"], settings.max_driver_rows, fit_bgnbd, fit_bgnbd_rows, settings.penalizer, "triples")
 

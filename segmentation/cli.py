@@ -19,6 +19,7 @@ STAGES = {
     "features": "jobs.features",
     "clv": "jobs.clv",
     "cluster": "jobs.cluster",
+    "churn": "jobs.churn",
     "run": "jobs.run",
 }
 

@@ -46,6 +46,7 @@ class TableLocations(_Section):
     customer_features: str
     customer_clv: str
     customer_clusters: str
+    customer_churn: str
 
 
 class StorageConfig(_Section):
@@ -303,6 +304,77 @@ class ClusterConfig(_Section):
         return self
 
 
+class RiskTier(_Section):
+    name: str = Field(min_length=1)
+    # Customers with a churn probability at or above this; the last tier takes the rest.
+    min_probability: float | None = Field(None, gt=0.0, lt=1.0)
+
+
+class ChurnConfig(_Section):
+    """The churn classifier (see segmentation/churn): labels, model, evaluation, registry, risk tiers."""
+
+    # Label at a cutoff C: no purchase in (C, C + horizon_days]. Eligible at C: a purchase in
+    # the lookback_days ending on C.
+    horizon_days: int = Field(90, gt=0)
+    lookback_days: int = Field(365, gt=0)
+    # Evaluation cutoff; default: as_of minus horizon_days (the latest whose window is observed).
+    evaluation_cutoff: dt.date | None = None
+    # Training cutoffs: a number of cutoffs horizon_days apart before the evaluation cutoff,
+    # or a list of dates.
+    training_cutoffs: int | list[dt.date] = 4
+    # Training label windows must end on or before the evaluation cutoff (out of time). Only
+    # turn off for short histories, and say so: the evaluation is then not fully out of time.
+    require_out_of_time: bool = True
+    model: Literal["gbt", "logistic_regression"] = "gbt"
+    features: list[str]
+    # balanced: each class weighs half of the training rows; the probabilities are corrected
+    # back to the observed churn rate, so they stay calibrated. none: no weights.
+    class_weight: Literal["balanced", "none"] = "balanced"
+    seed: int = 42
+    # Spark ML parameters of the classifier (GBTClassifier / LogisticRegression names).
+    gbt: dict[str, int | float | str] = Field(default_factory=dict)
+    logistic_regression: dict[str, int | float | str] = Field(default_factory=dict)
+    # Optional search: parameter -> candidate values, chosen by TrainValidationSplit on the
+    # training rows by PR AUC (the evaluation cutoff stays unseen).
+    search: dict[str, list[int | float | str]] = Field(default_factory=dict)
+    search_train_ratio: float = Field(0.8, gt=0.0, lt=1.0)
+    # The non-learned recency baseline ranks customers by this feature (larger = riskier).
+    recency_baseline: str = "recency_days"
+    # Operating threshold for the confusion matrix: the top contact_budget share of customers,
+    # or the threshold of best F1.
+    operating_point: Literal["budget", "best_f1"] = "budget"
+    contact_budget: float = Field(0.2, gt=0.0, lt=1.0)
+    registered_model: str = "churn_classifier"
+    # A new model becomes champion when it beats the champion on the same evaluation rows by
+    # more than min_improvement in this metric.
+    promote_metric: Literal["pr_auc", "roc_auc", "lift_10", "lift_20", "brier"] = "pr_auc"
+    min_improvement: float = Field(0.0, ge=0.0)
+    risk_tiers: list[RiskTier]
+
+    @field_validator("risk_tiers")
+    @classmethod
+    def _tiers_descend(cls, value: list[RiskTier]) -> list[RiskTier]:
+        _unique_names(value, "risk tier")
+        if len(value) < 2:
+            raise ValueError("at least two risk tiers are needed")
+        if any(t.min_probability is None for t in value[:-1]) or value[-1].min_probability is not None:
+            raise ValueError("every risk tier but the last needs min_probability; the last takes the rest and has none")
+        bounds = [t.min_probability for t in value[:-1]]
+        if bounds != sorted(bounds, reverse=True) or len(set(bounds)) != len(bounds):
+            raise ValueError(f"min_probability must fall strictly from the first tier to the last: {bounds}")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "ChurnConfig":
+        if len(set(self.features)) != len(self.features) or not self.features:
+            raise ValueError("features must be a non-empty list without repeats")
+        if isinstance(self.training_cutoffs, int) and self.training_cutoffs < 1:
+            raise ValueError("training_cutoffs must be at least 1 (or a list of dates)")
+        if isinstance(self.training_cutoffs, list) and not self.training_cutoffs:
+            raise ValueError("training_cutoffs: the list of dates is empty")
+        return self
+
+
 class Config(_Section):
     environment: str
     # The snapshot date of every stage: only transactions on or before it are used.
@@ -317,6 +389,7 @@ class Config(_Section):
     features: FeaturesConfig
     clv: ClvConfig = Field(default_factory=ClvConfig)
     cluster: ClusterConfig
+    churn: ChurnConfig
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
 
     @model_validator(mode="after")

@@ -19,3 +19,7 @@ class DataQualityError(SegmentationError, ValueError):
 
 class ModelFitError(SegmentationError, RuntimeError):
     """A model fit did not reach a usable optimum; the message says what to try instead."""
+
+
+class ModelRegistryError(SegmentationError, LookupError):
+    """A registered model, version or alias the stage needs does not exist."""

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+
+from pyspark.sql import DataFrame
 from pyspark.sql import types as T
+
+from segmentation.errors import ConfigError
 
 # Column -> (type of the clean table, required, description). Order is the table's order.
 TRANSACTION_FIELDS: dict[str, tuple[T.DataType, bool, str]] = {
@@ -59,3 +64,16 @@ def schema_markdown() -> str:
     for name, (dtype, text) in LINEAGE_FIELDS.items():
         rows.append(f"| `{name}` | {dtype.simpleString()} | yes | {text} |")
     return "\n".join(rows)
+
+
+def require_numeric_columns(df: DataFrame, wanted: Mapping[str, Sequence[str]], table: str, booleans: bool = False) -> None:
+    """Fail with the configuration key when a configured column is not a numeric column of
+    `table` (`wanted` maps a key such as "cluster.features" to the columns it names)."""
+    kinds = (T.NumericType, T.BooleanType) if booleans else (T.NumericType,)
+    numeric = {f.name for f in df.schema if isinstance(f.dataType, kinds)}
+    for key, names in wanted.items():
+        unknown = [name for name in names if name not in numeric]
+        if unknown:
+            raise ConfigError(
+                f"{key}: {', '.join(unknown)} not numeric columns of {table} (numeric columns: {', '.join(sorted(numeric))})"
+            )

@@ -16,9 +16,9 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from segmentation.config import FeaturesConfig, RfmConfig, ValuePyramidConfig
-from segmentation.errors import ConfigError
 from segmentation.features.quantiles import even_probabilities, quantile_cuts, score_by_cuts
 from segmentation.features.rules import Rule, with_first_match
+from segmentation.schema import require_numeric_columns
 
 RFM_BUCKETS = 5
 TIER_COLUMNS = [
@@ -162,15 +162,9 @@ def tier_counts(tiered: DataFrame) -> DataFrame:
 
 
 def _check_score_columns(features: DataFrame, config: FeaturesConfig) -> None:
-    numeric = {f.name for f in features.schema if isinstance(f.dataType, T.NumericType)}
-    wanted = {
-        "features.rfm.recency": config.rfm.recency,
-        "features.rfm.frequency": config.rfm.frequency,
-        "features.rfm.monetary": config.rfm.monetary,
-        "features.value_pyramid.rank_by": config.value_pyramid.rank_by,
-    }
-    for key, column in wanted.items():
-        if column not in numeric:
-            raise ConfigError(
-                f"{key}: '{column}' is not a numeric feature column (numeric columns: {', '.join(sorted(numeric))})"
-            )
+    require_numeric_columns(features, {
+        "features.rfm.recency": [config.rfm.recency],
+        "features.rfm.frequency": [config.rfm.frequency],
+        "features.rfm.monetary": [config.rfm.monetary],
+        "features.value_pyramid.rank_by": [config.value_pyramid.rank_by],
+    }, "customer_features")

@@ -226,5 +226,5 @@ def test_lifecycle_rules_may_use_the_scores_and_business_rules_the_stage(spark):
 
 def test_score_columns_must_be_numeric_feature_columns(spark):
     df = frame(spark, [("A", 1, 1, 1.0, 1.0)])
-    with pytest.raises(ConfigError, match=r"features.value_pyramid.rank_by: 'predicted_clv' is not a numeric feature column"):
+    with pytest.raises(ConfigError, match=r"features.value_pyramid.rank_by: predicted_clv not numeric columns of customer_features"):
         with_rule_tiers(df, TierCuts(), settings("features.value_pyramid.rank_by=predicted_clv"))

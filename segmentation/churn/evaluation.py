@@ -1,0 +1,182 @@
+"""How good a churn score is, computed at scale: Spark aggregates only, so the driver sees a
+bounded number of rows (score buckets and calibration bins), never a row per customer.
+
+A score ranks customers from riskiest down. ROC AUC and PR AUC come from Spark's
+BinaryClassificationEvaluator. The ranking metrics (lift and capture in the top 10% and 20%,
+the cumulative gains, ROC and precision-recall curves, the best-F1 threshold) come from the
+score cut into `buckets` quantile buckets with their row and churner counts; within a bucket
+customers are taken in random order, which is exactly right for ties. Probabilities also get
+the Brier score and a calibration table (equal-width bins of predicted probability, with the
+expected calibration error: the row-weighted mean gap between predicted and observed rate).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+
+from pyspark.ml.evaluation import BinaryClassificationEvaluator
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+
+from segmentation.churn.labels import LABEL
+from segmentation.features.quantiles import even_probabilities, quantile_cuts, score_by_cuts
+
+log = logging.getLogger(__name__)
+
+TOP_SHARES = (0.1, 0.2)
+BUCKETS = 100
+CALIBRATION_BINS = 10
+
+
+@dataclass(frozen=True)
+class Bucket:
+    low: float  # lowest and highest score in the bucket
+    high: float
+    rows: int
+    churners: int
+
+
+@dataclass(frozen=True)
+class ScoreEvaluation:
+    metrics: dict[str, float | None]
+    curve: list[dict[str, float]]  # riskiest first: one point per bucket boundary
+    calibration: list[dict[str, float]] | None  # None for a score that is not a probability
+
+    def as_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def score_buckets(df: DataFrame, score: str, buckets: int = BUCKETS, relative_error: float = 0.0005) -> list[Bucket]:
+    """Rows with a score, cut at its quantiles, riskiest (highest score) first."""
+    scored = df.where(F.col(score).isNotNull())
+    cuts = sorted(set(quantile_cuts(scored, {"s": (F.col(score), even_probabilities(buckets))}, relative_error)["s"]))
+    rows = (
+        scored.groupBy(score_by_cuts(F.col(score), cuts).alias("bucket"))
+        .agg(
+            F.min(score).alias("low"), F.max(score).alias("high"),
+            F.count(F.lit(1)).alias("rows"), F.sum(F.col(LABEL).cast("long")).alias("churners"),
+        )
+        .collect()
+    )
+    return sorted((Bucket(float(r.low), float(r.high), int(r.rows), int(r.churners)) for r in rows), key=lambda b: -b.high)
+
+
+def ranking_curve(buckets: list[Bucket]) -> list[dict[str, float]]:
+    """Cumulative points from the riskiest bucket down: contacted share, recall (the gains
+    curve), precision, false positive rate, F1, and the threshold (score >= it) reaching it."""
+    rows = sum(b.rows for b in buckets)
+    churners = sum(b.churners for b in buckets)
+    stayers = rows - churners
+    curve, taken, caught = [], 0, 0
+    for bucket in buckets:
+        taken += bucket.rows
+        caught += bucket.churners
+        curve.append({
+            "threshold": bucket.low,
+            "share": taken / rows,
+            "recall": caught / churners if churners else 0.0,
+            "precision": caught / taken,
+            "false_positive_rate": (taken - caught) / stayers if stayers else 0.0,
+            "f1": 2.0 * caught / (taken + churners) if churners else 0.0,
+        })
+    return curve
+
+
+def top_share(buckets: list[Bucket], share: float) -> tuple[float, float]:
+    """(lift, capture) when contacting the riskiest `share` of rows; the bucket that straddles
+    the boundary contributes its churners pro rata."""
+    rows = sum(b.rows for b in buckets)
+    churners = sum(b.churners for b in buckets)
+    if rows == 0 or churners == 0:
+        return 0.0, 0.0
+    room, caught = share * rows, 0.0
+    for bucket in buckets:
+        taken = min(room, bucket.rows)
+        caught += bucket.churners * taken / bucket.rows
+        room -= taken
+        if room <= 0:
+            break
+    precision = caught / (share * rows)
+    return precision / (churners / rows), caught / churners
+
+
+def calibration_table(df: DataFrame, probability: str, bins: int = CALIBRATION_BINS) -> list[dict[str, float]]:
+    """Per equal-width bin of predicted probability: rows, mean predicted, observed churn rate."""
+    p = F.col(probability)
+    index = F.least(F.floor(p * bins), F.lit(bins - 1)).cast("int")
+    rows = (
+        df.where(p.isNotNull())
+        .groupBy(index.alias("bin"))
+        .agg(F.count(F.lit(1)).alias("rows"), F.avg(p).alias("predicted"), F.avg(F.col(LABEL)).alias("observed"))
+        .orderBy("bin")
+        .collect()
+    )
+    return [
+        {"bin": int(r.bin), "low": r.bin / bins, "high": (r.bin + 1) / bins, "rows": int(r.rows),
+         "predicted": float(r.predicted), "observed": float(r.observed)}
+        for r in rows
+    ]
+
+
+def expected_calibration_error(table: list[dict[str, float]]) -> float:
+    rows = sum(b["rows"] for b in table)
+    return sum(b["rows"] * abs(b["predicted"] - b["observed"]) for b in table) / rows if rows else 0.0
+
+
+def area_under(df: DataFrame, score: str, metric: str) -> float:
+    """Spark's areaUnderROC or areaUnderPR of a score column against the label."""
+    frame = df.where(F.col(score).isNotNull()).select(F.col(score).cast("double").alias(score), F.col(LABEL).cast("double").alias(LABEL))
+    evaluator = BinaryClassificationEvaluator(rawPredictionCol=score, labelCol=LABEL, metricName=metric)
+    return float(evaluator.evaluate(frame))
+
+
+def evaluate_score(df: DataFrame, score: str, is_probability: bool) -> ScoreEvaluation:
+    """Every metric of one score over the same rows (`df` should be persisted by the caller)."""
+    totals = df.agg(
+        F.count(F.lit(1)).alias("rows"),
+        F.count(F.col(score)).alias("scored"),
+        F.avg(F.col(LABEL)).alias("churn_rate"),
+        F.avg(F.pow(F.col(score) - F.col(LABEL), 2)).alias("brier"),
+    ).first()
+    if totals.scored < totals.rows:
+        log.warning("%s: %d of %d rows have no score and are left out", score, totals.rows - totals.scored, totals.rows)
+    buckets = score_buckets(df, score)
+    metrics: dict[str, float | None] = {
+        "rows": float(totals.scored),
+        "churn_rate": float(totals.churn_rate),
+        "roc_auc": area_under(df, score, "areaUnderROC"),
+        "pr_auc": area_under(df, score, "areaUnderPR"),
+    }
+    for share in TOP_SHARES:
+        lift, capture = top_share(buckets, share)
+        metrics[f"lift_{round(share * 100)}"] = lift
+        metrics[f"capture_{round(share * 100)}"] = capture
+    calibration = None
+    metrics["brier"] = metrics["calibration_error"] = None
+    if is_probability:
+        calibration = calibration_table(df, score)
+        metrics["brier"] = float(totals.brier)
+        metrics["calibration_error"] = expected_calibration_error(calibration)
+    return ScoreEvaluation(metrics, ranking_curve(buckets), calibration)
+
+
+def operating_threshold(curve: list[dict[str, float]], method: str, budget: float) -> dict[str, float]:
+    """The curve point to act at: the first whose contacted share reaches the budget, or the
+    point of best F1."""
+    if method == "best_f1":
+        return max(curve, key=lambda point: point["f1"])
+    return next((point for point in curve if point["share"] >= budget - 1e-12), curve[-1])
+
+
+def confusion_matrix(df: DataFrame, probability: str, threshold: float) -> dict[str, int]:
+    """Counts at `probability >= threshold` (predicted churner) against the label."""
+    predicted = F.col(probability) >= F.lit(threshold)
+    actual = F.col(LABEL) == 1.0
+    row = df.agg(
+        F.count(F.when(predicted & actual, 1)).alias("true_positives"),
+        F.count(F.when(predicted & ~actual, 1)).alias("false_positives"),
+        F.count(F.when(~predicted & actual, 1)).alias("false_negatives"),
+        F.count(F.when(~predicted & ~actual, 1)).alias("true_negatives"),
+    ).first()
+    return {key: int(value) for key, value in row.asDict().items()}
