@@ -4,9 +4,9 @@ the current customers with the champion into `customer_churn` (`churn score`).
 train: features as of each training cutoff with the label "no purchase in the next
 `churn.horizon_days`", a Spark ML pipeline fitted on them, and an evaluation on a later
 cutoff whose label window follows the training windows. On the same evaluation rows the
-model is compared with two non-learned baselines (ranking by recency, and 1 - P(alive) of a
-BG/NBD model fitted on the transactions up to the evaluation cutoff) and with the current
-champion. Every training registers a new version of `churn.registered_model` with the alias
+model is compared with non-learned baselines (ranking by recency; 1 - P(alive) and the
+fewest expected purchases in the label window, from a BG/NBD model fitted on the
+transactions up to the evaluation cutoff) and with the current champion. Every training registers a new version of `churn.registered_model` with the alias
 `challenger`; it becomes `champion` only when it beats the champion on those rows by
 `churn.promote_metric` (the first model becomes champion).
 
@@ -53,7 +53,8 @@ log = logging.getLogger(__name__)
 HELP = "train the churn classifier out of time and register it (train), or score customers with the champion (score)"
 CHAMPION, CHALLENGER = "champion", "challenger"
 CHURN_COLUMNS = ["customer_id", "as_of_date", "churn_probability", "churn_risk_tier", "model_version"]
-MODEL, RECENCY, DROPOUT = "model", "recency rule", "1 - P(alive)"
+MODEL, RECENCY, DROPOUT, QUIET = "model", "recency rule", "1 - P(alive)", "BG/NBD purchases"
+BASELINE_PREFIXES = {RECENCY: "baseline_recency", DROPOUT: "baseline_p_alive", QUIET: "baseline_expected_purchases"}
 LOWER_IS_BETTER = {"brier"}
 
 
@@ -106,12 +107,13 @@ def train(ctx: JobContext) -> dict[str, object]:
             log.info("training on %d rows from %d cutoffs (churn rate %.3f), evaluating on %d rows of %s",
                      labels["training_rows"], len(cutoffs.training), weights.churn_rate, labels["evaluation_rows"], cutoffs.evaluation)
             fitted = fit_churn_model(training, settings, weights)
-            alive = _probability_alive(transactions, cutoffs.evaluation, config.clv)
-            scored = _scored_evaluation(fitted.model, evaluation, alive, settings.recency_baseline)
+            btyd = _btyd_scores(transactions, cutoffs.evaluation, settings.horizon_days, config.clv)
+            scored = _scored_evaluation(fitted.model, evaluation, btyd, settings.recency_baseline)
             evaluations = {
                 MODEL: evaluate_score(scored, PROBABILITY, is_probability=True),
                 RECENCY: evaluate_score(scored, "recency_score", is_probability=False),
                 DROPOUT: evaluate_score(scored, "dropout_score", is_probability=True),
+                QUIET: evaluate_score(scored, "quiet_score", is_probability=False),
             }
             point = operating_threshold(evaluations[MODEL].curve, settings.operating_point, settings.contact_budget)
             confusion = confusion_matrix(scored, PROBABILITY, point["threshold"])
@@ -183,23 +185,25 @@ def _label_counts(training: DataFrame, evaluation: DataFrame, cutoffs: Cutoffs) 
     return counts
 
 
-def _probability_alive(transactions: DataFrame, cutoff: dt.date, clv) -> DataFrame:
-    """P(alive) at `cutoff` from BG/NBD fitted on the transactions up to it (the CLV stage's model)."""
+def _btyd_scores(transactions: DataFrame, cutoff: dt.date, horizon_days: int, clv) -> DataFrame:
+    """P(alive) at `cutoff` and the purchases expected in the label window, from BG/NBD fitted
+    on the transactions up to the cutoff (the lifetime-value stage's model and settings)."""
     unit = UNIT_DAYS[clv.time_unit]
     summary = clv_summary(transactions, cutoff, clv.time_unit)
     fit = fit_purchases(summary, clv)
     log.info("BG/NBD baseline at %s: %s", cutoff, {k: round(v, 4) for k, v in fit.params.as_dict().items()})
-    scoring = ScoringSettings.from_days(clv.horizon_days, clv.months, clv.monthly_discount_rate, unit)
-    return with_clv_scores(summary, fit.params, None, scoring).select("customer_id", "probability_alive")
+    scoring = ScoringSettings.from_days(horizon_days, clv.months, clv.monthly_discount_rate, unit)
+    return with_clv_scores(summary, fit.params, None, scoring).select("customer_id", "probability_alive", "expected_purchases")
 
 
-def _scored_evaluation(model: PipelineModel, evaluation: DataFrame, alive: DataFrame, recency: str) -> DataFrame:
-    """Evaluation rows with the model's probability and both baselines' scores (larger = riskier)."""
-    scored = score_churn(model, evaluation).join(alive, on="customer_id", how="left")
+def _scored_evaluation(model: PipelineModel, evaluation: DataFrame, btyd: DataFrame, recency: str) -> DataFrame:
+    """Evaluation rows with the model's probability and the baselines' scores (larger = riskier)."""
+    scored = score_churn(model, evaluation).join(btyd, on="customer_id", how="left")
     return scored.select(
         "customer_id", LABEL, PROBABILITY,
         F.col(recency).cast("double").alias("recency_score"),
         (F.lit(1.0) - F.col("probability_alive")).alias("dropout_score"),
+        (-F.col("expected_purchases")).alias("quiet_score"),
     ).persist(StorageLevel.MEMORY_AND_DISK)
 
 
@@ -238,7 +242,8 @@ def _champion_metric(champion: Champion, evaluation: DataFrame, metric: str) -> 
 
 def _register(fitted: FittedChurn, evaluation: DataFrame, settings) -> str:
     """Log the pipeline with its signature and register it as a new version."""
-    sample = evaluation.select(*settings.features).limit(5)
+    # Doubles: the pipeline casts every feature to double, and a double column accepts nulls.
+    sample = evaluation.select(*[F.col(c).cast("double") for c in settings.features]).limit(5)
     output = score_churn(fitted.model, sample).select(PROBABILITY).toPandas()
     signature = infer_signature(sample.toPandas(), output[PROBABILITY].rename(None))
     info = mlflow.spark.log_model(
@@ -277,7 +282,7 @@ def _decide(client: MlflowClient, settings, version: str, metric: float, champio
 
 def _log_evaluation(evaluations: dict[str, ScoreEvaluation], point, confusion, importance, fitted: FittedChurn, labels, decision) -> None:
     metrics = {f"{key}": value for key, value in evaluations[MODEL].metrics.items() if value is not None}
-    for name, prefix in ((RECENCY, "baseline_recency"), (DROPOUT, "baseline_p_alive")):
+    for name, prefix in BASELINE_PREFIXES.items():
         metrics.update({f"{prefix}_{key}": value for key, value in evaluations[name].metrics.items() if value is not None})
     metrics.update({
         "threshold": point["threshold"], "threshold_share": point["share"], "threshold_precision": point["precision"],
@@ -312,14 +317,14 @@ def train_report(cutoffs: Cutoffs, labels, evaluations: dict[str, ScoreEvaluatio
         f"Evaluation cutoff {cutoffs.evaluation} (out of time): {labels['evaluation_rows']:,} rows, "
         f"{labels['evaluation_churners'] / labels['evaluation_rows']:.1%} churned.",
         "",
-        f"  {'score':<14}{'ROC AUC':>9}{'PR AUC':>9}{'lift@10%':>10}{'capture@10%':>13}{'lift@20%':>10}{'capture@20%':>13}{'Brier':>8}{'ECE':>8}",
+        f"  {'score':<18}{'ROC AUC':>9}{'PR AUC':>9}{'lift@10%':>10}{'capture@10%':>13}{'lift@20%':>10}{'capture@20%':>13}{'Brier':>8}{'ECE':>8}",
     ]
     for name, evaluation in evaluations.items():
         m = evaluation.metrics
         brier = f"{m['brier']:8.4f}" if m["brier"] is not None else f"{'-':>8}"
         ece = f"{m['calibration_error']:8.4f}" if m["calibration_error"] is not None else f"{'-':>8}"
         lines.append(
-            f"  {name:<14}{m['roc_auc']:9.4f}{m['pr_auc']:9.4f}{m['lift_10']:10.2f}{m['capture_10']:13.1%}"
+            f"  {name:<18}{m['roc_auc']:9.4f}{m['pr_auc']:9.4f}{m['lift_10']:10.2f}{m['capture_10']:13.1%}"
             f"{m['lift_20']:10.2f}{m['capture_20']:13.1%}{brier}{ece}"
         )
     lines += [
