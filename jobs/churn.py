@@ -121,7 +121,8 @@ def train(ctx: JobContext) -> dict[str, object]:
 
             client = MlflowClient()
             champion = _champion(client, settings.registered_model)
-            champion_metric = _champion_metric(champion, evaluation, settings.promote_metric) if champion else None
+            comparable = champion is not None and champion.horizon_days in (None, settings.horizon_days)
+            champion_metric = _champion_metric(champion, evaluation, settings.promote_metric) if comparable else None
             model_version = _register(fitted, evaluation, settings)
             client.set_registered_model_alias(settings.registered_model, CHALLENGER, model_version)
             decision = _decide(client, settings, model_version, evaluations[MODEL].metrics[settings.promote_metric], champion, champion_metric)
@@ -212,6 +213,7 @@ class Champion:
     name: str
     version: str
     run_id: str
+    horizon_days: int | None  # the label it predicts (None when its run does not say)
 
     @property
     def uri(self) -> str:
@@ -223,7 +225,8 @@ def _champion(client: MlflowClient, name: str) -> Champion | None:
         version = client.get_model_version_by_alias(name, CHAMPION)
     except MlflowException:
         return None
-    return Champion(name, str(version.version), version.run_id)
+    horizon = client.get_run(version.run_id).data.tags.get("horizon_days")
+    return Champion(name, str(version.version), version.run_id, int(horizon) if horizon else None)
 
 
 def _champion_metric(champion: Champion, evaluation: DataFrame, metric: str) -> float | None:
@@ -260,6 +263,9 @@ def _decide(client: MlflowClient, settings, version: str, metric: float, champio
     lower = name in LOWER_IS_BETTER
     if champion is None:
         promote, reason = True, "no champion yet"
+    elif champion.horizon_days not in (None, settings.horizon_days):
+        promote, reason = True, (f"champion version {champion.version} predicts no purchase in {champion.horizon_days} days, "
+                                 f"not the configured {settings.horizon_days}: the metrics are not comparable")
     elif champion_metric is None:
         promote, reason = True, f"champion version {champion.version} cannot score the evaluation rows"
     else:
@@ -360,7 +366,11 @@ def score(ctx: JobContext) -> dict[str, object]:
         snapshot = features.where(F.col("as_of_date") == F.lit(as_of))
         customers = eligible_customers(snapshot, settings.lookback_days)
         tracking.log_delta_input(source, version, context="customer_features")
-        mlflow.set_tags({"as_of": as_of.isoformat(), "model_version": champion.version, "model_run_id": champion.run_id})
+        mlflow.set_tags({"as_of": as_of.isoformat(), "model_version": champion.version, "model_run_id": champion.run_id,
+                         "horizon_days": str(champion.horizon_days)})
+        if champion.horizon_days not in (None, settings.horizon_days):
+            log.warning("the champion predicts churn over %s days; churn.horizon_days is %d (train a new model to change it)",
+                        champion.horizon_days, settings.horizon_days)
         mlflow.log_params({"as_of": as_of.isoformat(), "model_uri": champion.uri, "lookback_days": settings.lookback_days})
 
         probability = F.col(PROBABILITY)

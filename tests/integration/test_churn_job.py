@@ -119,3 +119,15 @@ def test_scoring_without_a_champion_says_what_to_run(spark, trained, capsys):
     code = main(["churn", "score", "--set", f"storage.root={ctx.config.root}", "--set", "churn.registered_model=nobody"])
     assert code == 1
     assert "segmentation churn: error: registered model 'nobody' has no 'champion' version" in capsys.readouterr().err
+
+
+def test_a_champion_for_another_horizon_is_not_compared_but_replaced(spark, trained):
+    ctx, _ = trained
+    other = JobContext(make_config(
+        ctx.config.root, *SETTINGS, "churn.horizon_days=60", "churn.model=logistic_regression", "churn.features=[return_rate]",
+    ), spark)
+    result = churn.train(other)
+    decision = result["decision"]
+    assert decision["promoted"] and decision["champion_value"] is None
+    assert "predicts no purchase in 90 days, not the configured 60" in decision["reason"]
+    assert MlflowClient().get_model_version_by_alias("churn_classifier", "champion").version == int(decision["model_version"])

@@ -21,7 +21,7 @@ def run(*args, cwd=REPO, env=None):
 def test_help_lists_every_stage():
     result = run(str(BIN / "segmentation"), "--help")
     assert result.returncode == 0
-    for command in ("setup", "generate", "ingest", "features", "run"):
+    for command in ("setup", "generate", "ingest", "features", "clv", "cluster", "churn", "run"):
         assert command in result.stdout
     ingest_help = run(str(BIN / "segmentation"), "ingest", "--help")
     assert "--source PATH" in ingest_help.stdout and "--set KEY=VALUE" in ingest_help.stdout
