@@ -13,7 +13,6 @@ import argparse
 import datetime as dt
 import json
 import logging
-import re
 import sys
 
 import mlflow
@@ -119,11 +118,6 @@ def _pct(share: float | None) -> str:
     return "-" if share is None else f"{100 * share:.1f}%"
 
 
-def _metric_name(text: str) -> str:
-    """MLflow metric names allow letters, digits, _ - . / and spaces only."""
-    return re.sub(r"[^\w\-. /]", "_", text)
-
-
 def _params(config, as_of: dt.date) -> dict[str, object]:
     settings = config.features
     return {
@@ -139,11 +133,11 @@ def _params(config, as_of: dt.date) -> dict[str, object]:
 def _log_run(cuts: TierCuts, counts, pareto, customers: int, unmatched: dict[str, int], version) -> None:
     metrics = {"customers": float(customers)}
     metrics.update({f"unmatched.{scheme}": float(count) for scheme, count in unmatched.items()})
-    metrics.update({_metric_name(f"{r['scheme']}.{r['tier']}"): float(r["customers"]) for r in counts})
+    metrics.update({tracking.metric_name(f"{r['scheme']}.{r['tier']}"): float(r["customers"]) for r in counts})
     for row in pareto:
         for key in ("customer_share", "revenue_share"):
             if row[key] is not None:
-                metrics[_metric_name(f"pareto.{row['value_tier']}.{key}")] = float(row[key])
+                metrics[tracking.metric_name(f"pareto.{row['value_tier']}.{key}")] = float(row[key])
     if version is not None:
         metrics["customer_features_version"] = float(version)
     mlflow.log_metrics(metrics)

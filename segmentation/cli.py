@@ -20,6 +20,7 @@ STAGES = {
     "clv": "jobs.clv",
     "cluster": "jobs.cluster",
     "churn": "jobs.churn",
+    "tiers": "jobs.tiers",
     "run": "jobs.run",
 }
 

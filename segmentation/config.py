@@ -47,6 +47,10 @@ class TableLocations(_Section):
     customer_clv: str
     customer_clusters: str
     customer_churn: str
+    customer_tiers: str
+    customer_tier_history: str
+    tier_migrations: str
+    tier_events: str
 
 
 class StorageConfig(_Section):
@@ -375,6 +379,58 @@ class ChurnConfig(_Section):
         return self
 
 
+class PlaybookRule(_Section):
+    """One row of the treatment playbook: the first row whose condition holds gives the
+    customer's recommended action, channel and priority (1 = most urgent)."""
+
+    name: str = Field(min_length=1)
+    when: str = Field(min_length=1)
+    action: str = Field(min_length=1)
+    # A channel name, or "preferred": the customer's preferred channel (default_channel if none).
+    channel: str = "preferred"
+    priority: int = Field(3, ge=1, le=9)
+
+
+class TierEvent(_Section):
+    """A movement between two snapshots that triggers an action, e.g. an upgrade invitation
+    when value_tier moves up, or a win-back when lifecycle_stage enters lapsed."""
+
+    name: str = Field(min_length=1)
+    dimension: str = Field(min_length=1)
+    # upgrade / downgrade need an ordered dimension (value_tier, churn_risk_tier, r/f/m scores).
+    direction: Literal["upgrade", "downgrade", "any"] = "any"
+    from_tiers: list[str] = Field(default_factory=list)  # empty: any tier
+    to_tiers: list[str] = Field(default_factory=list)
+    action: str = Field(min_length=1)
+
+
+class TiersConfig(_Section):
+    """The customer tier table, its history, migrations and the playbook (see segmentation/tiers)."""
+
+    # The value pyramid of the tier table ranks by this column: clv (predicted lifetime
+    # value) or a feature such as revenue_365d (trailing revenue). Shares from features.value_pyramid.
+    value_rank_by: str = "clv"
+    stickiness: list[ExpressionRule]
+    playbook: list[PlaybookRule]
+    default_channel: str = "web"
+    # Tier columns whose changes open a new row of customer_tier_history, and the
+    # dimensions of tier_migrations.
+    tracked: list[str]
+    events: list[TierEvent] = Field(default_factory=list)
+
+    @field_validator("stickiness", "playbook", "events")
+    @classmethod
+    def _named_once(cls, value: list[Any]) -> list[Any]:
+        return _unique_names(value, "rule")
+
+    @field_validator("tracked")
+    @classmethod
+    def _tracked_once(cls, value: list[str]) -> list[str]:
+        if not value or len(set(value)) != len(value):
+            raise ValueError("must be a non-empty list without repeats")
+        return value
+
+
 class Config(_Section):
     environment: str
     # The snapshot date of every stage: only transactions on or before it are used.
@@ -390,6 +446,7 @@ class Config(_Section):
     clv: ClvConfig = Field(default_factory=ClvConfig)
     cluster: ClusterConfig
     churn: ChurnConfig
+    tiers: TiersConfig
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
 
     @model_validator(mode="after")

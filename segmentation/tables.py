@@ -140,3 +140,51 @@ def _commit_by(
     newest = max(ours, key=lambda row: row.version)
     rows = (newest.operationMetrics or {}).get("numOutputRows")
     return int(newest.version), int(rows) if rows is not None else None
+
+
+def add_constraints(spark: SparkSession, ref: TableRef, constraints: dict[str, str]) -> None:
+    """Give the table these Delta CHECK constraints (name -> SQL condition), adding missing
+    ones and replacing changed ones; existing rows must satisfy them."""
+    name = f"delta.`{ref.location}`" if ref.is_path else ref.location
+    properties = _delta_table(spark, ref).detail().select("properties").first()[0] or {}
+    for constraint, expression in constraints.items():
+        current = properties.get(f"delta.constraints.{constraint.lower()}")
+        if current == expression:
+            continue
+        if current is not None:  # the configured domain changed: replace the constraint
+            spark.sql(f"ALTER TABLE {name} DROP CONSTRAINT {constraint}")
+        spark.sql(f"ALTER TABLE {name} ADD CONSTRAINT {constraint} CHECK ({expression})")
+        log.info("%s: constraint %s CHECK (%s) added", ref, constraint, expression)
+
+
+def merge(
+    source: DataFrame, ref: TableRef, *, on: list[str], compare: list[str], run_id: str, delete_missing: bool = False
+) -> WriteResult:
+    """Bring the table to `source` by a Delta MERGE on the key columns `on`: rows whose
+    `compare` columns differ (null-safe) are updated, new keys inserted and, with
+    `delete_missing`, keys absent from `source` deleted. Creates the table when absent."""
+    spark = source.sparkSession
+    if not exists(spark, ref):
+        return write(source, ref, mode="overwrite", run_id=run_id)
+    before = current_version(spark, ref)
+    matched = " AND ".join(f"t.{c} = s.{c}" for c in on)
+    changed = " OR ".join(f"NOT (t.{c} <=> s.{c})" for c in compare) or "false"
+    builder = (
+        _delta_table(spark, ref).alias("t").merge(source.alias("s"), matched)
+        .whenMatchedUpdateAll(condition=changed)
+        .whenNotMatchedInsertAll()
+    )
+    if delete_missing:
+        builder = builder.whenNotMatchedBySourceDelete()
+    previous = spark.conf.get("spark.databricks.delta.commitInfo.userMetadata", None)
+    spark.conf.set("spark.databricks.delta.commitInfo.userMetadata", run_id)
+    try:
+        builder.execute()
+    finally:
+        if previous is None:
+            spark.conf.unset("spark.databricks.delta.commitInfo.userMetadata")
+        else:
+            spark.conf.set("spark.databricks.delta.commitInfo.userMetadata", previous)
+    version, _ = _commit_by(spark, ref, run_id, after=before)
+    log.info("merged into %s at version %s", ref, version)
+    return WriteResult(ref, version)

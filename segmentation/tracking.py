@@ -8,6 +8,7 @@ id, and records the Delta versions it read as dataset inputs.
 from __future__ import annotations
 
 import logging
+import re
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -44,6 +45,11 @@ def configure_mlflow(config: Config) -> str:
     experiment_id = mlflow.create_experiment(config.mlflow.experiment, artifact_location=artifacts)
     log.info("created MLflow experiment %s at %s", config.mlflow.experiment, uri)
     return experiment_id
+
+
+def metric_name(text: str) -> str:
+    """MLflow metric names allow letters, digits, _ - . / and spaces only."""
+    return re.sub(r"[^\w\-. /]", "_", text)
 
 
 def git_commit() -> str:
