@@ -1,0 +1,134 @@
+"""The tiers job on generated customers for two as-of dates that arrive out of order: the
+tier table's contract, constraints, idempotent retry, re-run and time travel, the SCD2
+history, migrations and events, all on real Delta tables."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+from pyspark.sql import functions as F
+
+from jobs import churn, cluster, clv, features, generate, ingest, tiers
+from jobs.common import JobContext
+from segmentation import tables
+from segmentation.tiers.history import tier_history
+from segmentation.tiers.snapshot import TIER_COLUMNS
+from tests.conftest import make_config
+
+SETTINGS = ["generate.customers=1500", "cluster.k=3", "cluster.restarts=1", "churn.model=logistic_regression"]
+LATE, EARLY = dt.date(2025, 12, 15), dt.date(2025, 9, 15)
+
+
+def context(spark, root, as_of, *extra):
+    return JobContext(make_config(root, *SETTINGS, f"as_of={as_of}", *extra), spark)
+
+
+@pytest.fixture(scope="module")
+def tiered(spark, tmp_path_factory):
+    root = tmp_path_factory.mktemp("tiers")
+    first = context(spark, root, LATE)
+    generate.run(first)
+    ingest.run(first)
+    churn.train(first)
+    results = {}
+    for as_of in (LATE, EARLY):  # the earlier snapshot arrives second
+        ctx = context(spark, root, as_of)
+        features.run(ctx)
+        clv.run(ctx)
+        cluster.run(ctx)
+        churn.score(ctx)
+        results[as_of] = (ctx, tiers.run(ctx))
+    return root, results
+
+
+def read(spark, root, key):
+    return tables.read(spark, context(spark, root, LATE).table(key))
+
+
+def test_one_row_per_customer_and_snapshot_with_every_dimension(spark, tiered):
+    root, results = tiered
+    rows = read(spark, root, "customer_tiers")
+    assert rows.columns == TIER_COLUMNS
+    for as_of, (ctx, result) in results.items():
+        snapshot = rows.where(F.col("as_of_date") == F.lit(as_of))
+        customers = tables.read(spark, ctx.table("customer_features")).where(F.col("as_of_date") == F.lit(as_of))
+        assert snapshot.count() == snapshot.select("customer_id").distinct().count() == customers.count() == result["customers"]
+        scored = tables.read(spark, ctx.table("customer_churn")).where(F.col("as_of_date") == F.lit(as_of))
+        assert snapshot.where(F.col("churn_probability").isNotNull()).count() == scored.count()
+        for column in ("value_tier", "rfm_segment", "lifecycle_stage", "business_tier", "cluster_name", "stickiness",
+                       "treatment", "treatment_action", "treatment_channel", "treatment_priority"):
+            assert snapshot.where(F.col(column).isNull()).count() == 0, column
+        lineage = snapshot.select("lineage.*").distinct().collect()
+        assert len(lineage) == 1 and lineage[0].pipeline_run_id == ctx.pipeline_run_id
+        assert lineage[0].churn_model_version == 1 and lineage[0].clv_run_id and lineage[0].value_rank_by == "clv"
+    shares = {r.value_tier: r["count"] for r in rows.where(F.col("as_of_date") == F.lit(LATE)).groupBy("value_tier").count().collect()}
+    assert shares["diamond"] / sum(shares.values()) == pytest.approx(0.05, abs=0.01)
+
+
+def test_constraints_guard_the_table(spark, tiered):
+    root, _ = tiered
+    ref = context(spark, root, LATE).table("customer_tiers")
+    properties = spark.sql(f"DESCRIBE DETAIL delta.`{ref.location}`").first().properties
+    assert {"delta.constraints.churn_probability_range", "delta.constraints.value_tier_domain",
+            "delta.constraints.customer_id_not_null"} <= set(properties)
+    bad = read(spark, root, "customer_tiers").limit(1).withColumn("churn_probability", F.lit(1.5))
+    with pytest.raises(Exception, match="churn_probability_range"):
+        bad.write.format("delta").mode("append").save(ref.location)
+    bad = read(spark, root, "customer_tiers").limit(1).withColumn("value_tier", F.lit("platinum"))
+    with pytest.raises(Exception, match="value_tier_domain"):
+        bad.write.format("delta").mode("append").save(ref.location)
+
+
+def test_history_is_the_same_as_if_the_snapshots_had_come_in_order(spark, tiered):
+    root, results = tiered
+    history = read(spark, root, "customer_tier_history")
+    tracked = results[LATE][0].config.tiers.tracked
+    expected = tier_history(read(spark, root, "customer_tiers"), tracked)
+    assert sorted(map(tuple, history.collect())) == sorted(map(tuple, expected.select(*history.columns).collect()))
+    current = history.where("is_current").groupBy("customer_id").count()
+    assert current.where(F.col("count") != 1).count() == 0
+    assert current.count() == history.select("customer_id").distinct().count()
+    early = history.where(F.col("valid_from") == F.lit(EARLY))
+    assert early.count() > 0 and early.where(F.col("valid_to").isNotNull() & (F.col("valid_to") != F.lit(LATE))).count() == 0
+
+
+def test_migrations_and_events_cover_the_pair_even_out_of_order(spark, tiered):
+    root, results = tiered
+    matrix = read(spark, root, "tier_migrations")
+    assert {(r.from_date, r.to_date) for r in matrix.select("from_date", "to_date").distinct().collect()} == {(EARLY, LATE)}
+    tiers_rows = read(spark, root, "customer_tiers")
+    early, late = (tiers_rows.where(F.col("as_of_date") == F.lit(d)).select("customer_id", "value_tier") for d in (EARLY, LATE))
+    both = early.alias("e").join(late.alias("l"), "customer_id", "inner")
+    direct = {(r[0], r[1]): r[2] for r in both.groupBy("e.value_tier", "l.value_tier").count().collect()}
+    recorded = {(r.from_tier, r.to_tier): r.customers for r in matrix.where("dimension = 'value_tier'").collect()
+                if "(" not in r.from_tier + r.to_tier}
+    assert recorded == direct
+    new = late.join(early, "customer_id", "left_anti").count()
+    assert sum(r.customers for r in matrix.where("dimension = 'value_tier' AND from_tier = '(new)'").collect()) == new
+    events = read(spark, root, "tier_events")
+    upgrades = events.where("event = 'upgrade_invitation'").collect()
+    order = ["diamond", "gold", "silver", "bronze"]
+    assert upgrades and all(order.index(e.to_tier) < order.index(e.from_tier) for e in upgrades)
+    assert {(r.as_of_date, r.previous_as_of_date) for r in events.select("as_of_date", "previous_as_of_date").distinct().collect()} == {(LATE, EARLY)}
+
+
+def test_retry_rerun_and_time_travel(spark, tiered):
+    root, results = tiered
+    ctx, _ = results[LATE]
+    ref = ctx.table("customer_tiers")
+    before = tables.current_version(spark, ref)
+    retried = tiers.run(ctx)  # the same pipeline run again: Delta skips the snapshot write
+    assert retried["skipped"] and tables.current_version(spark, ref) >= before
+    assert read(spark, root, "customer_tiers").where(F.col("as_of_date") == F.lit(LATE)).count() == retried["customers"]
+    rerun_ctx = context(spark, root, LATE, "tiers.value_rank_by=revenue_365d")  # a new run replaces the snapshot
+    rerun = tiers.run(rerun_ctx)
+    assert not rerun["skipped"]
+    now = read(spark, root, "customer_tiers")
+    late_now = now.where(F.col("as_of_date") == F.lit(LATE))
+    assert late_now.count() == rerun["customers"] and {r[0] for r in late_now.select("lineage.value_rank_by").distinct().collect()} == {"revenue_365d"}
+    assert now.where(F.col("as_of_date") == F.lit(EARLY)).count() == results[EARLY][1]["customers"]  # untouched
+    commit = spark.sql(f"DESCRIBE HISTORY delta.`{ref.location}` LIMIT 1").first()
+    assert commit.userMetadata == rerun_ctx.pipeline_run_id
+    old = tables.read(spark, ref, before).where(F.col("as_of_date") == F.lit(LATE))
+    assert {r[0] for r in old.select("lineage.value_rank_by").distinct().collect()} == {"clv"}
