@@ -229,6 +229,12 @@ def _champion(client: MlflowClient, name: str) -> Champion | None:
     return Champion(name, str(version.version), version.run_id, int(horizon) if horizon else None)
 
 
+def champion_version(name: str) -> str | None:
+    """The registered model's champion version, None before the first promotion."""
+    champion = _champion(MlflowClient(), name)
+    return champion.version if champion else None
+
+
 def _champion_metric(champion: Champion, evaluation: DataFrame, metric: str) -> float | None:
     """The champion's metric on the new model's evaluation rows (None when it cannot score them)."""
     try:

@@ -1,6 +1,8 @@
-"""run: the whole pipeline, one stage after the other, under one MLflow parent run.
-
-Stages so far: generate (when the raw table is missing, or with --generate), ingest, features, clv, cluster.
+"""run: the whole pipeline for one as-of date, one stage after the other, under one MLflow
+parent run: generate (when the raw table is missing, or with --generate), ingest, features,
+clv, cluster, churn training (when no champion exists, or with --train-churn), churn
+scoring, and the tier tables. The as-of date is resolved once after ingest (default: the
+latest transaction date) and every later stage uses it. --until stops after a stage.
 """
 
 from __future__ import annotations
@@ -11,14 +13,15 @@ import sys
 
 import mlflow
 
-from jobs import clv, cluster, features, generate, ingest
+from jobs import churn, clv, cluster, features, generate, ingest, tiers
 from jobs.common import JobContext, add_as_of_argument
 from segmentation import tables, tracking
 from segmentation.logs import stage
 
 log = logging.getLogger(__name__)
 
-HELP = "run the whole pipeline (generate if needed, ingest, features, clv, cluster) and print where the results are"
+HELP = "run the whole pipeline for an as-of date (ingest, features, clv, cluster, churn, tiers) and print where the results are"
+STAGES = ["ingest", "features", "clv", "cluster", "churn", "tiers"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -28,6 +31,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--generate", action="store_true", help="regenerate the raw feed even when the raw table exists"
     )
+    parser.add_argument("--train-churn", action="store_true", help="train a churn challenger even when a champion exists")
+    parser.add_argument("--until", choices=STAGES, default=STAGES[-1], help="stop after this stage (default: tiers)")
 
 
 def config_overrides(args: argparse.Namespace) -> list[str]:
@@ -36,6 +41,7 @@ def config_overrides(args: argparse.Namespace) -> list[str]:
 
 def run(ctx: JobContext, args: argparse.Namespace | None = None) -> dict[str, object]:
     config = ctx.config
+    until = STAGES.index(getattr(args, "until", None) or STAGES[-1])
     results: dict[str, object] = {}
     with tracking.stage_run(config, "pipeline", ctx.pipeline_run_id) as parent, stage("pipeline") as summary:
         raw = ctx.table("raw_transactions")
@@ -43,23 +49,68 @@ def run(ctx: JobContext, args: argparse.Namespace | None = None) -> dict[str, ob
         if uses_raw_table and (getattr(args, "generate", False) or not tables.exists(ctx.spark, raw)):
             results["generate"] = generate.run(ctx, args)
         results["ingest"] = ingest.run(ctx, args)
-        results["features"] = features.run(ctx, args)
-        results["clv"] = clv.run(ctx, args)
-        results["cluster"] = cluster.run(ctx, args)
+        if until > 0:
+            ctx = _at_as_of(ctx)
+            mlflow.set_tag("as_of", ctx.config.as_of.isoformat())
+            summary.update(as_of=ctx.config.as_of.isoformat())
+        steps = [
+            ("features", lambda: features.run(ctx, args)),
+            ("clv", lambda: clv.run(ctx, args)),
+            ("cluster", lambda: cluster.run(ctx, args)),
+            ("churn", lambda: _churn(ctx, args)),
+            ("tiers", lambda: _tiers(ctx, args)),
+        ]
+        for name, step in steps[:until]:
+            results[name] = step()
         summary.update(pipeline_run_id=ctx.pipeline_run_id, mlflow_run_id=parent.info.run_id)
         mlflow.set_tag("status", "finished")
-    _print_where(ctx, parent.info.run_id)
+    _print_where(ctx, parent.info.run_id, until)
     return results
 
 
-def _print_where(ctx: JobContext, mlflow_run_id: str) -> None:
+def _at_as_of(ctx: JobContext) -> JobContext:
+    """The context with the snapshot date fixed, so every stage works on the same date."""
+    source, _, transactions = ctx.read_transactions()
+    as_of = ctx.as_of(transactions, source)
+    return JobContext(ctx.config.model_copy(update={"as_of": as_of}), ctx.spark, ctx.pipeline_run_id)
+
+
+def _churn(ctx: JobContext, args) -> dict[str, object]:
+    """Train when asked or when no champion exists yet, then score with the champion."""
+    results: dict[str, object] = {}
+    tracking.configure_mlflow(ctx.config)
+    if getattr(args, "train_churn", False) or churn.champion_version(ctx.config.churn.registered_model) is None:
+        results["train"] = churn.train(ctx)
+    results["score"] = churn.score(ctx)
+    return results
+
+
+def _tiers(ctx: JobContext, args) -> dict[str, object] | None:
+    if ctx.config.clv.holdout_days:
+        log.warning("tiers skipped: with clv.holdout_days the CLV snapshot is at the calibration end, not the as-of date")
+        return None
+    return tiers.run(ctx, args)
+
+
+OUTPUTS = {
+    "ingest": ["raw_transactions", "transactions", "transactions_quarantine", "ingest_log"],
+    "features": ["customer_features"],
+    "clv": ["customer_clv"],
+    "cluster": ["customer_clusters"],
+    "churn": ["customer_churn"],
+    "tiers": ["customer_tiers", "customer_tier_history", "tier_migrations", "tier_events"],
+}
+
+
+def _print_where(ctx: JobContext, mlflow_run_id: str, until: int) -> None:
     config = ctx.config
     uri = tracking.tracking_uri(config)
-    keys = ["raw_transactions", "transactions", "transactions_quarantine", "ingest_log", "customer_features", "customer_clv", "customer_clusters"]
+    keys = [key for name in STAGES[: until + 1] for key in OUTPUTS[name]]
     lines = ["", "Results:"]
     for key in keys:
         ref = ctx.table(key)
-        lines.append(f"  {key:<24} {ref.location}  (Delta version {tables.current_version(ctx.spark, ref)})")
+        if tables.exists(ctx.spark, ref):
+            lines.append(f"  {key:<24} {ref.location}  (Delta version {tables.current_version(ctx.spark, ref)})")
     lines += [
         f"  {'MLflow tracking store':<24} {uri}",
         f"  {'MLflow pipeline run':<24} {mlflow_run_id}",

@@ -17,7 +17,7 @@ from segmentation.errors import DataQualityError
 from segmentation.schema import RAW_COLUMNS
 from tests.conftest import make_config
 
-NO_ARGS = argparse.Namespace(generate=False)
+NO_ARGS = argparse.Namespace(generate=False, until="ingest")
 
 
 def context(spark, root, *overrides):
