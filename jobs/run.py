@@ -1,7 +1,7 @@
 """run: the whole pipeline for one as-of date, one stage after the other, under one MLflow
 parent run: generate (when the raw table is missing, or with --generate), ingest, features,
 clv, cluster, churn training (when no champion exists, or with --train-churn), churn
-scoring, and the tier tables. The as-of date is resolved once after ingest (default: the
+scoring, the tier tables and the HTML report. The as-of date is resolved once after ingest (default: the
 latest transaction date) and every later stage uses it. --until stops after a stage.
 """
 
@@ -13,15 +13,15 @@ import sys
 
 import mlflow
 
-from jobs import churn, clv, cluster, features, generate, ingest, tiers
+from jobs import churn, clv, cluster, features, generate, ingest, report, tiers
 from jobs.common import JobContext, add_as_of_argument
 from segmentation import tables, tracking
 from segmentation.logs import stage
 
 log = logging.getLogger(__name__)
 
-HELP = "run the whole pipeline for an as-of date (ingest, features, clv, cluster, churn, tiers) and print where the results are"
-STAGES = ["ingest", "features", "clv", "cluster", "churn", "tiers"]
+HELP = "run the whole pipeline for an as-of date (ingest, features, clv, cluster, churn, tiers, report) and print where the results are"
+STAGES = ["ingest", "features", "clv", "cluster", "churn", "tiers", "report"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -32,7 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--generate", action="store_true", help="regenerate the raw feed even when the raw table exists"
     )
     parser.add_argument("--train-churn", action="store_true", help="train a churn challenger even when a champion exists")
-    parser.add_argument("--until", choices=STAGES, default=STAGES[-1], help="stop after this stage (default: tiers)")
+    parser.add_argument("--until", choices=STAGES, default=STAGES[-1], help="stop after this stage (default: report)")
 
 
 def config_overrides(args: argparse.Namespace) -> list[str]:
@@ -59,12 +59,13 @@ def run(ctx: JobContext, args: argparse.Namespace | None = None) -> dict[str, ob
             ("cluster", lambda: cluster.run(ctx, args)),
             ("churn", lambda: _churn(ctx, args)),
             ("tiers", lambda: _tiers(ctx, args)),
+            ("report", lambda: None if ctx.config.clv.holdout_days else report.run(ctx, args)),
         ]
         for name, step in steps[:until]:
             results[name] = step()
         summary.update(pipeline_run_id=ctx.pipeline_run_id, mlflow_run_id=parent.info.run_id)
         mlflow.set_tag("status", "finished")
-    _print_where(ctx, parent.info.run_id, until)
+    _print_where(ctx, parent.info.run_id, until, results)
     return results
 
 
@@ -99,10 +100,11 @@ OUTPUTS = {
     "cluster": ["customer_clusters"],
     "churn": ["customer_churn"],
     "tiers": ["customer_tiers", "customer_tier_history", "tier_migrations", "tier_events"],
+    "report": [],
 }
 
 
-def _print_where(ctx: JobContext, mlflow_run_id: str, until: int) -> None:
+def _print_where(ctx: JobContext, mlflow_run_id: str, until: int, results: dict[str, object]) -> None:
     config = ctx.config
     uri = tracking.tracking_uri(config)
     keys = [key for name in STAGES[: until + 1] for key in OUTPUTS[name]]
@@ -111,6 +113,8 @@ def _print_where(ctx: JobContext, mlflow_run_id: str, until: int) -> None:
         ref = ctx.table(key)
         if tables.exists(ctx.spark, ref):
             lines.append(f"  {key:<24} {ref.location}  (Delta version {tables.current_version(ctx.spark, ref)})")
+    if results.get("report"):
+        lines.append(f"  {'report':<24} {results['report']['path']}")  # type: ignore[index]
     lines += [
         f"  {'MLflow tracking store':<24} {uri}",
         f"  {'MLflow pipeline run':<24} {mlflow_run_id}",

@@ -21,6 +21,7 @@ STAGES = {
     "cluster": "jobs.cluster",
     "churn": "jobs.churn",
     "tiers": "jobs.tiers",
+    "report": "jobs.report",
     "run": "jobs.run",
 }
 

@@ -57,7 +57,7 @@ class Lineage:
 TIER_COLUMNS = [
     "customer_id", "as_of_date", "value_tier", "value_rank", *FEATURE_COLUMNS[:6], *CLUSTER_COLUMNS, *CLV_COLUMNS,
     *CHURN_COLUMNS, "stickiness", "treatment", "treatment_action", "treatment_channel", "treatment_priority",
-    "revenue_365d", "monetary", "lineage",
+    "revenue_365d", "monetary", "recency_days", "frequency_orders", "lineage",
 ]
 
 
@@ -106,6 +106,6 @@ def customer_tiers(joined: DataFrame, cuts: TierCuts, tiers: TiersConfig, featur
         F.when(configured_channel == "preferred", F.coalesce("preferred_channel", F.lit(tiers.default_channel)))
         .otherwise(configured_channel).alias("treatment_channel"),
         F.element_at(priority, F.col("treatment")).alias("treatment_priority"),
-        "revenue_365d", "monetary",
+        "revenue_365d", "monetary", "recency_days", "frequency_orders",
         lineage.column().alias("lineage"),
     ).select(*TIER_COLUMNS)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime as dt
 
 import pytest
+from mlflow.tracking import MlflowClient
 from pyspark.sql import functions as F
 
 from jobs import churn, cluster, clv, features, generate, ingest, tiers
@@ -132,3 +133,37 @@ def test_retry_rerun_and_time_travel(spark, tiered):
     assert commit.userMetadata == rerun_ctx.pipeline_run_id
     old = tables.read(spark, ref, before).where(F.col("as_of_date") == F.lit(LATE))
     assert {r[0] for r in old.select("lineage.value_rank_by").distinct().collect()} == {"clv"}
+
+
+def test_report_is_self_contained_and_its_numbers_come_from_the_tables(spark, tiered):
+    import re
+
+    from jobs import report
+
+    root, results = tiered
+    ctx, _ = results[LATE]
+    result = report.run(ctx)
+    document = open(result["path"], encoding="utf-8").read()
+    assert result["path"].startswith(str(root)) and document.startswith("<!DOCTYPE html>")
+    sources = re.findall(r'src="([^"]*)"', document)
+    assert len(sources) == 4 and all(s.startswith("data:image/png;base64,") for s in sources)  # pareto, migration, clv, lift
+    assert "http://" not in document and "https://" not in document
+    data = result["data"]
+    snapshot = read(spark, root, "customer_tiers").where(F.col("as_of_date") == F.lit(LATE))
+    kpis = data["kpis"]
+    assert kpis["customers"] == snapshot.count()
+    assert kpis["active_customers"] == snapshot.where(F.col("recency_days") < 365).count()
+    churned = snapshot.where(F.col("lifecycle_stage") == "churned").count()
+    assert kpis["churn_rate"] == pytest.approx(churned / snapshot.count())
+    assert kpis["revenue_365d"] == pytest.approx(snapshot.agg(F.sum("revenue_365d")).first()[0])
+    assert data["previous_kpis"]["customers"] == read(spark, root, "customer_tiers").where(F.col("as_of_date") == F.lit(EARLY)).count()
+    tiers_count = {r.value_tier: r["count"] for r in snapshot.groupBy("value_tier").count().collect()}
+    assert {t["value_tier"]: t["customers"] for t in data["value_tiers"] if t["customers"]} == tiers_count
+    migration = read(spark, root, "tier_migrations").where("dimension = 'value_tier'")
+    assert sum(c["customers"] for c in data["migration"]) == migration.agg(F.sum("customers")).first()[0]
+    champion = MlflowClient().get_model_version_by_alias("churn_classifier", "champion")
+    metrics = MlflowClient().get_run(champion.run_id).data.metrics
+    assert data["churn"]["scores"]["model"]["pr_auc"] == metrics["pr_auc"]
+    assert data["churn"]["scores"]["recency rule"]["lift_10"] == metrics["baseline_recency_lift_10"]
+    assert f"<td>{kpis['customers']:,}</td>" in document
+    assert f"<td>{kpis['customers'] - data['previous_kpis']['customers']:+,}</td>" in document
