@@ -12,6 +12,7 @@ import logging
 import sys
 
 import mlflow
+from mlflow.tracking import MlflowClient
 
 from jobs import churn, clv, cluster, features, generate, ingest, report, tiers
 from jobs.common import JobContext, add_as_of_argument
@@ -54,19 +55,50 @@ def run(ctx: JobContext, args: argparse.Namespace | None = None) -> dict[str, ob
             mlflow.set_tag("as_of", ctx.config.as_of.isoformat())
             summary.update(as_of=ctx.config.as_of.isoformat())
         steps = [
-            ("features", lambda: features.run(ctx, args)),
-            ("clv", lambda: clv.run(ctx, args)),
-            ("cluster", lambda: cluster.run(ctx, args)),
-            ("churn", lambda: _churn(ctx, args)),
-            ("tiers", lambda: _tiers(ctx, args)),
-            ("report", lambda: None if ctx.config.clv.holdout_days else report.run(ctx, args)),
+            ("features", ["transactions"], lambda: features.run(ctx, args)),
+            ("clv", ["transactions"], lambda: clv.run(ctx, args)),
+            ("cluster", ["customer_features"], lambda: cluster.run(ctx, args)),
+            ("churn", [], lambda: _churn(ctx, args)),
+            ("tiers", INPUTS_OF_TIERS, lambda: _tiers(ctx, args)),
+            ("report", ["customer_tiers"], lambda: None if ctx.config.clv.holdout_days else report.run(ctx, args)),
         ]
-        for name, step in steps[:until]:
+        for name, inputs, step in steps[:until]:
+            done = _finished_run(ctx, name, inputs) if inputs else None
+            if done is not None:
+                log.info("%s: already done for these inputs in MLflow run %s: resumed past it", name, done)
+                results[name] = {"resumed_from": done}
+                continue
             results[name] = step()
         summary.update(pipeline_run_id=ctx.pipeline_run_id, mlflow_run_id=parent.info.run_id)
         mlflow.set_tag("status", "finished")
     _print_where(ctx, parent.info.run_id, until, results)
     return results
+
+
+INPUTS_OF_TIERS = list(tiers.INPUTS)
+
+
+def _finished_run(ctx: JobContext, stage_name: str, inputs: list[str]) -> str | None:
+    """A finished MLflow run of this stage for the same as-of date and configuration whose
+    inputs were at their current Delta versions (and whose output table still exists), so
+    a re-run after a failure resumes instead of redoing it; its id, else None."""
+    config = ctx.config
+    versions = {key: tables.current_version(ctx.spark, ctx.table(key)) for key in inputs}
+    if any(v is None for v in versions.values()):
+        return None
+    conditions = [
+        f"tags.stage = '{stage_name}'", f"tags.as_of = '{config.as_of.isoformat()}'",
+        f"tags.config_hash = '{config.fingerprint()}'", "attributes.status = 'FINISHED'",
+        *[f"tags.`input.{key}.version` = '{version}'" for key, version in versions.items()],
+    ]
+    experiment_id = mlflow.active_run().info.experiment_id
+    runs = MlflowClient().search_runs([experiment_id], " AND ".join(conditions), max_results=1)
+    if not runs:
+        return None
+    outputs = [key for key in OUTPUTS.get(stage_name, [])]
+    if any(not tables.exists(ctx.spark, ctx.table(key)) for key in outputs):
+        return None
+    return runs[0].info.run_id
 
 
 def _at_as_of(ctx: JobContext) -> JobContext:
@@ -77,12 +109,18 @@ def _at_as_of(ctx: JobContext) -> JobContext:
 
 
 def _churn(ctx: JobContext, args) -> dict[str, object]:
-    """Train when asked or when no champion exists yet, then score with the champion."""
+    """Train when asked or when no champion exists yet, then score with the champion (unless
+    the champion already scored this snapshot of the features)."""
     results: dict[str, object] = {}
-    tracking.configure_mlflow(ctx.config)
-    if getattr(args, "train_churn", False) or churn.champion_version(ctx.config.churn.registered_model) is None:
+    name = ctx.config.churn.registered_model
+    if getattr(args, "train_churn", False) or churn.champion_version(name) is None:
         results["train"] = churn.train(ctx)
-    results["score"] = churn.score(ctx)
+    scored = _finished_run(ctx, "churn.score", ["customer_features"])
+    if scored is not None and MlflowClient().get_run(scored).data.tags.get("model_version") == churn.champion_version(name):
+        log.info("churn.score: the champion already scored these features in MLflow run %s: resumed past it", scored)
+        results["score"] = {"resumed_from": scored}
+    else:
+        results["score"] = churn.score(ctx)
     return results
 
 
@@ -93,12 +131,13 @@ def _tiers(ctx: JobContext, args) -> dict[str, object] | None:
     return tiers.run(ctx, args)
 
 
-OUTPUTS = {
+OUTPUTS: dict[str, list[str]] = {
     "ingest": ["raw_transactions", "transactions", "transactions_quarantine", "ingest_log"],
     "features": ["customer_features"],
     "clv": ["customer_clv"],
     "cluster": ["customer_clusters"],
     "churn": ["customer_churn"],
+    "churn.score": ["customer_churn"],
     "tiers": ["customer_tiers", "customer_tier_history", "tier_migrations", "tier_events"],
     "report": [],
 }
