@@ -17,6 +17,7 @@ import logging
 import sys
 
 import mlflow
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from pyspark import StorageLevel
 from pyspark.sql import DataFrame
@@ -125,23 +126,37 @@ def _snapshot(ref, df: DataFrame, as_of: dt.date, command: str) -> DataFrame:
 
 
 def _lineage(ctx: JobContext, read, snapshots, as_of: dt.date) -> Lineage:
-    """The versions read, the model versions in the inputs and the CLV fit's MLflow run."""
+    """The versions read, the model versions in the inputs and the MLflow runs behind them."""
+    client = MlflowClient()
+
     def model_version(key: str) -> int | None:
         value = snapshots[key].agg(F.max("model_version")).first()[0]
         return None if value is None else int(value)
 
-    clv_runs = MlflowClient().search_runs(
+    def model_run(name: str, version: int | None) -> str | None:
+        if version is None:
+            return None
+        try:
+            return client.get_model_version(name, str(version)).run_id
+        except MlflowException:
+            log.warning("model %s version %s is not in the registry: its run is not in the lineage", name, version)
+            return None
+
+    clv_runs = client.search_runs(
         [mlflow.active_run().info.experiment_id],
         filter_string=f"tags.stage = 'clv' AND tags.as_of = '{as_of.isoformat()}' AND attributes.status = 'FINISHED'",
         order_by=["attributes.start_time DESC"], max_results=1,
     )
+    cluster_version, churn_version = model_version("customer_clusters"), model_version("customer_churn")
     return Lineage(
         pipeline_run_id=ctx.pipeline_run_id,
         features_version=read["customer_features"][1], clv_version=read["customer_clv"][1],
         clusters_version=read["customer_clusters"][1], churn_version=read["customer_churn"][1],
         clv_run_id=clv_runs[0].info.run_id if clv_runs else None,
-        cluster_model_version=model_version("customer_clusters"), churn_model_version=model_version("customer_churn"),
+        cluster_model_version=cluster_version, churn_model_version=churn_version,
         value_rank_by=ctx.config.tiers.value_rank_by,
+        cluster_run_id=model_run(ctx.config.cluster.registered_model, cluster_version),
+        churn_run_id=model_run(ctx.config.churn.registered_model, churn_version),
     )
 
 

@@ -44,6 +44,8 @@ class Lineage:
     cluster_model_version: int | None
     churn_model_version: int | None
     value_rank_by: str
+    cluster_run_id: str | None = None  # the MLflow runs that logged the cluster and churn models
+    churn_run_id: str | None = None
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
