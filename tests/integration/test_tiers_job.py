@@ -13,7 +13,8 @@ from pyspark.sql import functions as F
 from jobs import churn, cluster, clv, features, generate, ingest, tiers
 from jobs.common import JobContext
 from segmentation import tables
-from segmentation.tiers.history import tier_history
+from segmentation.tiers.history import history_columns, tier_history
+from segmentation.tiers.migrations import EVENT_COLUMNS, MIGRATION_COLUMNS
 from segmentation.tiers.snapshot import TIER_COLUMNS
 from tests.conftest import make_config
 
@@ -88,6 +89,7 @@ def test_history_is_the_same_as_if_the_snapshots_had_come_in_order(spark, tiered
     root, results = tiered
     history = read(spark, root, "customer_tier_history")
     tracked = results[LATE][0].config.tiers.tracked
+    assert history.columns == history_columns(tracked)
     expected = tier_history(read(spark, root, "customer_tiers"), tracked)
     assert sorted(map(tuple, history.collect())) == sorted(map(tuple, expected.select(*history.columns).collect()))
     current = history.where("is_current").groupBy("customer_id").count()
@@ -100,6 +102,7 @@ def test_history_is_the_same_as_if_the_snapshots_had_come_in_order(spark, tiered
 def test_migrations_and_events_cover_the_pair_even_out_of_order(spark, tiered):
     root, results = tiered
     matrix = read(spark, root, "tier_migrations")
+    assert matrix.columns == MIGRATION_COLUMNS and read(spark, root, "tier_events").columns == EVENT_COLUMNS
     assert {(r.from_date, r.to_date) for r in matrix.select("from_date", "to_date").distinct().collect()} == {(EARLY, LATE)}
     tiers_rows = read(spark, root, "customer_tiers")
     early, late = (tiers_rows.where(F.col("as_of_date") == F.lit(d)).select("customer_id", "value_tier") for d in (EARLY, LATE))
