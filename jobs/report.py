@@ -67,7 +67,7 @@ def run(ctx: JobContext, args: argparse.Namespace | None = None) -> dict[str, ob
         if data["churn"]:
             figures["lift"] = html_report.data_uri(html_report.lift_figure(data["churn"]))
         document = html_report.render(data, figures)
-        path = Path(config.storage.root) / "reports" / f"customer_tiers_{as_of.isoformat()}.html"
+        path = report_path(config, as_of)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(document, encoding="utf-8")
         mlflow.log_artifact(str(path), "report")
@@ -76,6 +76,10 @@ def run(ctx: JobContext, args: argparse.Namespace | None = None) -> dict[str, ob
         summary.update(as_of=as_of.isoformat(), path=str(path), bytes=len(document))
         print(f"\nReport as of {as_of}: {path}\n", flush=True)
     return {**summary, "mlflow_run_id": active.info.run_id, "data": data, "path": str(path)}
+
+
+def report_path(config, as_of: dt.date) -> Path:
+    return Path(config.storage.root) / "reports" / f"customer_tiers_{as_of.isoformat()}.html"
 
 
 def kpis(snapshot: DataFrame) -> dict[str, float | None]:

@@ -71,7 +71,7 @@ def run(ctx: JobContext, args: argparse.Namespace | None = None) -> dict[str, ob
             results[name] = step()
         summary.update(pipeline_run_id=ctx.pipeline_run_id, mlflow_run_id=parent.info.run_id)
         mlflow.set_tag("status", "finished")
-    _print_where(ctx, parent.info.run_id, until, results)
+    _print_where(ctx, parent.info.run_id, until)
     return results
 
 
@@ -95,8 +95,8 @@ def _finished_run(ctx: JobContext, stage_name: str, inputs: list[str]) -> str | 
     runs = MlflowClient().search_runs([experiment_id], " AND ".join(conditions), max_results=1)
     if not runs:
         return None
-    outputs = [key for key in OUTPUTS.get(stage_name, [])]
-    if any(not tables.exists(ctx.spark, ctx.table(key)) for key in outputs):
+    primary = OUTPUTS.get(stage_name, [])[:1]  # migrations and events only exist once there are two snapshots
+    if any(not tables.exists(ctx.spark, ctx.table(key)) for key in primary):
         return None
     return runs[0].info.run_id
 
@@ -143,7 +143,7 @@ OUTPUTS: dict[str, list[str]] = {
 }
 
 
-def _print_where(ctx: JobContext, mlflow_run_id: str, until: int, results: dict[str, object]) -> None:
+def _print_where(ctx: JobContext, mlflow_run_id: str, until: int) -> None:
     config = ctx.config
     uri = tracking.tracking_uri(config)
     keys = [key for name in STAGES[: until + 1] for key in OUTPUTS[name]]
@@ -152,8 +152,9 @@ def _print_where(ctx: JobContext, mlflow_run_id: str, until: int, results: dict[
         ref = ctx.table(key)
         if tables.exists(ctx.spark, ref):
             lines.append(f"  {key:<24} {ref.location}  (Delta version {tables.current_version(ctx.spark, ref)})")
-    if results.get("report"):
-        lines.append(f"  {'report':<24} {results['report']['path']}")  # type: ignore[index]
+    path = report.report_path(config, config.as_of) if config.as_of and until >= STAGES.index("report") else None
+    if path is not None and path.is_file():
+        lines.append(f"  {'report':<24} {path}")
     lines += [
         f"  {'MLflow tracking store':<24} {uri}",
         f"  {'MLflow pipeline run':<24} {mlflow_run_id}",

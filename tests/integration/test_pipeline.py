@@ -41,3 +41,8 @@ def test_a_rerun_after_a_failure_resumes_past_committed_stages(spark, tmp_path, 
     out = capsys.readouterr().out
     assert "customer_tiers" in out and "tier_migrations" not in out.split("Results:")[-1]  # one snapshot: no movement yet
     assert results["report"]["path"] in out
+
+    again = pipeline.run(JobContext(config, spark), ARGS)  # nothing new: every stage resumes
+    for stage in ("features", "clv", "cluster", "tiers", "report"):
+        assert "resumed_from" in again[stage], stage
+    assert results["report"]["path"] in capsys.readouterr().out
