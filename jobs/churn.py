@@ -25,7 +25,6 @@ from dataclasses import dataclass
 
 import mlflow
 import pyspark
-from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
 from pyspark import StorageLevel
@@ -51,7 +50,7 @@ from segmentation.schema import require_numeric_columns
 log = logging.getLogger(__name__)
 
 HELP = "train the churn classifier out of time and register it (train), or score customers with the champion (score)"
-CHAMPION, CHALLENGER = "champion", "challenger"
+CHAMPION, CHALLENGER = tracking.CHAMPION, "challenger"
 CHURN_COLUMNS = ["customer_id", "as_of_date", "churn_probability", "churn_risk_tier", "model_version"]
 MODEL, RECENCY, DROPOUT, QUIET = "model", "recency rule", "1 - P(alive)", "BG/NBD purchases"
 BASELINE_PREFIXES = {RECENCY: "baseline_recency", DROPOUT: "baseline_p_alive", QUIET: "baseline_expected_purchases"}
@@ -91,7 +90,7 @@ def train(ctx: JobContext) -> dict[str, object]:
         training = training_examples(transactions, cutoffs, settings.lookback_days, channels)
         require_numeric_columns(
             training, {"churn.features": settings.features, "churn.recency_baseline": [settings.recency_baseline]},
-            "customer_features", booleans=False,
+            "customer_features",
         )
         classifier(settings)  # unknown Spark parameters fail here, before any Spark job
         _log_setup(source, version, as_of, cutoffs, settings)
@@ -221,9 +220,8 @@ class Champion:
 
 
 def _champion(client: MlflowClient, name: str) -> Champion | None:
-    try:
-        version = client.get_model_version_by_alias(name, CHAMPION)
-    except MlflowException:
+    version = tracking.aliased_version(client, name, CHAMPION)
+    if version is None:
         return None
     horizon = client.get_run(version.run_id).data.tags.get("horizon_days")
     return Champion(name, str(version.version), version.run_id, int(horizon) if horizon else None)

@@ -54,7 +54,7 @@ from segmentation.plots import plt
 log = logging.getLogger(__name__)
 
 HELP = "segment customers with K-means on their features, register the model, write customer_clusters"
-CHAMPION = "champion"
+CHAMPION = tracking.CHAMPION
 CENTROIDS_ARTIFACT = "cluster/centroids.json"
 CLUSTER_COLUMNS = ["customer_id", "as_of_date", "cluster_id", "cluster_name", "distance_to_centroid", "model_version"]
 
@@ -154,9 +154,8 @@ class Champion:
 
 def _champion(client: MlflowClient, name: str) -> Champion | None:
     """The model version the alias points at, read once per job (None before the first promotion)."""
-    try:
-        version = client.get_model_version_by_alias(name, CHAMPION)
-    except MlflowException:
+    version = tracking.aliased_version(client, name, CHAMPION)
+    if version is None:
         return None
     silhouette = client.get_run(version.run_id).data.metrics.get("silhouette")
     try:

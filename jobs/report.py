@@ -17,7 +17,6 @@ import sys
 from pathlib import Path
 
 import mlflow
-from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
@@ -154,9 +153,8 @@ def report_data(ctx: JobContext, snapshot: DataFrame, rows: DataFrame, as_of: dt
 def churn_summary(name: str) -> dict | None:
     """The churn champion's evaluation (model and baselines) from its MLflow run."""
     client = MlflowClient()
-    try:
-        version = client.get_model_version_by_alias(name, CHAMPION)
-    except MlflowException:
+    version = tracking.aliased_version(client, name, CHAMPION)
+    if version is None:
         return None
     run = client.get_run(version.run_id)
     metrics, tags = run.data.metrics, run.data.tags

@@ -217,11 +217,7 @@ class ValuePyramidConfig(_Section):
     @field_validator("tiers")
     @classmethod
     def _shares_add_up(cls, value: list[ValueTier]) -> list[ValueTier]:
-        _unique_names(value, "tier")
-        if len(value) < 2:
-            raise ValueError("at least two tiers are needed")
-        if any(tier.share is None for tier in value[:-1]) or value[-1].share is not None:
-            raise ValueError("every tier but the last needs a share; the last takes the rest and has none")
+        _last_takes_the_rest(value, "share", "tier", "a share")
         total = sum(tier.share for tier in value[:-1])  # type: ignore[misc]
         if total >= 1.0:
             raise ValueError(f"the shares add up to {total:g}; they must leave some customers for '{value[-1].name}'")
@@ -240,6 +236,15 @@ class FeaturesConfig(_Section):
     @classmethod
     def _rules_named_once(cls, value: list[ExpressionRule]) -> list[ExpressionRule]:
         return _unique_names(value, "rule")
+
+
+def _last_takes_the_rest(tiers: list[Any], bound: str, kind: str, what: str) -> None:
+    """Named once, at least two, every tier but the last has `bound`, the last has none."""
+    _unique_names(tiers, kind)
+    if len(tiers) < 2:
+        raise ValueError(f"at least two {kind}s are needed")
+    if any(getattr(t, bound) is None for t in tiers[:-1]) or getattr(tiers[-1], bound) is not None:
+        raise ValueError(f"every {kind} but the last needs {what}; the last takes the rest and has none")
 
 
 def _unique_names(items: list[Any], kind: str) -> list[Any]:
@@ -358,11 +363,7 @@ class ChurnConfig(_Section):
     @field_validator("risk_tiers")
     @classmethod
     def _tiers_descend(cls, value: list[RiskTier]) -> list[RiskTier]:
-        _unique_names(value, "risk tier")
-        if len(value) < 2:
-            raise ValueError("at least two risk tiers are needed")
-        if any(t.min_probability is None for t in value[:-1]) or value[-1].min_probability is not None:
-            raise ValueError("every risk tier but the last needs min_probability; the last takes the rest and has none")
+        _last_takes_the_rest(value, "min_probability", "risk tier", "min_probability")
         bounds = [t.min_probability for t in value[:-1]]
         if bounds != sorted(bounds, reverse=True) or len(set(bounds)) != len(bounds):
             raise ValueError(f"min_probability must fall strictly from the first tier to the last: {bounds}")

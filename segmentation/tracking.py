@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import mlflow
+from mlflow.exceptions import MlflowException
 from mlflow.data.delta_dataset_source import DeltaDatasetSource
 from mlflow.data.meta_dataset import MetaDataset
 
@@ -77,6 +78,18 @@ def stage_run(config: Config, stage: str, pipeline_run_id: str, tags: dict[str, 
     nested = mlflow.active_run() is not None
     with mlflow.start_run(experiment_id=experiment_id, run_name=stage, nested=nested, tags=all_tags) as run:
         yield run
+
+
+CHAMPION = "champion"
+
+
+def aliased_version(client, name: str, alias: str = CHAMPION):
+    """The registered model version an alias points at; None when the model or alias does not
+    exist yet (before the first promotion)."""
+    try:
+        return client.get_model_version_by_alias(name, alias)
+    except MlflowException:
+        return None
 
 
 def log_delta_input(ref: TableRef, version: int | None, context: str) -> None:

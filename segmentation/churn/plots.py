@@ -7,48 +7,45 @@ from segmentation.churn.evaluation import ScoreEvaluation
 from segmentation.plots import plt
 
 
-def roc_figure(evaluations: dict[str, ScoreEvaluation]):
+def _curves(evaluations: dict[str, ScoreEvaluation], x: str, y: str, label, from_origin: bool):
+    """One line per score through its ranking-curve points (x, y), riskiest first."""
     figure, axis = plt.subplots(figsize=(6, 5))
+    start = [0.0] if from_origin else []
     for name, evaluation in evaluations.items():
         curve = evaluation.curve
-        axis.plot([0.0] + [p["false_positive_rate"] for p in curve], [0.0] + [p["recall"] for p in curve],
-                  label=f"{name} (AUC {evaluation.metrics['roc_auc']:.3f})")
-    axis.plot([0, 1], [0, 1], color="grey", linestyle=":", label="random")
-    axis.set_xlabel("false positive rate")
-    axis.set_ylabel("true positive rate (recall)")
-    axis.legend(loc="lower right")
+        axis.plot(start + [p[x] for p in curve], start + [p[y] for p in curve], label=label(name, evaluation.metrics))
+    return figure, axis
+
+
+def _finish(figure, axis, xlabel: str, ylabel: str, legend: str):
+    axis.set_xlabel(xlabel)
+    axis.set_ylabel(ylabel)
+    axis.legend(loc=legend)
     figure.tight_layout()
     return figure
+
+
+def roc_figure(evaluations: dict[str, ScoreEvaluation]):
+    figure, axis = _curves(evaluations, "false_positive_rate", "recall",
+                           lambda name, m: f"{name} (AUC {m['roc_auc']:.3f})", from_origin=True)
+    axis.plot([0, 1], [0, 1], color="grey", linestyle=":", label="random")
+    return _finish(figure, axis, "false positive rate", "true positive rate (recall)", "lower right")
 
 
 def precision_recall_figure(evaluations: dict[str, ScoreEvaluation]):
-    figure, axis = plt.subplots(figsize=(6, 5))
-    for name, evaluation in evaluations.items():
-        curve = evaluation.curve
-        axis.plot([p["recall"] for p in curve], [p["precision"] for p in curve],
-                  label=f"{name} (PR AUC {evaluation.metrics['pr_auc']:.3f})")
+    figure, axis = _curves(evaluations, "recall", "precision",
+                           lambda name, m: f"{name} (PR AUC {m['pr_auc']:.3f})", from_origin=False)
     base = next(iter(evaluations.values())).metrics["churn_rate"]
     axis.axhline(base, color="grey", linestyle=":", label=f"churn rate {base:.2f}")
-    axis.set_xlabel("recall")
-    axis.set_ylabel("precision")
     axis.set_ylim(0, 1.02)
-    axis.legend(loc="lower left")
-    figure.tight_layout()
-    return figure
+    return _finish(figure, axis, "recall", "precision", "lower left")
 
 
 def gains_figure(evaluations: dict[str, ScoreEvaluation]):
-    figure, axis = plt.subplots(figsize=(6, 5))
-    for name, evaluation in evaluations.items():
-        curve = evaluation.curve
-        axis.plot([0.0] + [p["share"] for p in curve], [0.0] + [p["recall"] for p in curve],
-                  label=f"{name} (top 10%: lift {evaluation.metrics['lift_10']:.2f})")
+    figure, axis = _curves(evaluations, "share", "recall",
+                           lambda name, m: f"{name} (top 10%: lift {m['lift_10']:.2f})", from_origin=True)
     axis.plot([0, 1], [0, 1], color="grey", linestyle=":", label="random")
-    axis.set_xlabel("share of customers contacted, riskiest first")
-    axis.set_ylabel("share of churners reached")
-    axis.legend(loc="lower right")
-    figure.tight_layout()
-    return figure
+    return _finish(figure, axis, "share of customers contacted, riskiest first", "share of churners reached", "lower right")
 
 
 def calibration_figure(evaluations: dict[str, ScoreEvaluation]):
@@ -60,11 +57,7 @@ def calibration_figure(evaluations: dict[str, ScoreEvaluation]):
         axis.plot([b["predicted"] for b in table], [b["observed"] for b in table], marker="o",
                   label=f"{name} (ECE {evaluation.metrics['calibration_error']:.3f})")
     axis.plot([0, 1], [0, 1], color="grey", linestyle=":", label="perfect")
-    axis.set_xlabel("mean predicted churn probability")
-    axis.set_ylabel("observed churn rate")
-    axis.legend(loc="upper left")
-    figure.tight_layout()
-    return figure
+    return _finish(figure, axis, "mean predicted churn probability", "observed churn rate", "upper left")
 
 
 def importance_figure(importance: dict[str, float]):

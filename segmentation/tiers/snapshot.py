@@ -28,7 +28,7 @@ FEATURE_COLUMNS = [
 ]
 CLV_COLUMNS = ["clv", "probability_alive", "expected_purchases"]
 CLUSTER_COLUMNS = ["cluster_id", "cluster_name"]
-CHURN_COLUMNS = ["churn_probability", "churn_risk_tier"]
+CHURN_SCORE_COLUMNS = ["churn_probability", "churn_risk_tier"]
 
 
 @dataclass(frozen=True)
@@ -58,7 +58,7 @@ class Lineage:
 
 TIER_COLUMNS = [
     "customer_id", "as_of_date", "value_tier", "value_rank", *FEATURE_COLUMNS[:6], *CLUSTER_COLUMNS, *CLV_COLUMNS,
-    *CHURN_COLUMNS, "stickiness", "treatment", "treatment_action", "treatment_channel", "treatment_priority",
+    *CHURN_SCORE_COLUMNS, "stickiness", "treatment", "treatment_action", "treatment_channel", "treatment_priority",
     "revenue_365d", "monetary", "recency_days", "frequency_orders", "lineage",
 ]
 
@@ -71,7 +71,7 @@ def joined_inputs(features: DataFrame, clv: DataFrame, clusters: DataFrame, chur
         features.drop("as_of_date", "value_tier")
         .join(clv.select("customer_id", *CLV_COLUMNS), on="customer_id", how="left")
         .join(clusters.select("customer_id", *CLUSTER_COLUMNS), on="customer_id", how="left")
-        .join(churn.select("customer_id", *CHURN_COLUMNS), on="customer_id", how="left")
+        .join(churn.select("customer_id", *CHURN_SCORE_COLUMNS), on="customer_id", how="left")
     )
 
 
@@ -103,7 +103,7 @@ def customer_tiers(joined: DataFrame, cuts: TierCuts, tiers: TiersConfig, featur
         F.lit(as_of).alias("as_of_date"),
         "value_tier",
         F.element_at(F.create_map(*[v for name, r in rank.items() for v in (F.lit(name), F.lit(r))]), F.col("value_tier")).alias("value_rank"),
-        *FEATURE_COLUMNS[:6], *CLUSTER_COLUMNS, *CLV_COLUMNS, *CHURN_COLUMNS, "stickiness", "treatment",
+        *FEATURE_COLUMNS[:6], *CLUSTER_COLUMNS, *CLV_COLUMNS, *CHURN_SCORE_COLUMNS, "stickiness", "treatment",
         F.element_at(action, F.col("treatment")).alias("treatment_action"),
         F.when(configured_channel == "preferred", F.coalesce("preferred_channel", F.lit(tiers.default_channel)))
         .otherwise(configured_channel).alias("treatment_channel"),
