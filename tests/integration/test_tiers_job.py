@@ -173,3 +173,13 @@ def test_report_is_self_contained_and_its_numbers_come_from_the_tables(spark, ti
     assert data["churn"]["scores"]["recency rule"]["lift_10"] == metrics["baseline_recency_lift_10"]
     assert f"<td>{kpis['customers']:,}</td>" in document
     assert f"<td>{kpis['customers'] - data['previous_kpis']['customers']:+,}</td>" in document
+
+
+def test_readme_tables_section_matches_every_table_written(spark, tiered):
+    from tests.unit.test_docs import flat_schema, readme_table_schemas
+
+    root, _ = tiered
+    documented = readme_table_schemas()
+    assert len(documented) >= 8
+    for key, rows in documented.items():
+        assert rows == flat_schema(read(spark, root, key).schema), key
