@@ -53,10 +53,17 @@ def iso_date(text: str) -> dt.date:
         raise argparse.ArgumentTypeError(f"'{text}' is not a date (expected YYYY-MM-DD)") from None
 
 
+def optional_iso_date(text: str) -> dt.date | None:
+    """A date, or None for an empty value: schedulers such as Databricks jobs pass a job
+    parameter left blank as the empty string, and blank means "not given"."""
+    return iso_date(text) if text.strip() else None
+
+
 def add_as_of_argument(parser: argparse.ArgumentParser) -> None:
     """--as-of, shared by every stage that takes a snapshot date (it sets the top-level as_of)."""
     parser.add_argument(
-        "--as-of", type=iso_date, metavar="YYYY-MM-DD", help="snapshot date (default: the latest transaction date)"
+        "--as-of", type=optional_iso_date, metavar="YYYY-MM-DD",
+        help="snapshot date (default, or empty: the latest transaction date)",
     )
 
 

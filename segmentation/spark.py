@@ -155,15 +155,16 @@ def get_spark(config: SparkConfig):
     from pyspark.sql import SparkSession
 
     active = SparkSession.getActiveSession()
+    if active is None and running_on_databricks():
+        # A job's Python process (script or wheel task) need not have made the cluster's
+        # session active yet; the builder hands back that session as the cluster configured it.
+        active = SparkSession.builder.getOrCreate()
     if active is not None:
         for key in _RUNTIME_CONF:
             if key in config.conf:
                 active.conf.set(key, str(config.conf[key]))
         log.info("using the existing Spark session (Spark %s)", active.version)
         return active
-    if running_on_databricks():
-        raise SetupError("on Databricks but no active Spark session: run inside a Databricks job or notebook")
-
     java_major_version()
     if (config.master or "").startswith("local") and not os.environ.get("PYSPARK_PYTHON"):
         # Python workers must run this interpreter (its packages), not whatever `python3` is first on PATH.
@@ -174,8 +175,11 @@ def get_spark(config: SparkConfig):
     for key, value in config.conf.items():
         builder = builder.config(key, _conf_value(value))
     mode = _delta_mode(config)
-    if mode != "provided":
-        for key, value in _DELTA_SQL.items():
+    # provided: the cluster (or spark-submit --jars / --packages) supplies Delta's jars; its
+    # SQL extension and catalog are still needed, unless the cluster configured its own.
+    configured = _submitted_conf() if mode == "provided" else {}
+    for key, value in _DELTA_SQL.items():
+        if key not in configured:
             builder = builder.config(key, value)
     if mode == "local-jars":
         jars = local_delta_jars(configured_jars_dir(config))
@@ -192,6 +196,17 @@ def get_spark(config: SparkConfig):
     _check_delta_loaded(spark, mode)
     log.info("Spark %s session started (master %s, Delta jars: %s)", spark.version, spark.sparkContext.master, mode)
     return spark
+
+
+def _submitted_conf() -> dict[str, str]:
+    """The Spark settings of a JVM started before this code: under spark-submit, those of
+    spark-defaults.conf and --conf. Empty when this process will start the JVM itself."""
+    if "PYSPARK_GATEWAY_PORT" not in os.environ:
+        return {}
+    from pyspark import SparkConf, SparkContext
+
+    SparkContext._ensure_initialized()  # connects to spark-submit's JVM; no new one
+    return dict(SparkConf(_jvm=SparkContext._jvm).getAll())
 
 
 # PySpark logs every analysis error a second time, as a multi-line JSON record, through

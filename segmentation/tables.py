@@ -78,9 +78,12 @@ def ensure_table(
     spark: SparkSession, ref: TableRef, schema: T.StructType, partition_by: list[str] | None = None
 ) -> None:
     """Create the table empty with its schema (NOT NULL columns enforced by Delta) if absent."""
-    builder = DeltaTable.createIfNotExists(spark)
-    builder = builder.location(ref.location) if ref.is_path else builder.tableName(ref.location)
-    builder = builder.addColumns(schema)
+    if not ref.is_path:
+        # Delta's table builder takes at most database.table; Unity Catalog names have three parts.
+        partitioned = f" PARTITIONED BY ({', '.join(partition_by)})" if partition_by else ""
+        spark.sql(f"CREATE TABLE IF NOT EXISTS {ref.location} ({schema.toDDL()}) USING DELTA{partitioned}")
+        return
+    builder = DeltaTable.createIfNotExists(spark).location(ref.location).addColumns(schema)
     if partition_by:
         builder = builder.partitionedBy(*partition_by)
     builder.execute()
