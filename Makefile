@@ -1,12 +1,20 @@
 # The two commands of the README:
 #   make demo   install everything, run the whole pipeline on generated data, print where results are
 #   make test   install everything, run the test suite
+# And for reviewers:
+#   make mlflow-server   an MLflow tracking server (SQLite + artifact folder under MLFLOW_DIR) on MLFLOW_PORT;
+#                        point the pipeline at it with --set mlflow.tracking_uri=http://127.0.0.1:$(MLFLOW_PORT)
 PYTHON ?= python3.11
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 ARGS   ?=
+MLFLOW_DIR  ?= segmentation-data/mlflow-server
+MLFLOW_PORT ?= 5000
+MLFLOW_HOST ?= 127.0.0.1
+MLFLOW_BACKEND_STORE_URI ?= sqlite:///$(abspath $(MLFLOW_DIR))/mlflow.db
+MLFLOW_ARTIFACTS ?= $(abspath $(MLFLOW_DIR))/artifacts
 
-.PHONY: setup demo test java-check clean
+.PHONY: setup demo test mlflow-server java-check clean
 
 setup: $(VENV)/.installed
 	@$(BIN)/segmentation setup
@@ -20,7 +28,7 @@ $(VENV)/.installed: pyproject.toml | java-check
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "$(PYTHON) is required: install Python 3.11 or run 'make PYTHON=/path/to/python3.11 ...'" >&2; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[spark,dev]'
 	@touch $@
 
 demo: setup
@@ -28,6 +36,13 @@ demo: setup
 
 test: setup
 	$(BIN)/pytest $(ARGS)
+
+# MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false: no pool of GenAI job workers (this project runs none).
+mlflow-server: $(VENV)/.installed
+	@mkdir -p $(MLFLOW_DIR)
+	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(BIN)/mlflow server \
+	  --backend-store-uri $(MLFLOW_BACKEND_STORE_URI) --artifacts-destination $(MLFLOW_ARTIFACTS) \
+	  --host $(MLFLOW_HOST) --port $(MLFLOW_PORT) --workers 1
 
 clean:
 	rm -rf segmentation-data spark-warehouse metastore_db derby.log .pytest_cache

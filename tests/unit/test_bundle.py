@@ -261,11 +261,6 @@ def test_cluster_overlay_leaves_master_and_jars_to_spark_submit():
     assert Path(config.storage.root).is_absolute() and config.privacy.allow_demo_key is False
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="pyproject.toml pins pyspark and delta-spark and requires Python < 3.12: pip on a Databricks "
-    "Runtime (17.3 LTS: Python 3.12, its own Spark and Delta) cannot install the wheel as it is",
-)
 def test_the_wheel_installs_on_a_databricks_runtime():
     assert "3.12.3" in SpecifierSet(PYPROJECT["project"]["requires-python"])
     pinned = {re.split(r"[<>=!~\[ ;]", d, maxsplit=1)[0].lower() for d in PYPROJECT["project"]["dependencies"]}
