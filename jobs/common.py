@@ -70,3 +70,33 @@ def add_as_of_argument(parser: argparse.ArgumentParser) -> None:
 def as_of_overrides(args: argparse.Namespace) -> list[str]:
     as_of = getattr(args, "as_of", None)
     return [f"as_of={as_of.isoformat()}"] if as_of else []
+
+
+NOTEBOOK_ENV, NOTEBOOK_SETTINGS = "SEGMENTATION_ENV", "SEGMENTATION_SET"
+
+
+def notebook_context(env: str | None = None, overrides: list[str] | tuple[str, ...] = ()) -> JobContext:
+    """The context a notebook works in, built the way the command line builds a job's.
+
+    The environment is `env`, else $SEGMENTATION_ENV, else "databricks" on Databricks and
+    "local" elsewhere; the configuration folder is $SEGMENTATION_CONF_DIR, else ./conf, else
+    the checkout's. `overrides` come first, then the key=value settings of $SEGMENTATION_SET
+    (one per line, or separated by semicolons), so whoever starts the kernel has the last
+    word. Relative paths resolve against the folder above conf/, as for a command started
+    there: a notebook opened from notebooks/ sees the tables of `segmentation run`.
+    """
+    import contextlib
+    import os
+    import re
+
+    from segmentation.config import default_conf_dir, load_config
+    from segmentation.logs import configure_logging
+    from segmentation.spark import get_spark, running_on_databricks
+
+    env = env or os.environ.get(NOTEBOOK_ENV) or ("databricks" if running_on_databricks() else "local")
+    settings = [item.strip() for item in re.split(r"[;\n]", os.environ.get(NOTEBOOK_SETTINGS, "")) if item.strip()]
+    conf_dir = default_conf_dir().resolve()
+    with contextlib.chdir(conf_dir.parent) if conf_dir.parent.is_dir() else contextlib.nullcontext():
+        config = load_config(env, conf_dir, [*overrides, *settings])
+    configure_logging(config.logging.level)
+    return JobContext(config, get_spark(config.spark))

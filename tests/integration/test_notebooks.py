@@ -1,0 +1,85 @@
+"""The notebooks in notebooks/, executed headless in order as a user would run them in
+Jupyter: the quick start builds two snapshots and two churn models on a small generated
+feed, the analyst and reviewer notebooks read them back. Any cell error fails the test."""
+
+from __future__ import annotations
+
+import re
+import sys
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+from tests.conftest import REPO, TEST_SPARK_SETTINGS
+
+NOTEBOOKS = REPO / "notebooks"
+ORDER = ["01_quickstart.ipynb", "02_analyst_tiers.ipynb", "03_reviewer_mlflow.ipynb"]
+# Small and fast: what tests/integration/test_pipeline.py runs, with a quick GBT champion.
+SMALL = [
+    "generate.customers=400", "cluster.k=3", "cluster.restarts=1", "churn.training_cutoffs=2", "churn.gbt={maxIter: 10, maxDepth: 3}",
+]
+RAW_CUSTOMER_ID = re.compile(r"\bC\d{9}\b")  # the generator's ids before pseudonymisation
+CELL_TIMEOUT = 1800  # seconds; a quick-start cell runs the whole pipeline on a shared 2-core machine
+
+
+def execute(name: str) -> nbformat.NotebookNode:
+    notebook = nbformat.read(NOTEBOOKS / name, as_version=4)
+    # The kernel starts in the notebook's folder, as in Jupyter; it inherits the environment.
+    NotebookClient(notebook, kernel_name="python3", timeout=CELL_TIMEOUT,
+                   resources={"metadata": {"path": str(NOTEBOOKS)}}).execute()
+    return notebook
+
+
+def outputs(notebook: nbformat.NotebookNode) -> tuple[str, int]:
+    """Everything the notebook printed or displayed as text, and how many images it showed."""
+    texts, images = [], 0
+    for cell in notebook.cells:
+        for output in cell.get("outputs", []):
+            texts.append(output.get("text", ""))
+            data = output.get("data", {})
+            texts += [data.get("text/plain", ""), data.get("text/html", "")]
+            images += "image/png" in data
+    return "\n".join(texts), images
+
+
+def test_the_notebooks_are_saved_clean():
+    for name in ORDER:
+        notebook = nbformat.read(NOTEBOOKS / name, as_version=4)
+        nbformat.validate(notebook)
+        code = [cell for cell in notebook.cells if cell.cell_type == "code"]
+        assert all(not cell.outputs and cell.execution_count is None for cell in code), f"{name} has outputs"
+        assert "parameters" in code[0].metadata.get("tags", []), f"{name}: the first code cell holds the parameters"
+
+
+@pytest.mark.slow
+def test_the_notebooks_run_in_order_on_generated_data(tmp_path, monkeypatch):
+    root = tmp_path / "data"
+    settings = [f"storage.root={root}", *TEST_SPARK_SETTINGS, f"spark.conf.spark.sql.warehouse.dir={tmp_path / 'warehouse'}", *SMALL]
+    monkeypatch.setenv("SEGMENTATION_ENV", "local")
+    monkeypatch.setenv("SEGMENTATION_CONF_DIR", str(REPO / "conf"))
+    monkeypatch.setenv("SEGMENTATION_SET", "\n".join(settings))
+    monkeypatch.setenv("PYSPARK_PYTHON", sys.executable)  # Spark's Python workers: this venv's interpreter
+    monkeypatch.delenv("SEGMENTATION_PSEUDONYMISATION_KEY", raising=False)  # the local demo key
+    monkeypatch.delenv("DATABRICKS_RUNTIME_VERSION", raising=False)
+
+    quickstart, quickstart_images = outputs(execute(ORDER[0]))
+    reports = sorted(p.name for p in (root / "reports").glob("customer_tiers_*.html"))
+    assert len(reports) == 2, reports  # two snapshots, each with its report
+    assert all(name[len("customer_tiers_"):-len(".html")] in quickstart for name in reports)
+    assert "customer_tiers" in quickstart and "mlflow ui --backend-store-uri" in quickstart
+    assert "stays challenger" in quickstart or "promoted to champion" in quickstart
+
+    analyst, analyst_images = outputs(execute(ORDER[1]))
+    assert analyst_images >= 5  # pyramid, Pareto curve, segments, clusters, migration heat map
+    assert "of customers by trailing revenue bring" in analyst
+    assert "from tier_migrations" in analyst  # the pair the tiers stage recorded, not recomputed
+
+    reviewer, reviewer_images = outputs(execute(ORDER[2]))
+    assert "2 churn training runs compared" in reviewer
+    assert "champion: version" in reviewer and "challenger: version" in reviewer
+    assert "largest difference 0.00e+00" in reviewer or re.search(r"largest difference \d\.\d\de-(1\d|[6-9])", reviewer)
+    assert reviewer_images >= 3  # stage times, PR AUC against baselines, the logged precision-recall curves
+
+    for text in (quickstart, analyst, reviewer):  # ids are shown pseudonymised only
+        assert not RAW_CUSTOMER_ID.search(text)
