@@ -1,9 +1,14 @@
-"""Pseudonymisation of customer ids with a keyed hash (HMAC-SHA256).
+"""Pseudonymisation of customer ids with a keyed hash (HMAC-SHA256), and what erasure matches.
 
 The hash runs in a vectorised (Arrow) pandas UDF that closes over the key. A native
 `sha2` construction would be faster, but it would put key material into the query plan as
-literals, and Spark prints plans in error messages and logs. The key never comes from the repository: an environment variable or a secret file, or, for
-demos only, a fixed and publicly known demo key that is logged as such.
+literals, and Spark prints plans in error messages and logs. The key never comes from the
+repository: an environment variable or a secret file, or, for demos only, a fixed and
+publicly known demo key that is logged as such.
+
+Erasure takes customer ids as the business knows them (raw), hashes them exactly as ingest
+does, and matches them by the pseudonym in every table but the raw landing tables, where
+they are matched as they arrived.
 """
 
 from __future__ import annotations
@@ -15,16 +20,22 @@ import os
 from pathlib import Path
 
 import pandas as pd
-from pyspark.sql import Column
+from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
-from segmentation.config import PrivacyConfig
+from segmentation.config import Config, PrivacyConfig
 from segmentation.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
 DEMO_KEY = b"segmentation-DEMO-KEY-not-secret-do-not-use-for-real-data"
 _MIN_KEY_BYTES = 16
+# The column that identifies a customer in every table that holds customer rows.
+CUSTOMER_COLUMN = "customer_id"
+# The quarantine's copy of an unparseable source line (kept only with pseudonymisation off).
+RAW_RECORD_COLUMN = "raw_record"
+# The landing table the generator writes: raw feeds as they arrive, customer ids not hashed.
+RAW_LANDING_TABLE = "raw_transactions"
 
 
 def load_key(config: PrivacyConfig) -> bytes:
@@ -72,3 +83,41 @@ def hmac_sha256_hex(value: Column, key: bytes) -> Column:
 def pseudonymised(value: Column, key: bytes | None) -> Column:
     """The keyed hash of an id, or the id unchanged when pseudonymisation is off (key None)."""
     return value if key is None else hmac_sha256_hex(value, key)
+
+
+def customer_key(value: Column) -> Column:
+    """A raw customer id as ingest reads it: trimmed text, empty as null (hashed after this)."""
+    text = F.trim(value.cast("string"))
+    return F.when(text != "", text)
+
+
+def raw_table_keys(config: Config) -> set[str]:
+    """The configured tables that hold customer ids as they arrived: the raw landing table and
+    the ingest source table (the same one by default). Every other table holds pseudonyms
+    when pseudonymisation is on."""
+    return {RAW_LANDING_TABLE} | ({config.ingest.source.table} if config.ingest.source.table else set())
+
+
+def erasure_ids(raw_ids: DataFrame, key: bytes | None) -> DataFrame:
+    """`raw_id` and its `pseudonym` (the keyed hash ingest stores; the raw id itself with
+    pseudonymisation off) for each distinct id in the single column of `raw_ids`."""
+    normalised = raw_ids.select(customer_key(F.col(raw_ids.columns[0])).alias("raw_id"))
+    distinct = normalised.where(F.col("raw_id").isNotNull()).distinct()
+    return distinct.select("raw_id", pseudonymised(F.col("raw_id"), key).alias("pseudonym"))
+
+
+def erasure_condition(columns: list[str], holds_raw_ids: bool) -> str | None:
+    """The MERGE condition matching a table's rows (alias `t`) to the `erasure_ids` (alias
+    `s`); None when the table has no customer column (aggregates such as tier_migrations).
+
+    A quarantine `raw_record` (an unparseable line, kept only with pseudonymisation off) is
+    matched when one of its fields, split at , ; | or tab and unquoted, is the raw id.
+    """
+    conditions = []
+    if CUSTOMER_COLUMN in columns:
+        column = f"t.{CUSTOMER_COLUMN}"
+        conditions.append(f"trim({column}) = s.raw_id" if holds_raw_ids else f"{column} = s.pseudonym")
+    if conditions and RAW_RECORD_COLUMN in columns:
+        field = "trim(BOTH '\"' FROM trim(f))"
+        conditions.append(rf"exists(split(t.{RAW_RECORD_COLUMN}, '[,;|\t]'), f -> {field} = s.raw_id)")
+    return " OR ".join(f"({c})" for c in conditions) or None

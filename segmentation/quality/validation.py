@@ -109,12 +109,18 @@ def validate_transactions(
     ]
     reasons = F.filter(F.array(*[F.when(failed, F.lit(name)) for name, failed in checks]), lambda r: r.isNotNull())
 
+    # A line that does not fit the header may hold a raw customer id (or any personal field
+    # of the source) in any column, and whole in raw_record. With pseudonymisation on, none
+    # of its values is kept: its quarantine row has the reasons and the source file only.
+    def kept(column: Column) -> Column:
+        return column if key is None else F.when(F.col(CORRUPT_RECORD).isNull(), column)
+
     validated = raw.select(
-        *[text[c].alias(c) for c in _TEXT_COLUMNS if c != "customer_id"],
-        pseudonymised(text["customer_id"], key).alias("customer_id"),
-        *[typed[c].alias(c) for c in _PARSED_COLUMNS],
-        *[_text(c).alias(_RAW + c) for c in _PARSED_COLUMNS],
-        F.col(CORRUPT_RECORD).alias("raw_record"),
+        *[kept(text[c]).alias(c) for c in _TEXT_COLUMNS if c != "customer_id"],
+        kept(pseudonymised(text["customer_id"], key)).alias("customer_id"),
+        *[kept(typed[c]).alias(c) for c in _PARSED_COLUMNS],
+        *[kept(_text(c)).alias(_RAW + c) for c in _PARSED_COLUMNS],
+        kept(F.col(CORRUPT_RECORD)).alias("raw_record"),
         F.col(SOURCE_FILE).alias("source_file"),
         reasons.alias("reasons"),
     )
@@ -160,7 +166,8 @@ def clean_transactions(validated: DataFrame, batch_id: str, ingested_at: dt.date
 
 
 def quarantined_transactions(validated: DataFrame, batch_id: str, ingested_at: dt.datetime) -> DataFrame:
-    """Rows that failed at least one rule: raw values as text (customer id pseudonymised) and reasons."""
+    """Rows that failed at least one rule: raw values as text (customer id pseudonymised) and
+    reasons; a malformed line's values only when pseudonymisation is off."""
     columns = []
     for field in QUARANTINE_SCHEMA.fields:
         if field.name in _PARSED_COLUMNS:
