@@ -23,6 +23,7 @@ STAGES = {
     "tiers": "jobs.tiers",
     "report": "jobs.report",
     "run": "jobs.run",
+    "erase": "jobs.erase",
 }
 
 DESCRIPTION = """Customer tiering on Spark, Delta Lake and MLflow.
