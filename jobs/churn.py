@@ -387,6 +387,7 @@ def score(ctx: JobContext) -> dict[str, object]:
             scored.select(*CHURN_COLUMNS), target, mode="overwrite", run_id=ctx.pipeline_run_id,
             partition_by=["as_of_date"], replace_where=f"as_of_date = '{as_of.isoformat()}'",
         )
+        tracking.log_delta_output(target, result.version)
         written = tables.read(ctx.spark, target, result.version).where(F.col("as_of_date") == F.lit(as_of))
         tiers = {r.churn_risk_tier: int(r.customers) for r in written.groupBy("churn_risk_tier").agg(F.count(F.lit(1)).alias("customers")).collect()}
         totals = written.agg(F.count(F.lit(1)).alias("scored"), F.avg("churn_probability").alias("mean")).first()
@@ -395,7 +396,7 @@ def score(ctx: JobContext) -> dict[str, object]:
         counts = {tier.name: tiers.get(tier.name, 0) for tier in settings.risk_tiers}
         mlflow.log_metrics({"customers_scored": scored_count, "customers_not_eligible": in_snapshot - scored_count,
                             "mean_churn_probability": float(totals.mean or 0.0),
-                            **{f"risk_tier_{name}": count for name, count in counts.items()}})
+                            **{tracking.metric_name(f"churn_risk_tier.{name}"): count for name, count in counts.items()}})
         mlflow.log_dict({"risk_tiers": counts}, "churn/risk_tiers.json")
         summary.update(as_of=as_of.isoformat(), customers=scored_count, not_eligible=in_snapshot - scored_count,
                        model_version=champion.version, version=result.version, table=target.location)

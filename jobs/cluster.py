@@ -91,7 +91,7 @@ def run(ctx: JobContext, args=None) -> dict[str, object]:
             mlflow.set_tag("as_of", as_of.isoformat())
             mlflow.log_params({"as_of": as_of.isoformat(), **{k: str(v) for k, v in settings.model_dump().items()}})
 
-            candidates = _fit_candidates(customers, settings, count, as_of)
+            candidates = _fit_candidates(ctx, customers, count, as_of, source, version)
             best = choose_k(candidates)
             space = model_space(best.model, settings)
             client = MlflowClient()
@@ -114,6 +114,7 @@ def run(ctx: JobContext, args=None) -> dict[str, object]:
                 snapshot.select(*CLUSTER_COLUMNS), target, mode="overwrite", run_id=ctx.pipeline_run_id,
                 partition_by=["as_of_date"], replace_where=f"as_of_date = '{as_of.isoformat()}'",
             )
+            tracking.log_delta_output(target, result.version)
         finally:
             customers.unpersist()
 
@@ -124,16 +125,17 @@ def run(ctx: JobContext, args=None) -> dict[str, object]:
     return {**summary, "mlflow_run_id": parent.info.run_id, "names": names, "decision": decision}
 
 
-def _fit_candidates(customers: DataFrame, settings, count: int, as_of) -> list[Candidate]:
+def _fit_candidates(ctx: JobContext, customers: DataFrame, count: int, as_of, source, version: int) -> list[Candidate]:
+    settings = ctx.config.cluster
     fraction = silhouette_fraction(count, settings.silhouette_sample)
     candidates = []
     for k in candidate_ks(settings):
         if k >= count:
             log.warning("k=%d skipped: only %d customers", k, count)
             continue
-        experiment_id = mlflow.active_run().info.experiment_id
-        tags = {"stage": "cluster.candidate", "as_of": as_of.isoformat()}
-        with mlflow.start_run(experiment_id=experiment_id, run_name=f"k={k}", nested=True, tags=tags):
+        tags = {"as_of": as_of.isoformat()}
+        with tracking.stage_run(ctx.config, "cluster.candidate", ctx.pipeline_run_id, tags, run_name=f"k={k}"):
+            tracking.log_delta_input(source, version, context="customer_features")
             candidate = fit_candidate(customers, settings, k, fraction)
             mlflow.log_params({"k": k, "algorithm": settings.algorithm, "seed": settings.seed, "silhouette_sample_fraction": fraction})
             mlflow.log_metrics({"silhouette": candidate.silhouette, "cost": candidate.cost})

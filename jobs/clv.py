@@ -102,6 +102,7 @@ def run(ctx: JobContext, args: argparse.Namespace | None = None) -> dict[str, ob
                 snapshot.select(*CLV_COLUMNS), target, mode="overwrite", run_id=ctx.pipeline_run_id,
                 partition_by=["as_of_date"], replace_where=f"as_of_date = '{calibration_end.isoformat()}'",
             )
+            tracking.log_delta_output(target, result.version)
             written = tables.read(spark, target, result.version).where(F.col("as_of_date") == F.lit(calibration_end))
             totals = _totals(written)
             by_frequency = [r.asDict() for r in holdout_by_frequency(written).collect()] if settings.holdout_days else []

@@ -73,6 +73,7 @@ def run(ctx: JobContext, args: argparse.Namespace | None = None) -> dict[str, ob
                 tiered, target, mode="overwrite", run_id=ctx.pipeline_run_id, partition_by=["as_of_date"],
                 replace_where=f"as_of_date = '{as_of.isoformat()}'",
             )
+            tracking.log_delta_output(target, result.version)
             counts = [row.asDict() for row in tier_counts(tiered).collect()]
             pareto = [row.asDict() for row in value_pyramid_summary(tiered, settings.value_pyramid).collect()]
         finally:
@@ -87,7 +88,7 @@ def run(ctx: JobContext, args: argparse.Namespace | None = None) -> dict[str, ob
             if count and scheme != "business_tier":
                 log.warning("%d customers match no row of %s: counted as '%s'", count, RULE_TABLES[scheme], UNMATCHED)
         summary.update(customers=customers, version=result.version, table=target.location)
-        _log_run(cuts, counts, pareto, customers, unmatched, result.version)
+        _log_run(cuts, counts, pareto, customers, unmatched)
         print(report(as_of, customers, counts, pareto, settings.value_pyramid.rank_by), flush=True)
     return summary
 
@@ -130,7 +131,7 @@ def _params(config, as_of: dt.date) -> dict[str, object]:
     }
 
 
-def _log_run(cuts: TierCuts, counts, pareto, customers: int, unmatched: dict[str, int], version) -> None:
+def _log_run(cuts: TierCuts, counts, pareto, customers: int, unmatched: dict[str, int]) -> None:
     metrics = {"customers": float(customers)}
     metrics.update({f"unmatched.{scheme}": float(count) for scheme, count in unmatched.items()})
     metrics.update({tracking.metric_name(f"{r['scheme']}.{r['tier']}"): float(r["customers"]) for r in counts})
@@ -138,8 +139,6 @@ def _log_run(cuts: TierCuts, counts, pareto, customers: int, unmatched: dict[str
         for key in ("customer_share", "revenue_share"):
             if row[key] is not None:
                 metrics[tracking.metric_name(f"pareto.{row['value_tier']}.{key}")] = float(row[key])
-    if version is not None:
-        metrics["customer_features_version"] = float(version)
     mlflow.log_metrics(metrics)
     # Aggregates only: no customer id or per-customer value leaves Spark.
     mlflow.log_dict({"quantile_cuts": cuts.as_dict()}, "features/quantile_cuts.json")

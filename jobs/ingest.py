@@ -97,6 +97,8 @@ def run(ctx: JobContext, args: argparse.Namespace | None = None) -> dict[str, ob
             mlflow.set_tag("status", "already_ingested")
             return summary
         summary.update(_ingest_batch(ctx, batch))
+        tracking.log_delta_output(clean_ref, summary.get("transactions_version"))
+        tracking.log_delta_output(quarantine_ref, summary.get("quarantine_version"))
         mlflow.log_metrics({k: float(v) for k, v in summary.items() if k.startswith(("rows_", "rejected_"))})
         mlflow.set_tag("status", summary["status"])
     return summary

@@ -89,7 +89,7 @@ def _finished_run(ctx: JobContext, stage_name: str, inputs: list[str]) -> str | 
     conditions = [
         f"tags.stage = '{stage_name}'", f"tags.as_of = '{config.as_of.isoformat()}'",
         f"tags.config_hash = '{config.fingerprint()}'", "attributes.status = 'FINISHED'",
-        *[f"tags.`input.{key}.version` = '{version}'" for key, version in versions.items()],
+        *[f"tags.`{tracking.input_tag(key)}` = '{version}'" for key, version in versions.items()],
     ]
     experiment_id = mlflow.active_run().info.experiment_id
     runs = MlflowClient().search_runs([experiment_id], " AND ".join(conditions), max_results=1)
@@ -158,7 +158,7 @@ def _print_where(ctx: JobContext, mlflow_run_id: str, until: int) -> None:
     lines += [
         f"  {'MLflow tracking store':<24} {uri}",
         f"  {'MLflow pipeline run':<24} {mlflow_run_id}",
-        f"  browse runs with: mlflow ui --backend-store-uri {uri}",
+        f"  browse runs at {uri}" if tracking.is_server(uri) else f"  browse runs with: mlflow ui --backend-store-uri {uri}",
         "",
     ]
     print("\n".join(lines), flush=True)

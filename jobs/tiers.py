@@ -108,6 +108,8 @@ def run(ctx: JobContext, args: argparse.Namespace | None = None) -> dict[str, ob
         finally:
             joined.unpersist()
         history = _update_history(ctx, settings.tracked)
+        tracking.log_delta_output(target, result.version)
+        tracking.log_delta_output(ctx.table("customer_tier_history"), history.version)
         movement = _record_movement(ctx, as_of)
         counts = _tier_counts(ctx, as_of)
         mlflow.log_dict({"lineage": lineage.as_dict(), "tier_counts": counts, **movement}, "tiers/snapshot.json")

@@ -1,18 +1,24 @@
 """MLflow tracking: where runs go, what every run carries, how inputs are recorded.
 
-Local by default: a SQLite store and an artifact folder under `storage.root`. Every run is
-tagged with the stage, the configuration fingerprint, the git commit and the pipeline run
-id, and records the Delta versions it read as dataset inputs.
+Local by default: a SQLite store and an artifact folder under `storage.root`; with an
+http(s) tracking URI (an `mlflow server`) or Databricks, the server decides where artifacts
+go and serves the registry. Every run is tagged with the stage, the pipeline run id, the
+configuration fingerprint, the environment and the git commit (`RUN_TAGS`); a stage with a
+snapshot date adds `as_of`. Every Delta version a run reads is a dataset input and an
+`input.<table>.version` tag, and every version it writes an `output.<table>.version` tag, so
+a reviewer can filter runs by data version and join them to the Delta history.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import urlparse
 
 import mlflow
 from mlflow.exceptions import MlflowException
@@ -23,6 +29,21 @@ from segmentation.config import Config
 from segmentation.tables import TableRef
 
 log = logging.getLogger(__name__)
+
+# The tags every stage run carries (run-resume and the lineage search by them), and the one
+# a stage with a snapshot date adds.
+RUN_TAGS = ("stage", "pipeline_run_id", "config_hash", "environment", "git_commit")
+AS_OF = "as_of"
+
+
+def input_tag(key: str) -> str:
+    """The tag holding the Delta version of table `key` a run read."""
+    return f"input.{key}.version"
+
+
+def output_tag(key: str) -> str:
+    """The tag holding the Delta version of table `key` a run wrote."""
+    return f"output.{key}.version"
 
 
 def tracking_uri(config: Config) -> str:
@@ -40,12 +61,27 @@ def configure_mlflow(config: Config) -> str:
     experiment = mlflow.get_experiment_by_name(config.mlflow.experiment)
     if experiment is not None:
         return experiment.experiment_id
-    artifacts = config.mlflow.artifact_location
-    if artifacts is None and "://" not in uri.removeprefix("sqlite://"):
-        artifacts = (Path(config.storage.root) / "mlartifacts").resolve().as_uri()
+    artifacts = default_artifact_location(config, uri)
     experiment_id = mlflow.create_experiment(config.mlflow.experiment, artifact_location=artifacts)
     log.info("created MLflow experiment %s at %s", config.mlflow.experiment, uri)
     return experiment_id
+
+
+def is_server(uri: str) -> bool:
+    """A tracking server (`mlflow server`, Databricks) rather than a database or folder the
+    client writes itself: the server then owns the artifact root and the registry."""
+    return urlparse(uri).scheme in ("http", "https", "databricks") or uri == "databricks"
+
+
+def default_artifact_location(config: Config, uri: str) -> str | None:
+    """Where a new experiment's artifacts go: configured, else the server's own root, else
+    `<storage.root>/mlartifacts` next to a store the client writes directly (SQLite, a
+    PostgreSQL URI, a folder)."""
+    if config.mlflow.artifact_location is not None:
+        return config.mlflow.artifact_location
+    if is_server(uri):
+        return None
+    return (Path(config.storage.root) / "mlartifacts").resolve().as_uri()
 
 
 def metric_name(text: str) -> str:
@@ -53,6 +89,7 @@ def metric_name(text: str) -> str:
     return re.sub(r"[^\w\-. /]", "_", text)
 
 
+@functools.cache
 def git_commit() -> str:
     try:
         result = subprocess.run(
@@ -63,20 +100,27 @@ def git_commit() -> str:
     return result.stdout.strip() if result.returncode == 0 else "unknown"
 
 
-@contextmanager
-def stage_run(config: Config, stage: str, pipeline_run_id: str, tags: dict[str, str] | None = None) -> Iterator[mlflow.ActiveRun]:
-    """An MLflow run for one stage, nested under the active pipeline run if there is one."""
-    experiment_id = configure_mlflow(config)
-    all_tags = {
+def run_tags(config: Config, stage: str, pipeline_run_id: str) -> dict[str, str]:
+    """The `RUN_TAGS` of a stage run."""
+    return {
         "stage": stage,
         "pipeline_run_id": pipeline_run_id,
         "config_hash": config.fingerprint(),
         "environment": config.environment,
         "git_commit": git_commit(),
-        **(tags or {}),
     }
+
+
+@contextmanager
+def stage_run(
+    config: Config, stage: str, pipeline_run_id: str, tags: dict[str, str] | None = None, run_name: str | None = None
+) -> Iterator[mlflow.ActiveRun]:
+    """An MLflow run for one stage (named after it unless `run_name` says otherwise), nested
+    under the active run if there is one (the pipeline's, or a stage's for its child runs)."""
+    experiment_id = configure_mlflow(config)
+    all_tags = {**run_tags(config, stage, pipeline_run_id), **(tags or {})}
     nested = mlflow.active_run() is not None
-    with mlflow.start_run(experiment_id=experiment_id, run_name=stage, nested=nested, tags=all_tags) as run:
+    with mlflow.start_run(experiment_id=experiment_id, run_name=run_name or stage, nested=nested, tags=all_tags) as run:
         yield run
 
 
@@ -101,4 +145,11 @@ def log_delta_input(ref: TableRef, version: int | None, context: str) -> None:
     )
     # The digest carries the version: MLflow's source JSON omits a version of 0 (falsy).
     mlflow.log_input(MetaDataset(source=source, name=ref.key, digest=f"v{version}"), context=context)
-    mlflow.set_tag(f"input.{ref.key}.version", str(version))
+    mlflow.set_tag(input_tag(ref.key), str(version))
+
+
+def log_delta_output(ref: TableRef, version: int | None) -> None:
+    """Record the Delta version the active run wrote (None: the write was skipped as a retry
+    of a commit already made, and nothing is tagged)."""
+    if version is not None:
+        mlflow.set_tag(output_tag(ref.key), str(version))
