@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import time
 
 import mlflow
 from mlflow.tracking import MlflowClient
@@ -43,17 +44,19 @@ def config_overrides(args: argparse.Namespace) -> list[str]:
 def run(ctx: JobContext, args: argparse.Namespace | None = None) -> dict[str, object]:
     config = ctx.config
     until = STAGES.index(getattr(args, "until", None) or STAGES[-1])
-    results: dict[str, object] = {}
+    timings: dict[str, dict[str, float]] = {}
+    results: dict[str, object] = {"timings": timings}
     with tracking.stage_run(config, "pipeline", ctx.pipeline_run_id) as parent, stage("pipeline") as summary:
         raw = ctx.table("raw_transactions")
         uses_raw_table = config.ingest.source.table == "raw_transactions"
         if uses_raw_table and (getattr(args, "generate", False) or not tables.exists(ctx.spark, raw)):
-            results["generate"] = generate.run(ctx, args)
-        results["ingest"] = ingest.run(ctx, args)
+            results["generate"] = _timed(timings, "generate", lambda: generate.run(ctx, args))
+        results["ingest"] = _timed(timings, "ingest", lambda: ingest.run(ctx, args))
         if until > 0:
             ctx = _at_as_of(ctx)
             mlflow.set_tag("as_of", ctx.config.as_of.isoformat())
             summary.update(as_of=ctx.config.as_of.isoformat())
+            results["as_of"] = ctx.config.as_of.isoformat()
         steps = [
             ("features", ["transactions"], lambda: features.run(ctx, args)),
             ("clv", ["transactions"], lambda: clv.run(ctx, args)),
@@ -68,7 +71,7 @@ def run(ctx: JobContext, args: argparse.Namespace | None = None) -> dict[str, ob
                 log.info("%s: already done for these inputs in MLflow run %s: resumed past it", name, done)
                 results[name] = {"resumed_from": done}
                 continue
-            results[name] = step()
+            results[name] = _timed(timings, name, step)
         summary.update(pipeline_run_id=ctx.pipeline_run_id, mlflow_run_id=parent.info.run_id)
         mlflow.set_tag("status", "finished")
     _print_where(ctx, parent.info.run_id, until)
@@ -76,6 +79,16 @@ def run(ctx: JobContext, args: argparse.Namespace | None = None) -> dict[str, ob
 
 
 INPUTS_OF_TIERS = list(tiers.INPUTS)
+
+
+def _timed(timings: dict[str, dict[str, float]], name: str, step):
+    """Run a stage and record its wall-clock window (perf_counter), also when it fails."""
+    started = time.perf_counter()
+    try:
+        return step()
+    finally:
+        ended = time.perf_counter()
+        timings[name] = {"started": started, "ended": ended, "seconds": ended - started}
 
 
 def _finished_run(ctx: JobContext, stage_name: str, inputs: list[str]) -> str | None:

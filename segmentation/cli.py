@@ -24,6 +24,7 @@ STAGES = {
     "report": "jobs.report",
     "run": "jobs.run",
     "erase": "jobs.erase",
+    "bench": "jobs.bench",
 }
 
 DESCRIPTION = """Customer tiering on Spark, Delta Lake and MLflow.

@@ -1,0 +1,65 @@
+"""The benchmark's own parts: the RFM baseline query in DuckDB and Spark on a hand-made
+Delta snapshot, the process-tree memory sampler, and the tables it writes."""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+
+from jobs import bench
+from jobs.common import JobContext
+from segmentation import tables
+from tests.conftest import make_config
+
+AS_OF = dt.date(2025, 3, 31)
+
+
+def test_rfm_baseline_is_the_same_query_in_duckdb_and_spark(spark, tmp_path):
+    ctx = JobContext(make_config(tmp_path), spark)
+    ref = ctx.table("transactions")
+    rows = [  # customer, order, timestamp, amount, is_return
+        ("a", "o1", "2025-01-10 10:00:00", 100.0, False),
+        ("a", "o1", "2025-01-10 10:00:00", 50.0, False),   # same order: one order
+        ("a", "o2", "2025-03-31 23:59:00", 20.0, False),   # on the as-of day: counts
+        ("a", "r1", "2025-03-31 12:00:00", -30.0, True),   # a return: revenue, not an order
+        ("b", "o3", "2025-02-01 09:00:00", 80.0, False),
+        ("b", "o4", "2025-04-01 00:00:00", 999.0, False),  # after the as-of date: ignored
+        ("c", "r2", "2025-03-01 09:00:00", -10.0, True),   # returns only
+    ]
+    df = spark.createDataFrame(rows, "customer_id string, order_id string, ts string, net_amount double, is_return boolean")
+    df = df.selectExpr("customer_id", "order_id", "CAST(ts AS TIMESTAMP) AS transaction_ts", "net_amount", "is_return")
+    tables.write(df.repartition(2), ref, mode="overwrite", run_id="test")
+
+    result = bench.rfm_comparison(ctx, ref, tables.current_version(spark, ref), AS_OF, features_seconds=1.0)
+
+    expected = {"customers": 3, "orders": 3, "monetary": 210.0}  # a: 2 orders, 140; b: 1, 80; c: 0, -10
+    assert result["duckdb_totals"] == result["spark_totals"] == expected
+    assert result["totals_agree"] and result["parquet_files"] >= 1
+    assert result["duckdb_seconds"] > 0 and result["spark_rfm_seconds"] > 0
+
+
+def test_memory_sampler_sees_the_process_and_windows_pick_their_peak():
+    with bench.ProcessTreeMemory(interval=0.02) as memory:
+        time.sleep(0.2)
+        started = time.perf_counter()
+        ballast = b"x" * (300 * 2**20)  # 300 MB, written, so resident
+        time.sleep(0.3)
+        ended = time.perf_counter()
+        del ballast
+        time.sleep(0.3)
+    assert len(memory.samples) > 10
+    before = memory.peak_between(0, started)
+    during = memory.peak_between(started, ended)
+    after = memory.peak_between(ended + 0.1, time.perf_counter())
+    assert during - before > 250 and during - after > 250
+
+
+def _report(customers, seconds, memory_mb):
+    return {"customers_generated": customers, "customers": customers, "transactions": customers * 16,
+            "pipeline_seconds": seconds, "peak_memory_mb": memory_mb}
+
+
+def test_summary_shows_growth_against_the_previous_size():
+    text = bench.summary_markdown([_report(100_000, 100.0, 4000), _report(1_000_000, 800.0, 7000)])
+    last = text.strip().splitlines()[-1]
+    assert last.startswith("| 1,000,000 | 16,000,000 | 800.0 | 0.80 |")  # 8x the time for 10x the customers
