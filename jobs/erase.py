@@ -22,8 +22,6 @@ import argparse
 import logging
 import sys
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import mlflow
 from delta.tables import DeltaTable
@@ -46,7 +44,6 @@ HELP = "delete given customers from every table (raw ids in, pseudonymised with 
 
 DEFAULT_RETENTION_HOURS = 168.0  # Delta's default delta.deletedFileRetentionDuration (7 days)
 _RETENTION_CHECK = "spark.databricks.delta.retentionDurationCheck.enabled"
-_USER_METADATA = "spark.databricks.delta.commitInfo.userMetadata"
 # VACUUM lists and deletes files in this many tasks (Spark's default: 10,000, which costs
 # minutes per table on a small local session); capped unless configured.
 _LISTING_PARALLELISM = "spark.sql.sources.parallelPartitionDiscovery.parallelism"
@@ -186,32 +183,12 @@ def _other_ingest_keys(ctx: JobContext, key: bytes | None) -> list[str]:
     return others
 
 
-@contextmanager
-def _session_conf(spark, settings: dict[str, str]) -> Iterator[None]:
-    """Spark session settings for the duration of one operation, restored after."""
-    previous = {name: spark.conf.get(name, None) for name in settings}
-    for name, value in settings.items():
-        spark.conf.set(name, value)
-    try:
-        yield
-    finally:
-        for name, value in previous.items():
-            if value is None:
-                spark.conf.unset(name)
-            else:
-                spark.conf.set(name, value)
-
-
-def _delta_table(spark, ref: TableRef) -> DeltaTable:
-    return DeltaTable.forPath(spark, ref.location) if ref.is_path else DeltaTable.forName(spark, ref.location)
-
-
 def _delete_matching(spark, ref: TableRef, ids: DataFrame, condition: str, marker: str) -> tuple[int, int | None]:
     """Delete the table's rows matching `ids`: rows deleted and the version committed (None
     when nothing matched: Delta commits nothing then)."""
-    table = _delta_table(spark, ref)
+    table = tables.delta_table(spark, ref)
     before = tables.current_version(spark, ref)
-    with _session_conf(spark, {_USER_METADATA: marker}):
+    with tables.session_conf(spark, {tables.USER_METADATA: marker}):
         table.alias("t").merge(ids.alias("s"), condition).whenMatchedDelete().execute()
     commits = [
         row for row in table.history(10).select("version", "userMetadata", "operationMetrics").collect()
@@ -224,7 +201,7 @@ def _delete_matching(spark, ref: TableRef, ids: DataFrame, condition: str, marke
     if rows and _has_deletion_vectors(table):
         # With deletion vectors a DELETE only marks rows as deleted; the files keep them, and
         # VACUUM would never remove them. PURGE rewrites those files without the rows.
-        spark.sql(f"REORG TABLE {_sql_name(ref)} APPLY (PURGE)")
+        spark.sql(f"REORG TABLE {tables.sql_name(ref)} APPLY (PURGE)")
         log.info("%s: files with deleted rows rewritten (deletion vectors purged)", ref)
     return rows, int(commit.version)
 
@@ -232,10 +209,6 @@ def _delete_matching(spark, ref: TableRef, ids: DataFrame, condition: str, marke
 def _has_deletion_vectors(table: DeltaTable) -> bool:
     properties = table.detail().select("properties").first()[0] or {}
     return str(properties.get("delta.enableDeletionVectors", "false")).lower() == "true"
-
-
-def _sql_name(ref: TableRef) -> str:
-    return f"delta.`{ref.location}`" if ref.is_path else ref.location
 
 
 def _vacuum(ctx: JobContext, ref: TableRef, retention: float | None, allow_short: bool) -> str:
@@ -248,9 +221,9 @@ def _vacuum(ctx: JobContext, ref: TableRef, retention: float | None, allow_short
         settings[_RETENTION_CHECK] = "false"
     if _LISTING_PARALLELISM not in ctx.config.spark.conf:
         settings[_LISTING_PARALLELISM] = str(max(8, 4 * spark.sparkContext.defaultParallelism))
-    table = _delta_table(spark, ref)
+    table = tables.delta_table(spark, ref)
     try:
-        with _session_conf(spark, settings):
+        with tables.session_conf(spark, settings):
             if retention is None:
                 table.vacuum()
             else:

@@ -9,6 +9,8 @@ commit's user metadata.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +21,9 @@ from pyspark.sql import types as T
 from segmentation.config import Config
 
 log = logging.getLogger(__name__)
+
+# The user metadata of the next commit, for operations that take no writer option (MERGE).
+USER_METADATA = "spark.databricks.delta.commitInfo.userMetadata"
 
 
 @dataclass(frozen=True)
@@ -51,8 +56,30 @@ def table_ref(config: Config, key: str) -> TableRef:
     return TableRef(key, location, is_path=True)
 
 
-def _delta_table(spark: SparkSession, ref: TableRef) -> DeltaTable:
+def delta_table(spark: SparkSession, ref: TableRef) -> DeltaTable:
     return DeltaTable.forPath(spark, ref.location) if ref.is_path else DeltaTable.forName(spark, ref.location)
+
+
+def sql_name(ref: TableRef) -> str:
+    """The table as SQL names it: delta.`path` or the metastore name."""
+    return f"delta.`{ref.location}`" if ref.is_path else ref.location
+
+
+@contextmanager
+def session_conf(spark: SparkSession, settings: dict[str, str]) -> Iterator[None]:
+    """Spark session settings for the duration of one operation, restored after (for
+    operations without a writer option, such as a MERGE's commit metadata or a VACUUM)."""
+    previous = {name: spark.conf.get(name, None) for name in settings}
+    for name, value in settings.items():
+        spark.conf.set(name, value)
+    try:
+        yield
+    finally:
+        for name, value in previous.items():
+            if value is None:
+                spark.conf.unset(name)
+            else:
+                spark.conf.set(name, value)
 
 
 def exists(spark: SparkSession, ref: TableRef) -> bool:
@@ -71,7 +98,7 @@ def read(spark: SparkSession, ref: TableRef, version: int | None = None) -> Data
 def current_version(spark: SparkSession, ref: TableRef) -> int | None:
     if not exists(spark, ref):
         return None
-    return int(_delta_table(spark, ref).history(1).select("version").first()[0])
+    return int(delta_table(spark, ref).history(1).select("version").first()[0])
 
 
 def ensure_table(
@@ -135,7 +162,7 @@ def _commit_by(
     Looking for our own commit (not just the latest version) stays right while other
     pipelines commit to the same table at the same time.
     """
-    history = _delta_table(spark, ref).history(depth).select("version", "userMetadata", "operationMetrics").collect()
+    history = delta_table(spark, ref).history(depth).select("version", "userMetadata", "operationMetrics").collect()
     floor = -1 if after is None else after
     ours = [row for row in history if row.userMetadata == run_id and row.version > floor]
     if not ours:
@@ -148,8 +175,8 @@ def _commit_by(
 def add_constraints(spark: SparkSession, ref: TableRef, constraints: dict[str, str]) -> None:
     """Give the table these Delta CHECK constraints (name -> SQL condition), adding missing
     ones and replacing changed ones; existing rows must satisfy them."""
-    name = f"delta.`{ref.location}`" if ref.is_path else ref.location
-    properties = _delta_table(spark, ref).detail().select("properties").first()[0] or {}
+    name = sql_name(ref)
+    properties = delta_table(spark, ref).detail().select("properties").first()[0] or {}
     for constraint, expression in constraints.items():
         current = properties.get(f"delta.constraints.{constraint.lower()}")
         if current == expression:
@@ -173,21 +200,14 @@ def merge(
     matched = " AND ".join(f"t.{c} = s.{c}" for c in on)
     changed = " OR ".join(f"NOT (t.{c} <=> s.{c})" for c in compare) or "false"
     builder = (
-        _delta_table(spark, ref).alias("t").merge(source.alias("s"), matched)
+        delta_table(spark, ref).alias("t").merge(source.alias("s"), matched)
         .whenMatchedUpdateAll(condition=changed)
         .whenNotMatchedInsertAll()
     )
     if delete_missing:
         builder = builder.whenNotMatchedBySourceDelete()
-    previous = spark.conf.get("spark.databricks.delta.commitInfo.userMetadata", None)
-    spark.conf.set("spark.databricks.delta.commitInfo.userMetadata", run_id)
-    try:
+    with session_conf(spark, {USER_METADATA: run_id}):
         builder.execute()
-    finally:
-        if previous is None:
-            spark.conf.unset("spark.databricks.delta.commitInfo.userMetadata")
-        else:
-            spark.conf.set("spark.databricks.delta.commitInfo.userMetadata", previous)
     version, _ = _commit_by(spark, ref, run_id, after=before)
     log.info("merged into %s at version %s", ref, version)
     return WriteResult(ref, version)
