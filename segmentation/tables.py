@@ -9,11 +9,24 @@ commit's user metadata.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+import random
+import re
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from delta.exceptions import (
+    ConcurrentAppendException,
+    ConcurrentDeleteDeleteException,
+    ConcurrentDeleteReadException,
+    ConcurrentTransactionException,
+    ConcurrentWriteException,
+    DeltaConcurrentModificationException,
+    MetadataChangedException,
+    ProtocolChangedException,
+)
 from delta.tables import DeltaTable
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import types as T
@@ -24,6 +37,14 @@ log = logging.getLogger(__name__)
 
 # The user metadata of the next commit, for operations that take no writer option (MERGE).
 USER_METADATA = "spark.databricks.delta.commitInfo.userMetadata"
+# A commit that lost to another writer's (optimistic concurrency): nothing of it was
+# committed, so it is tried again on the table as the other writer left it.
+CONFLICTS = (
+    ConcurrentAppendException, ConcurrentDeleteDeleteException, ConcurrentDeleteReadException,
+    ConcurrentTransactionException, ConcurrentWriteException, DeltaConcurrentModificationException,
+    MetadataChangedException, ProtocolChangedException,
+)
+COMMIT_ATTEMPTS = 5
 
 
 @dataclass(frozen=True)
@@ -142,16 +163,29 @@ def write(
         writer = writer.option("replaceWhere", replace_where)
     if idempotency_key:
         writer = writer.option("txnAppId", idempotency_key[0]).option("txnVersion", idempotency_key[1])
-    if ref.is_path:
-        writer.save(ref.location)
-    else:
-        writer.saveAsTable(ref.location)
+    _retrying_conflicts(ref, lambda: writer.save(ref.location) if ref.is_path else writer.saveAsTable(ref.location))
     version, rows = _commit_by(df.sparkSession, ref, run_id, after=before)
     if version is None:
         log.info("write to %s skipped: already applied", ref)
     else:
         log.info("wrote %s rows to %s at version %d", rows, ref, version)
     return WriteResult(ref, version, rows)
+
+
+def _retrying_conflicts(ref: TableRef, commit: Callable[[], None]) -> None:
+    """Run a Delta commit, again after a pause when another writer's commit conflicted with
+    it (up to COMMIT_ATTEMPTS times)."""
+    for attempt in range(1, COMMIT_ATTEMPTS + 1):
+        try:
+            commit()
+            return
+        except CONFLICTS as conflict:
+            if attempt == COMMIT_ATTEMPTS:
+                raise
+            pause = attempt * random.uniform(1.0, 2.0)
+            log.warning("%s: the commit conflicted with another writer's (%s); attempt %d of %d in %.1f s",
+                        ref, type(conflict).__name__, attempt + 1, COMMIT_ATTEMPTS, pause)
+            time.sleep(pause)
 
 
 def _commit_by(
@@ -179,12 +213,26 @@ def add_constraints(spark: SparkSession, ref: TableRef, constraints: dict[str, s
     properties = delta_table(spark, ref).detail().select("properties").first()[0] or {}
     for constraint, expression in constraints.items():
         current = properties.get(f"delta.constraints.{constraint.lower()}")
-        if current == expression:
+        if current is not None and _same_sql(current, expression):
             continue
         if current is not None:  # the configured domain changed: replace the constraint
             spark.sql(f"ALTER TABLE {name} DROP CONSTRAINT {constraint}")
         spark.sql(f"ALTER TABLE {name} ADD CONSTRAINT {constraint} CHECK ({expression})")
         log.info("%s: constraint %s CHECK (%s) added", ref, constraint, expression)
+
+
+_SQL_STRING = re.compile(r"('(?:[^']|'')*')")
+
+
+def _same_sql(stored: str, expression: str) -> bool:
+    """Whether Delta's stored text of a constraint is `expression`: Delta keeps it re-spaced
+    (`( a >= 0 )`, `IN ( 'x' , 'y' )`), so whitespace outside string literals is ignored."""
+
+    def squeezed(text: str) -> str:
+        parts = _SQL_STRING.split(text)
+        return "".join(part if i % 2 else re.sub(r"\s+", "", part) for i, part in enumerate(parts))
+
+    return squeezed(stored) == squeezed(expression)
 
 
 def merge(
@@ -199,15 +247,19 @@ def merge(
     before = current_version(spark, ref)
     matched = " AND ".join(f"t.{c} = s.{c}" for c in on)
     changed = " OR ".join(f"NOT (t.{c} <=> s.{c})" for c in compare) or "false"
-    builder = (
-        delta_table(spark, ref).alias("t").merge(source.alias("s"), matched)
-        .whenMatchedUpdateAll(condition=changed)
-        .whenNotMatchedInsertAll()
-    )
-    if delete_missing:
-        builder = builder.whenNotMatchedBySourceDelete()
-    with session_conf(spark, {USER_METADATA: run_id}):
-        builder.execute()
+
+    def execute() -> None:
+        builder = (
+            delta_table(spark, ref).alias("t").merge(source.alias("s"), matched)
+            .whenMatchedUpdateAll(condition=changed)
+            .whenNotMatchedInsertAll()
+        )
+        if delete_missing:
+            builder = builder.whenNotMatchedBySourceDelete()
+        with session_conf(spark, {USER_METADATA: run_id}):
+            builder.execute()
+
+    _retrying_conflicts(ref, execute)
     version, _ = _commit_by(spark, ref, run_id, after=before)
     log.info("merged into %s at version %s", ref, version)
     return WriteResult(ref, version)

@@ -50,25 +50,6 @@ def test_bad_configuration_exits_1_naming_the_source_and_key(tmp_path):
     assert result.returncode == 1 and "no such environment file" in result.stderr
 
 
-@pytest.mark.slow
-def test_spark_submit_runs_the_pipeline_script(tmp_path):
-    """jobs/run.py under spark-submit on the CDNOW sample: the same stages, the same tables."""
-    jars = run(str(BIN / "segmentation"), "setup", "--print-jars").stdout.strip()
-    assert "delta-spark_" in jars
-    result = run(
-        str(BIN / "spark-submit"), "--master", "local[2]", "--jars", jars, str(REPO / "jobs" / "run.py"),
-        "--dataset", "cdnow_sample", "--conf-dir", str(REPO / "conf"),
-        "--set", f"storage.root={tmp_path / 'data'}", "--set", "spark.conf.spark.ui.enabled=false",
-        cwd=tmp_path, env={"PYSPARK_PYTHON": sys.executable},
-    )
-    output = result.stdout + result.stderr  # spark-submit merges the Python process's stderr into stdout
-    assert result.returncode == 0, output[-3000:]
-    assert "stage ingest: finished" in output and "rows_clean=6919" in output
-    assert "stage features: finished" in output and "customers=2357" in output
-    assert f"transactions             {tmp_path / 'data' / 'transactions'}  (Delta version 1)" in result.stdout
-    assert (tmp_path / "data" / "mlflow.db").is_file()
-
-
 def test_spark_submit_without_delta_jars_says_what_to_pass(tmp_path):
     result = run(
         str(BIN / "spark-submit"), "--master", "local[1]", str(REPO / "jobs" / "ingest.py"), "--conf-dir", str(REPO / "conf"),

@@ -1,0 +1,202 @@
+"""The pipeline on a real Spark standalone cluster (a master and two workers on the loopback
+interface, started with the pyspark distribution's own launcher) through spark-submit, with
+one worker killed in the middle of a stage: the job completes and its tier table equals the
+one local mode produces from the same raw data."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import psutil
+import pyspark
+import pytest
+from pyspark.sql import functions as F
+
+from jobs import generate
+from jobs import run as pipeline
+from jobs.common import JobContext
+from segmentation import tables
+from segmentation.spark import configured_jars_dir, local_delta_jars
+from segmentation.tiers.snapshot import TIER_COLUMNS
+from tests.conftest import REPO, TEST_SPARK_SETTINGS, make_config
+
+pytestmark = pytest.mark.slow
+
+SPARK_HOME = Path(pyspark.__file__).parent
+KEY = "cluster-test-pseudonymisation-key"
+# The same data and settings on both sides; only where Spark runs differs.
+SETTINGS = ["generate.customers=300", "cluster.k=3", "cluster.restarts=1", "churn.model=logistic_regression"]
+SPARK_SETTINGS = [s for s in TEST_SPARK_SETTINGS if not s.startswith("spark.master=")]
+KILL_DURING = "stage cluster: started"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class StandaloneCluster:
+    """A master and workers as child processes of `spark-class`, each in its own process
+    group, so that killing a worker also kills the executor it launched."""
+
+    def __init__(self, work: Path, workers: int = 2):
+        self.work = work
+        self.port, self.web_port = free_port(), free_port()
+        self.url = f"spark://127.0.0.1:{self.port}"
+        self.env = {**os.environ, "SPARK_HOME": str(SPARK_HOME), "SPARK_LOCAL_IP": "127.0.0.1",
+                    "SPARK_DAEMON_MEMORY": "256m", "PYSPARK_PYTHON": sys.executable}
+        self.master = self._daemon("master", "org.apache.spark.deploy.master.Master",
+                                   "--host", "127.0.0.1", "--port", str(self.port), "--webui-port", str(self.web_port))
+        self.workers = [
+            self._daemon(f"worker-{i}", "org.apache.spark.deploy.worker.Worker", self.url, "--host", "127.0.0.1",
+                         "--cores", "1", "--memory", "1536m", "--webui-port", str(free_port()),
+                         "--work-dir", str(work / f"worker-{i}"))
+            for i in range(workers)
+        ]
+        self.wait_for_workers(workers)
+
+    def _daemon(self, name: str, main_class: str, *args: str) -> subprocess.Popen:
+        log = open(self.work / f"{name}.log", "w")
+        return subprocess.Popen([str(SPARK_HOME / "bin" / "spark-class"), main_class, *args], env=self.env,
+                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def state(self) -> dict:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.web_port}/json/", timeout=5) as response:
+            return json.load(response)
+
+    def alive_workers(self) -> int:
+        return sum(w["state"] == "ALIVE" for w in self.state()["workers"])
+
+    def wait_for_workers(self, count: int, timeout: float = 120) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if self.alive_workers() == count:
+                    return
+            except OSError:
+                pass  # the master's web UI is not up yet
+            time.sleep(1)
+        logs = "\n".join(p.read_text()[-2000:] for p in sorted(self.work.glob("*.log")))
+        raise RuntimeError(f"the standalone cluster did not get {count} workers in {timeout} s:\n{logs}")
+
+    def kill_worker(self, index: int) -> list[str]:
+        """SIGKILL a worker and the executor it runs; the command lines killed."""
+        group = self.workers[index].pid
+        killed = [" ".join(p.cmdline()) for p in psutil.process_iter() if _group(p) == group]
+        os.killpg(group, signal.SIGKILL)
+        self.workers[index].wait(timeout=30)
+        return killed
+
+    def stop(self) -> None:
+        for process in [*self.workers, self.master]:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait(timeout=30)
+
+
+def _group(process: psutil.Process) -> int | None:
+    try:
+        return os.getpgid(process.pid)
+    except (ProcessLookupError, psutil.Error):
+        return None
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    standalone = StandaloneCluster(tmp_path_factory.mktemp("standalone"))
+    yield standalone
+    standalone.stop()
+
+
+def spark_submit(cluster: StandaloneCluster, root: Path, log_path: Path, on_line) -> tuple[int, str]:
+    """jobs/run.py under spark-submit on the cluster with the cluster overlay; `on_line` sees
+    each line of output as it comes. The exit code and the whole output."""
+    jars = ",".join(str(j) for j in local_delta_jars(configured_jars_dir(make_config(root).spark)))
+    command = [
+        str(Path(sys.executable).parent / "spark-submit"), "--master", cluster.url, "--jars", jars,
+        "--driver-memory", "1g", "--executor-memory", "1g", "--conf", "spark.executor.cores=1",
+        "--conf", "spark.driver.host=127.0.0.1", "--conf", "spark.ui.enabled=false",
+        str(REPO / "jobs" / "run.py"), "--env", "cluster", "--conf-dir", str(REPO / "conf"),
+        *[a for s in [f"storage.root={root}", *SETTINGS, *SPARK_SETTINGS] for a in ("--set", s)],
+    ]
+    env = {**cluster.env, "SEGMENTATION_PSEUDONYMISATION_KEY": KEY}
+    process = subprocess.Popen(command, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    watchdog = threading.Timer(900, process.kill)
+    watchdog.start()
+    lines = []
+    try:
+        with open(log_path, "w") as log:
+            for line in process.stdout:
+                lines.append(line)
+                log.write(line)
+                on_line(line)
+        return process.wait(), "".join(lines)
+    finally:
+        watchdog.cancel()
+
+
+def tier_rows(spark, root: Path) -> list[dict]:
+    columns = [c for c in TIER_COLUMNS if c != "lineage"]
+    rows = tables.read(spark, _ref(root, "customer_tiers"))
+    return [r.asDict(recursive=True) for r in rows.select(*columns).orderBy("as_of_date", "customer_id").collect()]
+
+
+def _ref(root: Path, key: str):
+    return tables.table_ref(make_config(root), key)
+
+
+def assert_same_rows(actual: list[dict], expected: list[dict]) -> None:
+    assert len(actual) == len(expected) > 0
+    for got, want in zip(actual, expected):
+        assert got.keys() == want.keys()
+        for column, value in want.items():
+            if isinstance(value, float):
+                assert got[column] == pytest.approx(value, rel=1e-6, abs=1e-9), (want["customer_id"], column)
+            else:
+                assert got[column] == value, (want["customer_id"], column)
+
+
+def test_pipeline_on_a_standalone_cluster_survives_a_lost_worker_and_matches_local_mode(
+    spark, cluster, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("SEGMENTATION_PSEUDONYMISATION_KEY", KEY)
+    local_root, cluster_root = tmp_path / "local", tmp_path / "cluster"
+    local = JobContext(make_config(local_root, *SETTINGS), spark)
+    generate.run(local)
+    raw = Path(local.table("raw_transactions").location)
+    shutil.copytree(raw, cluster_root / raw.relative_to(local_root))
+    pipeline.run(local, argparse.Namespace(generate=False, until="report"))
+
+    killed: list[str] = []
+
+    def kill_a_worker_once(line: str) -> None:
+        if KILL_DURING in line and not killed:
+            killed.extend(cluster.kill_worker(1))
+
+    code, output = spark_submit(cluster, cluster_root, tmp_path / "spark-submit.log", kill_a_worker_once)
+    assert code == 0, output[-4000:]
+    assert any("deploy.worker.Worker" in k for k in killed) and any("CoarseGrainedExecutorBackend" in k for k in killed), killed
+    assert "Lost executor 1 on 127.0.0.1" in output
+    assert cluster.alive_workers() == 1
+    for name in ("ingest", "features", "clv", "cluster", "churn", "tiers", "report"):
+        assert f"stage {name}: finished" in output
+    assert f"{cluster_root / 'customer_tiers'}  (Delta version" in output
+    assert (cluster_root / "mlflow.db").is_file()
+
+    expected, actual = tier_rows(spark, local_root), tier_rows(spark, cluster_root)
+    assert_same_rows(actual, expected)
+    assert len({r["customer_id"] for r in actual}) == len(actual)
+    snapshot = tables.read(spark, _ref(cluster_root, "customer_tiers")).select(F.countDistinct("as_of_date")).first()[0]
+    assert snapshot == 1

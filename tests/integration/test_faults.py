@@ -1,0 +1,130 @@
+"""Faults around the tier tables, with real driver processes: the driver killed while it
+writes `customer_tiers` leaves the table at its previous version; the re-run of that date,
+started together with the tier stage of another date on the same tables, commits without
+duplicate rows, as does the other, and the history holds both."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from pyspark.sql import functions as F
+
+from jobs import churn, cluster, clv, features, generate, ingest, tiers
+from jobs.common import JobContext
+from segmentation import tables
+from segmentation.tiers.history import tier_history
+from tests.conftest import REPO, TEST_SPARK_SETTINGS, make_config
+
+pytestmark = pytest.mark.slow
+
+SETTINGS = ["generate.customers=300", "cluster.k=3", "cluster.restarts=1", "churn.model=logistic_regression"]
+FIRST, KILLED, OTHER = dt.date(2025, 10, 15), dt.date(2025, 11, 15), dt.date(2025, 12, 15)
+
+
+def context(spark, root: Path, as_of: dt.date) -> JobContext:
+    return JobContext(make_config(root, *SETTINGS, f"as_of={as_of}"), spark)
+
+
+def job_command(script: str, root: Path, as_of: dt.date, *extra: str) -> list[str]:
+    """A job script as its own driver process, with the settings of `context`."""
+    settings = [f"storage.root={root}", *TEST_SPARK_SETTINGS, *SETTINGS]
+    return [sys.executable, str(REPO / "jobs" / script), "--conf-dir", str(REPO / "conf"), "--as-of", as_of.isoformat(),
+            *[a for s in settings for a in ("--set", s)], *extra]
+
+
+def start(command: list[str], log: Path) -> subprocess.Popen:
+    # Its own process group: killing it kills the Python driver and the JVM it started.
+    return subprocess.Popen(command, cwd=log.parent, stdout=open(log, "w"), stderr=subprocess.STDOUT,
+                            env={**os.environ, "PYSPARK_PYTHON": sys.executable}, start_new_session=True)
+
+
+@pytest.fixture(scope="module")
+def upstream(spark, tmp_path_factory):
+    """Every input of the tier tables for three dates, and the tiers of the first."""
+    root = tmp_path_factory.mktemp("faults")
+    first = context(spark, root, OTHER)
+    generate.run(first)
+    ingest.run(first)
+    churn.train(first)
+    for as_of in (FIRST, KILLED, OTHER):
+        ctx = context(spark, root, as_of)
+        features.run(ctx)
+        clv.run(ctx)
+        cluster.run(ctx)
+        churn.score(ctx)
+    tiers.run(context(spark, root, FIRST))
+    return root
+
+
+def kill_during_write(command: list[str], log: Path, table: Path, partition: str, attempts: int = 3) -> set[str]:
+    """Run `command` and kill its process group as soon as data files of `partition` appear
+    in `table` while the commit that would add them has not: the files it left behind.
+
+    The process is first stopped (SIGSTOP) so the check of the Delta log and the kill see
+    the same state; when the commit had already landed the attempt is repeated."""
+    for _ in range(attempts):
+        versions_before = set((table / "_delta_log").glob("*.json"))
+        files_before = set((table / partition).glob("*.parquet"))
+        process = start(command, log)
+        deadline = time.monotonic() + 300
+        while process.poll() is None and time.monotonic() < deadline:
+            if set((table / partition).glob("*.parquet")) - files_before:
+                os.killpg(process.pid, signal.SIGSTOP)
+                committed = set((table / "_delta_log").glob("*.json")) - versions_before
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+                if not committed:
+                    return set((table / partition).glob("*.parquet")) - files_before
+                break
+            time.sleep(0.005)
+        else:
+            process.kill()
+            raise AssertionError(f"the tier write never started:\n{log.read_text()[-3000:]}")
+    raise AssertionError(f"the commit landed before the kill in {attempts} attempts")
+
+
+def test_killed_tier_write_keeps_the_previous_version_and_concurrent_reruns_commit(spark, upstream, tmp_path):
+    root = upstream
+    ref = context(spark, root, KILLED).table("customer_tiers")
+    before_version = tables.current_version(spark, ref)
+    before = tables.read(spark, ref).collect()
+
+    left_behind = kill_during_write(job_command("tiers.py", root, KILLED), tmp_path / "killed.log",
+                                    Path(ref.location), f"as_of_date={KILLED.isoformat()}")
+    assert left_behind, "the driver was killed before it wrote any data file"
+    assert tables.current_version(spark, ref) == before_version
+    after = tables.read(spark, ref)
+    assert sorted(map(tuple, after.collect())) == sorted(map(tuple, before))
+    assert after.where(F.col("as_of_date") == F.lit(KILLED)).isEmpty()
+
+    # The re-run of the killed date and the tier stage of another date, started together:
+    # both write the four tier tables, and both MERGE the one history.
+    runs = {as_of: start(job_command("tiers.py", root, as_of), tmp_path / f"tiers-{as_of}.log") for as_of in (KILLED, OTHER)}
+    for as_of, process in runs.items():
+        output = tmp_path / f"tiers-{as_of}.log"
+        assert process.wait(timeout=900) == 0, output.read_text()[-4000:]
+        assert "stage tiers: finished" in output.read_text()
+
+    snapshots = tables.read(spark, ref)
+    for as_of in (FIRST, KILLED, OTHER):
+        snapshot = snapshots.where(F.col("as_of_date") == F.lit(as_of))
+        customers = tables.read(spark, context(spark, root, as_of).table("customer_features")).where(F.col("as_of_date") == F.lit(as_of))
+        assert snapshot.count() == snapshot.select("customer_id").distinct().count() == customers.count() > 0, as_of
+
+    operations = {r.operation for r in tables.delta_table(spark, ref).history().where(F.col("version") > before_version).collect()}
+    assert operations == {"WRITE"}, operations  # no constraint dropped and re-added on the way
+
+    tracked = context(spark, root, OTHER).config.tiers.tracked
+    history = tables.read(spark, context(spark, root, OTHER).table("customer_tier_history"))
+    expected = tier_history(snapshots, tracked).select(*history.columns)
+    assert sorted(map(tuple, history.collect())) == sorted(map(tuple, expected.collect()))
+    migrations = tables.read(spark, context(spark, root, OTHER).table("tier_migrations"))
+    pairs = {(r.from_date, r.to_date) for r in migrations.select("from_date", "to_date").distinct().collect()}
+    assert pairs == {(FIRST, KILLED), (KILLED, OTHER)}
