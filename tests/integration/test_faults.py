@@ -16,20 +16,14 @@ from pathlib import Path
 import pytest
 from pyspark.sql import functions as F
 
-from jobs import churn, cluster, clv, features, generate, ingest, tiers
-from jobs.common import JobContext
 from segmentation import tables
 from segmentation.tiers.history import tier_history
-from tests.conftest import REPO, TEST_SPARK_SETTINGS, make_config
+from tests.conftest import REPO, TEST_SPARK_SETTINGS
+from tests.integration.conftest import FIRST, SECOND, SETTINGS, THIRD, context
 
 pytestmark = pytest.mark.slow
 
-SETTINGS = ["generate.customers=300", "cluster.k=3", "cluster.restarts=1", "churn.model=logistic_regression"]
-FIRST, KILLED, OTHER = dt.date(2025, 10, 15), dt.date(2025, 11, 15), dt.date(2025, 12, 15)
-
-
-def context(spark, root: Path, as_of: dt.date) -> JobContext:
-    return JobContext(make_config(root, *SETTINGS, f"as_of={as_of}"), spark)
+KILLED, OTHER = SECOND, THIRD
 
 
 def job_command(script: str, root: Path, as_of: dt.date, *extra: str) -> list[str]:
@@ -43,24 +37,6 @@ def start(command: list[str], log: Path) -> subprocess.Popen:
     # Its own process group: killing it kills the Python driver and the JVM it started.
     return subprocess.Popen(command, cwd=log.parent, stdout=open(log, "w"), stderr=subprocess.STDOUT,
                             env={**os.environ, "PYSPARK_PYTHON": sys.executable}, start_new_session=True)
-
-
-@pytest.fixture(scope="module")
-def upstream(spark, tmp_path_factory):
-    """Every input of the tier tables for three dates, and the tiers of the first."""
-    root = tmp_path_factory.mktemp("faults")
-    first = context(spark, root, OTHER)
-    generate.run(first)
-    ingest.run(first)
-    churn.train(first)
-    for as_of in (FIRST, KILLED, OTHER):
-        ctx = context(spark, root, as_of)
-        features.run(ctx)
-        clv.run(ctx)
-        cluster.run(ctx)
-        churn.score(ctx)
-    tiers.run(context(spark, root, FIRST))
-    return root
 
 
 def kill_during_write(command: list[str], log: Path, table: Path, partition: str, attempts: int = 3) -> set[str]:
@@ -90,8 +66,8 @@ def kill_during_write(command: list[str], log: Path, table: Path, partition: str
     raise AssertionError(f"the commit landed before the kill in {attempts} attempts")
 
 
-def test_killed_tier_write_keeps_the_previous_version_and_concurrent_reruns_commit(spark, upstream, tmp_path):
-    root = upstream
+def test_killed_tier_write_keeps_the_previous_version_and_concurrent_reruns_commit(spark, three_dates, tmp_path):
+    root = three_dates
     ref = context(spark, root, KILLED).table("customer_tiers")
     before_version = tables.current_version(spark, ref)
     before = tables.read(spark, ref).collect()

@@ -1,0 +1,38 @@
+"""Fixtures shared by the integration modules."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+from pathlib import Path
+
+import pytest
+
+from jobs import churn, cluster, clv, features
+from jobs import run as pipeline
+from jobs.common import JobContext
+from tests.conftest import make_config
+
+# Small and quick settings for the distributed and fault tests.
+SETTINGS = ["generate.customers=300", "cluster.k=3", "cluster.restarts=1", "churn.model=logistic_regression"]
+FIRST, SECOND, THIRD = dt.date(2025, 10, 15), dt.date(2025, 11, 15), dt.date(2025, 12, 15)
+
+
+def context(spark, root: Path, as_of: dt.date) -> JobContext:
+    return JobContext(make_config(root, *SETTINGS, f"as_of={as_of}"), spark)
+
+
+@pytest.fixture(scope="session")
+def three_dates(spark, tmp_path_factory) -> Path:
+    """Generated customers through the whole local pipeline as of FIRST (as `segmentation
+    run --as-of FIRST` does it), then every input of the tier tables as of SECOND and THIRD;
+    the storage root."""
+    root = tmp_path_factory.mktemp("three_dates")
+    pipeline.run(context(spark, root, FIRST), argparse.Namespace(generate=False, train_churn=False, until="report"))
+    for as_of in (SECOND, THIRD):
+        ctx = context(spark, root, as_of)
+        features.run(ctx)
+        clv.run(ctx)
+        cluster.run(ctx)
+        churn.score(ctx)
+    return root
