@@ -33,6 +33,8 @@ from segmentation.clustering.model import (
     assign_clusters,
     candidate_ks,
     choose_k,
+    distinct_points,
+    features_without_values,
     fit_candidate,
     model_space,
     silhouette_fraction,
@@ -127,11 +129,12 @@ def run(ctx: JobContext, args=None) -> dict[str, object]:
 
 def _fit_candidates(ctx: JobContext, customers: DataFrame, count: int, as_of, source, version: int) -> list[Candidate]:
     settings = ctx.config.cluster
+    points = _distinct_points(customers, count, settings, f"{source} as of {as_of}")
     fraction = silhouette_fraction(count, settings.silhouette_sample)
     candidates = []
     for k in candidate_ks(settings):
-        if k >= count:
-            log.warning("k=%d skipped: only %d customers", k, count)
+        if k >= points:
+            log.warning("k=%d skipped: only %d customers with distinct features", k, points)
             continue
         tags = {"as_of": as_of.isoformat()}
         with tracking.stage_run(ctx.config, "cluster.candidate", ctx.pipeline_run_id, tags, run_name=f"k={k}"):
@@ -142,9 +145,34 @@ def _fit_candidates(ctx: JobContext, customers: DataFrame, count: int, as_of, so
             mlflow.log_dict({"cluster_sizes": candidate.sizes}, "cluster_sizes.json")
         log.info("k=%d: silhouette %.4f, cost %.1f, sizes %s", k, candidate.silhouette, candidate.cost, candidate.sizes)
         candidates.append(candidate)
-    if not candidates:
-        raise DataQualityError(f"{count} customers are too few for k in {candidate_ks(settings)}")
     return candidates
+
+
+def _distinct_points(customers: DataFrame, count: int, settings, snapshot: str) -> int:
+    """How many customers K-means can tell apart (distinct features); a DataQualityError when
+    a feature has no value at all, or when there are too few for every candidate k: K-means
+    needs more customers than clusters."""
+    ks = candidate_ks(settings)
+    wanted = f"k = {ks[0]}" if len(ks) == 1 else f"k from {ks[0]} to {ks[-1]}"
+    if count <= ks[0]:
+        raise DataQualityError(f"{snapshot}: {_customers(count)}, too few for {wanted} (K-means needs more customers than clusters)")
+    empty = features_without_values(customers, settings)
+    if empty:
+        raise DataQualityError(
+            f"{snapshot}: cluster.features {', '.join(empty)} have no value for any of the {_customers(count)}; "
+            "leave them out of cluster.features"
+        )
+    points = distinct_points(customers, settings)
+    if points <= ks[0]:
+        raise DataQualityError(
+            f"{snapshot}: {_customers(count)} but only {points} with distinct cluster.features, too few for {wanted} "
+            "(K-means needs more distinct customers than clusters)"
+        )
+    return points
+
+
+def _customers(count: int) -> str:
+    return f"{count} customer" if count == 1 else f"{count} customers"
 
 
 @dataclass(frozen=True)

@@ -124,7 +124,7 @@ def run(ctx: JobContext, args: argparse.Namespace | None = None) -> dict[str, ob
 
 def fit_purchases(customers: DataFrame, settings) -> BgNbdFit:
     triples = bgnbd_triples(customers)
-    return _fit_weighted(triples, ["x", "t_x", "T"], settings.max_driver_rows, fit_bgnbd, fit_bgnbd_rows, settings.penalizer, "triples")
+    return _fit_weighted(triples, ["x", "t_x", "T"], settings.max_driver_rows, fit_bgnbd, fit_bgnbd_rows, settings.penalizer, "BG/NBD triples")
 
 
 def _fit_spend(customers: DataFrame, settings) -> GammaGammaFit | None:
@@ -132,12 +132,18 @@ def _fit_spend(customers: DataFrame, settings) -> GammaGammaFit | None:
     if groups.isEmpty():
         log.warning("no customer has a repeat purchase of positive value: no spend model, value and CLV stay empty")
         return None
-    return _fit_weighted(groups, ["x", "m"], settings.max_driver_rows, fit_gamma_gamma, fit_gamma_gamma_rows, settings.spend_penalizer, "spend groups")
+    return _fit_weighted(groups, ["x", "m"], settings.max_driver_rows, fit_gamma_gamma, fit_gamma_gamma_rows, settings.spend_penalizer, "Gamma-Gamma spend groups")
 
 
 def _fit_weighted(rows: DataFrame, columns, limit: int, fit_local, fit_rows, penalizer: float, what: str):
     """Fit on the driver when the distinct rows are few enough to collect, else in Spark."""
     count = rows.count()
+    if count == 1:
+        # No penalizer helps here: the models describe how customers differ.
+        customers = int(rows.first()["weight"])
+        values = f"({', '.join(columns)})"
+        who = "1 customer" if customers == 1 else f"{customers:,} customers all with the same {values}"
+        raise DataQualityError(f"{what}: {who}, too few to fit; the model needs customers whose {values} differ")
     if count <= limit:
         log.info("fitting on %d %s collected to the driver", count, what)
         return fit_local(rows.select(*columns, "weight").toPandas(), penalizer=penalizer)

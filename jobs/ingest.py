@@ -14,6 +14,7 @@ import sys
 
 import mlflow
 from pyspark import StorageLevel
+from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
@@ -23,6 +24,7 @@ from segmentation.errors import DataQualityError
 from segmentation.logs import stage
 from segmentation.privacy import key_fingerprint, load_key
 from segmentation.quality.validation import (
+    SourceColumns,
     clean_transactions,
     conform_source,
     quarantined_transactions,
@@ -82,6 +84,8 @@ def run(ctx: JobContext, args: argparse.Namespace | None = None) -> dict[str, ob
         mlflow.log_params({"source": batch.name, "batch_id": batch.batch_id, **_rule_params(config)})
         if batch.delta_ref is not None:
             tracking.log_delta_input(batch.delta_ref, batch.delta_version, context="source")
+        # A source without the required columns fails here, before any table is created.
+        conformed, columns = conform_source(batch.df, batch.name)
         clean_ref, quarantine_ref, log_ref = ctx.table("transactions"), ctx.table("transactions_quarantine"), ctx.table("ingest_log")
         tables.ensure_table(spark, clean_ref, TRANSACTIONS_SCHEMA)
         tables.ensure_table(spark, quarantine_ref, QUARANTINE_SCHEMA)
@@ -96,7 +100,7 @@ def run(ctx: JobContext, args: argparse.Namespace | None = None) -> dict[str, ob
             summary.update(status="already_ingested", rows_in=previous["rows_in"], rows_clean=0, rows_quarantined=0)
             mlflow.set_tag("status", "already_ingested")
             return summary
-        summary.update(_ingest_batch(ctx, batch))
+        summary.update(_ingest_batch(ctx, batch, conformed, columns))
         tracking.log_delta_output(clean_ref, summary.get("transactions_version"))
         tracking.log_delta_output(quarantine_ref, summary.get("quarantine_version"))
         mlflow.log_metrics({k: float(v) for k, v in summary.items() if k.startswith(("rows_", "rejected_"))})
@@ -104,9 +108,8 @@ def run(ctx: JobContext, args: argparse.Namespace | None = None) -> dict[str, ob
     return summary
 
 
-def _ingest_batch(ctx: JobContext, batch: SourceBatch) -> dict[str, object]:
+def _ingest_batch(ctx: JobContext, batch: SourceBatch, conformed: DataFrame, columns: SourceColumns) -> dict[str, object]:
     config, spark = ctx.config, ctx.spark
-    conformed, columns = conform_source(batch.df, batch.name)
     if columns.missing_optional:
         log.warning("%s: optional column(s) absent, loaded as null: %s", batch.name, ", ".join(columns.missing_optional))
     if columns.extra:

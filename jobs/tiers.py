@@ -26,7 +26,8 @@ from pyspark.sql import functions as F
 from jobs.common import JobContext, add_as_of_argument, as_of_overrides
 from segmentation import tables, tracking
 from segmentation.config import Config
-from segmentation.errors import DataQualityError
+from segmentation.errors import DataQualityError, SegmentationError
+from segmentation.features.rules import UNMATCHED
 from segmentation.logs import stage
 from segmentation.tiers.history import HISTORY_KEY, tier_history
 from segmentation.tiers.migrations import SCORES_BEST_FIRST, check_events, migration_matrix, tier_events
@@ -35,6 +36,7 @@ from segmentation.tiers.snapshot import TIER_COLUMNS, Lineage, customer_tiers, j
 log = logging.getLogger(__name__)
 
 HELP = "assemble customer_tiers for a date; update the tier history, migrations and events"
+HISTORY_ATTEMPTS = 5
 INPUTS = {
     "customer_features": "segmentation features",
     "customer_clv": "segmentation clv",
@@ -60,6 +62,21 @@ def tier_orders(config: Config) -> dict[str, list[str]]:
     }
 
 
+def tier_names(config: Config) -> dict[str, list[str]]:
+    """The tier names of each dimension the configuration fixes (cluster names are learnt)."""
+    def rule_table(rules) -> list[str]:
+        return [*(rule.name for rule in rules), UNMATCHED]
+
+    return {
+        **tier_orders(config),
+        "rfm_segment": rule_table(config.features.rfm.segments),
+        "lifecycle_stage": rule_table(config.features.lifecycle),
+        "business_tier": rule_table(config.features.business_rules),
+        "stickiness": rule_table(config.tiers.stickiness),
+        "treatment": rule_table(config.tiers.playbook),
+    }
+
+
 def constraints(config: Config) -> dict[str, str]:
     def domain(names) -> str:
         return ", ".join("'" + n.replace("'", "''") + "'" for n in names)
@@ -71,7 +88,7 @@ def constraints(config: Config) -> dict[str, str]:
         "probability_alive_range": "probability_alive IS NULL OR (probability_alive >= 0 AND probability_alive <= 1)",
         "value_tier_domain": f"value_tier IN ({domain(t.name for t in config.features.value_pyramid.tiers)})",
         "churn_risk_tier_domain": f"churn_risk_tier IS NULL OR churn_risk_tier IN ({domain(t.name for t in config.churn.risk_tiers)})",
-        "stickiness_domain": f"stickiness IN ({domain([*(r.name for r in config.tiers.stickiness), 'Other'])})",
+        "stickiness_domain": f"stickiness IN ({domain(tier_names(config)['stickiness'])})",
         "treatment_priority_range": "treatment_priority IS NULL OR (treatment_priority >= 1 AND treatment_priority <= 9)",
     }
 
@@ -80,6 +97,7 @@ def run(ctx: JobContext, args: argparse.Namespace | None = None) -> dict[str, ob
     config, spark, settings = ctx.config, ctx.spark, ctx.config.tiers
     target = ctx.table("customer_tiers")
     with tracking.stage_run(config, "tiers", ctx.pipeline_run_id) as active, stage("tiers") as summary:
+        check_events(settings.events, TIER_COLUMNS, tier_orders(config), tier_names(config))
         read = {key: ctx.read_input(key, f"does not exist yet; run '{command}' first") for key, command in INPUTS.items()}
         features_ref, _, features = read["customer_features"]
         as_of = config.as_of or features.agg(F.max("as_of_date")).first()[0]
@@ -91,7 +109,6 @@ def run(ctx: JobContext, args: argparse.Namespace | None = None) -> dict[str, ob
         lineage = _lineage(ctx, read, snapshots, as_of)
         mlflow.set_tags({"as_of": as_of.isoformat()})
         mlflow.log_params({"as_of": as_of.isoformat(), "value_rank_by": settings.value_rank_by})
-        check_events(settings.events, TIER_COLUMNS, tier_orders(config))
 
         joined = joined_inputs(*snapshots.values()).persist(StorageLevel.MEMORY_AND_DISK)
         try:
@@ -163,12 +180,27 @@ def _lineage(ctx: JobContext, read, snapshots, as_of: dt.date) -> Lineage:
 
 
 def _update_history(ctx: JobContext, tracked: list[str]) -> tables.WriteResult:
-    """Recompute the SCD2 rows from every snapshot and MERGE the differences."""
-    snapshots = tables.read(ctx.spark, ctx.table("customer_tiers"))
-    history = tier_history(snapshots, tracked)
-    return tables.merge(
-        history, ctx.table("customer_tier_history"), on=HISTORY_KEY, compare=["valid_to", "is_current", *tracked],
-        run_id=ctx.pipeline_run_id, delete_missing=True,
+    """Recompute the SCD2 rows from every snapshot and MERGE the differences.
+
+    The pipeline of another date may write its snapshot meanwhile. The history is merged
+    again until no snapshot arrived during the merge, so whichever pipeline merges last
+    merges a history computed from every snapshot."""
+    snapshots_ref = ctx.table("customer_tiers")
+    read_version = tables.current_version(ctx.spark, snapshots_ref)
+    for _ in range(HISTORY_ATTEMPTS):
+        snapshots = tables.read(ctx.spark, snapshots_ref, version=read_version)
+        result = tables.merge(
+            tier_history(snapshots, tracked), ctx.table("customer_tier_history"), on=HISTORY_KEY,
+            compare=["valid_to", "is_current", *tracked], run_id=ctx.pipeline_run_id, delete_missing=True,
+        )
+        latest = tables.current_version(ctx.spark, snapshots_ref)
+        if latest == read_version:
+            return result
+        log.info("%s changed (version %d -> %d) while the history was merged: merging again", snapshots_ref, read_version, latest)
+        read_version = latest
+    raise SegmentationError(
+        f"{snapshots_ref} kept changing while its history was merged ({HISTORY_ATTEMPTS} attempts): "
+        "run 'segmentation tiers' again once the other pipelines have finished"
     )
 
 

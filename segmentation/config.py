@@ -35,6 +35,15 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class _KeysError(ValueError):
+    """A value that contradicts another: names the keys (full paths), so that the error
+    names the files or overrides that set them rather than every layer of the section."""
+
+    def __init__(self, keys: tuple[str, ...], reason: str) -> None:
+        super().__init__(reason)
+        self.keys = keys
+
+
 class TableLocations(_Section):
     """Where each table lives: a path (absolute, or relative to `storage.root`), or a
     `catalog.schema.table` / `schema.table` name when `storage.catalog` is `metastore`."""
@@ -109,7 +118,10 @@ class GenerateConfig(_Section):
     @model_validator(mode="after")
     def _dates_ordered(self) -> "GenerateConfig":
         if self.end_date <= self.start_date:
-            raise ValueError(f"end_date {self.end_date} must be after start_date {self.start_date}")
+            raise _KeysError(
+                ("generate.start_date", "generate.end_date"),
+                f"end_date {self.end_date} must be after start_date {self.start_date}",
+            )
         return self
 
 
@@ -139,6 +151,19 @@ class IngestConfig(_Section):
     max_abs_amount: float = Field(50_000.0, gt=0)
     max_abs_quantity: int = Field(1_000, gt=0)
     max_rejected_share: float = Field(0.05, ge=0.0, le=1.0)
+
+    @model_validator(mode="after")
+    def _reference_after_min_timestamp(self) -> "IngestConfig":
+        if self.reference_time is None:
+            return self
+        latest = self.reference_time + dt.timedelta(days=self.future_tolerance_days)
+        if latest.date() < self.min_timestamp:
+            raise _KeysError(
+                ("ingest.reference_time", "ingest.min_timestamp"),
+                f"reference_time {self.reference_time} (plus future_tolerance_days) is before min_timestamp "
+                f"{self.min_timestamp}: every row would be too old or in the future",
+            )
+        return self
 
     @field_validator("channels")
     @classmethod
@@ -304,7 +329,7 @@ class ClusterConfig(_Section):
     @model_validator(mode="after")
     def _consistent(self) -> "ClusterConfig":
         if self.k_max < self.k_min:
-            raise ValueError(f"k_max {self.k_max} is below k_min {self.k_min}")
+            raise _KeysError(("cluster.k_min", "cluster.k_max"), f"k_max {self.k_max} is below k_min {self.k_min}")
         unknown = sorted(set(self.log_features) - set(self.features))
         if unknown:
             raise ValueError(f"log_features not in features: {', '.join(unknown)}")
@@ -454,9 +479,19 @@ class Config(_Section):
     def _source_table_known(self) -> "Config":
         table = self.ingest.source.table
         if table is not None and table not in TableLocations.model_fields:
-            raise ValueError(
-                f"ingest.source.table '{table}' is not a key of storage.tables "
-                f"({', '.join(TableLocations.model_fields)})"
+            raise _KeysError(
+                ("ingest.source.table",),
+                f"'{table}' is not a key of storage.tables ({', '.join(TableLocations.model_fields)})",
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _as_of_after_min_timestamp(self) -> "Config":
+        if self.as_of is not None and self.as_of < self.ingest.min_timestamp:
+            raise _KeysError(
+                ("as_of", "ingest.min_timestamp"),
+                f"as_of {self.as_of} is before ingest.min_timestamp {self.ingest.min_timestamp}: "
+                "ingest rejects every transaction that old, so no snapshot can have any",
             )
         return self
 
@@ -563,6 +598,10 @@ def _describe(exc: ValidationError, origin: dict[tuple[str, ...], str]) -> str:
         path = tuple(str(p) for p in error["loc"])
         source = _origin_of(path, origin)
         key = ".".join(path) or "(top level)"
+        cause = error.get("ctx", {}).get("error")
+        if isinstance(cause, _KeysError):
+            source = " + ".join(dict.fromkeys(_origin_of(tuple(k.split(".")), origin) for k in cause.keys))
+            key = ", ".join(cause.keys)
         reason = error["msg"].removeprefix("Value error, ")
         if error["type"] == "extra_forbidden":
             reason = "unknown key"

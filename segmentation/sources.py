@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 from dataclasses import dataclass
 
 from pyspark.sql import DataFrame, SparkSession
@@ -71,13 +72,13 @@ def _read_files(spark: SparkSession, path: str, fmt: str, options: dict[str, str
 
 def _read_csv(spark: SparkSession, path: str, options: dict[str, str]) -> DataFrame:
     """CSV with every column as text; a line that does not fit the header goes to `_corrupt_record`."""
-    settings = {"header": "true", "encoding": "UTF-8", **options}
+    # A quote inside a quoted field is doubled, as RFC 4180, Excel and Python write it (Spark's
+    # default escape character is a backslash, which would keep the quotes in the value).
+    settings = {"header": "true", "encoding": "UTF-8", "escape": '"', **options}
     # With column pruning Spark parses only the columns a query uses and then cannot see that
     # a line has too few or too many fields; such lines must reach quarantine as malformed.
     spark.conf.set("spark.sql.csv.parser.columnPruning.enabled", "false")
-    header = spark.read.options(**settings).option("inferSchema", "false").csv(path).columns
-    if not header:
-        raise DataQualityError(f"{path}: empty CSV input (no header line)")
+    header = _csv_header(spark, path, settings)
     schema = T.StructType(
         [T.StructField(name, T.StringType(), True) for name in header] + [T.StructField(CORRUPT_RECORD, T.StringType(), True)]
     )
@@ -88,6 +89,25 @@ def _read_csv(spark: SparkSession, path: str, options: dict[str, str]) -> DataFr
         .schema(schema)
         .csv(path)
     )
+
+
+def _csv_header(spark: SparkSession, path: str, settings: dict[str, str]) -> list[str]:
+    """The header line's names as written. Spark's own header read renames repeated names
+    (net_amount9, net_amount13), which would then be reported as a missing column."""
+    first = spark.read.options(**{**settings, "header": "false"}).csv(path).first()
+    if first is None:
+        raise DataQualityError(f"{path}: empty CSV input (no header line)")
+    header = [name if name else f"_c{position}" for position, name in enumerate(first)]  # Spark's names for blank ones
+    if len(header) == 1 and re.search(r"[,;|\t]", header[0]):
+        raise DataQualityError(
+            f"{path}: the header is one column, {header[0]!r}: the file is not separated by "
+            f"{settings.get('sep') or settings.get('delimiter') or ','!r}; set ingest.source.options.sep"
+        )
+    names = [name.strip().lower() for name in header]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise DataQualityError(f"{path}: column(s) named more than once in the header: {', '.join(repeated)}")
+    return header
 
 
 def _file_listing(spark: SparkSession, df: DataFrame, path: str) -> str:

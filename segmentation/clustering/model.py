@@ -29,18 +29,28 @@ def model_input(name: str, log_features: list[str]) -> str:
     return f"{name}__log" if name in log_features else f"{name}__in"
 
 
-def segmentation_pipeline(config: ClusterConfig, k: int, seed: int) -> Pipeline:
+def _imputed_inputs(config: ClusterConfig) -> list[str]:
+    return [f"{model_input(f, config.log_features)}__imputed" for f in config.features]
+
+
+def _preparation_stages(config: ClusterConfig) -> list:
+    """The stages before the vector: log transforms, then median imputation of missing values."""
     inputs = [model_input(f, config.log_features) for f in config.features]
     prepared = ", ".join(
         f"LN(1 + GREATEST(CAST({f} AS DOUBLE), 0)) AS {f}__log" if f in config.log_features else f"CAST({f} AS DOUBLE) AS {f}__in"
         for f in config.features
     )
-    imputed = [f"{name}__imputed" for name in inputs]
+    return [
+        SQLTransformer(statement=f"SELECT *, {prepared} FROM __THIS__"),
+        Imputer(inputCols=inputs, outputCols=_imputed_inputs(config), strategy="median"),
+    ]
+
+
+def segmentation_pipeline(config: ClusterConfig, k: int, seed: int) -> Pipeline:
     algorithm = KMeans if config.algorithm == "kmeans" else BisectingKMeans
     return Pipeline(stages=[
-        SQLTransformer(statement=f"SELECT *, {prepared} FROM __THIS__"),
-        Imputer(inputCols=inputs, outputCols=imputed, strategy="median"),
-        VectorAssembler(inputCols=imputed, outputCol=VECTOR),
+        *_preparation_stages(config),
+        VectorAssembler(inputCols=_imputed_inputs(config), outputCol=VECTOR),
         StandardScaler(inputCol=VECTOR, outputCol=SCALED, withMean=True, withStd=True),
         algorithm(featuresCol=SCALED, predictionCol=PREDICTION, k=k, seed=seed, maxIter=config.max_iterations),
     ])
@@ -73,6 +83,19 @@ def choose_k(candidates: list[Candidate]) -> Candidate:
 
 def candidate_ks(config: ClusterConfig) -> list[int]:
     return [config.k] if config.k is not None else list(range(config.k_min, config.k_max + 1))
+
+
+def features_without_values(customers: DataFrame, config: ClusterConfig) -> list[str]:
+    """The features no customer has a value for: median imputation has nothing to fill them with."""
+    counts = customers.agg(*[F.count(F.col(f)).alias(f) for f in config.features]).first()
+    return [f for f in config.features if counts[f] == 0]
+
+
+def distinct_points(customers: DataFrame, config: ClusterConfig) -> int:
+    """The customers K-means can tell apart: distinct points after logs and imputation. There
+    are never more clusters than that (Spark's K-means fails outright when k is larger)."""
+    prepared = Pipeline(stages=_preparation_stages(config)).fit(customers).transform(customers)
+    return prepared.select(*_imputed_inputs(config)).distinct().count()
 
 
 def silhouette_fraction(customer_count: int, sample_size: int) -> float:

@@ -34,7 +34,9 @@ def compile_rules(df: DataFrame, rules: Sequence[Rule], table: str) -> list[tupl
     for rule in rules:
         where = f"{table} rule '{rule.name}' ({rule.condition})"
         try:
-            condition = F.expr(rule.condition)
+            # In parentheses, so that a trailing word cannot pass as an alias: alone,
+            # "value_tier = 'gold' AND" parses as the comparison named "AND".
+            condition = F.expr(f"({rule.condition}\n)")
             dtype = df.select(condition.alias("_rule")).schema["_rule"].dataType
         except ParseException as exc:
             raise ConfigError(f"{where}: does not parse: {_first_line(exc)}") from None

@@ -47,16 +47,18 @@ class SourceColumns:
 def conform_source(df: DataFrame, source_name: str) -> tuple[DataFrame, SourceColumns]:
     """Check a source's columns against the schema: a missing required column fails with its
     name; missing optional columns become null; extra columns are reported and dropped."""
-    present = {c.lower(): c for c in df.columns}
+    bookkeeping = {CORRUPT_RECORD, SOURCE_FILE}
+    found = [c for c in df.columns if c not in bookkeeping]
+    # Names match as values do: trimmed, and in any case.
+    present = {c.strip().lower(): c for c in found}
     missing_required = [c for c in REQUIRED_COLUMNS if c not in present]
     if missing_required:
         raise DataQualityError(
             f"{source_name}: missing required column(s) {', '.join(missing_required)} "
-            f"(found: {', '.join(df.columns) or 'no columns'})"
+            f"(found: {', '.join(repr(c) for c in found) or 'no columns'})"
         )
     missing_optional = [c for c in RAW_COLUMNS if c not in present]
-    bookkeeping = {CORRUPT_RECORD, SOURCE_FILE}
-    extra = [c for c in df.columns if c.lower() not in RAW_COLUMNS and c not in bookkeeping]
+    extra = [c for c in found if c.strip().lower() not in RAW_COLUMNS]
     columns = [F.col(present[c]).alias(c) if c in present else F.lit(None).alias(c) for c in RAW_COLUMNS]
     columns.append(F.col(CORRUPT_RECORD) if CORRUPT_RECORD in df.columns else F.lit(None).cast("string").alias(CORRUPT_RECORD))
     columns.append(F.col(SOURCE_FILE) if SOURCE_FILE in df.columns else F.lit(None).cast("string").alias(SOURCE_FILE))
@@ -69,8 +71,17 @@ def _text(column: str) -> Column:
     return F.when(value != "", value)
 
 
+# Spark's cast completes what a timestamp leaves out: "2025" becomes 2025-01-01 and
+# "10:00:00" today at ten. A transaction's time must name its day, so only text that starts
+# with a whole date (year-month-day) is parsed; the rest is a bad type.
+_WHOLE_DATE = r"^[0-9]{4}-[0-9]{1,2}-[0-9]{1,2}([T ]|$)"
+
+
 def _parsed(column: str, dtype: T.DataType) -> Column:
-    return _text(column).try_cast(dtype)
+    text = _text(column)
+    if isinstance(dtype, T.TimestampType):
+        text = F.when(text.rlike(_WHOLE_DATE), text)
+    return text.try_cast(dtype)
 
 
 def validate_transactions(

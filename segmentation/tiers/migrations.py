@@ -59,7 +59,12 @@ def migration_matrix(previous: DataFrame, current: DataFrame, dimensions: list[s
     ).select(F.lit(from_date).alias("from_date"), F.lit(to_date).alias("to_date"), *MIGRATION_COLUMNS[2:])
 
 
-def check_events(events: list[TierEvent], columns: list[str], orders: dict[str, list[str]]) -> None:
+def check_events(
+    events: list[TierEvent], columns: list[str], orders: dict[str, list[str]], names: dict[str, list[str]] | None = None
+) -> None:
+    """Every event rule names a tier column, an ordered one for a direction, and tiers that
+    exist: `names` lists each dimension's tier names where the configuration fixes them (a
+    misspelt tier would never fire). A missing value is always the tier "(none)"."""
     for event in events:
         where = f"tiers.events rule '{event.name}'"
         if event.dimension not in columns:
@@ -67,6 +72,12 @@ def check_events(events: list[TierEvent], columns: list[str], orders: dict[str, 
         if event.direction != "any" and event.dimension not in orders:
             raise ConfigError(
                 f"{where}: direction '{event.direction}' needs an ordered dimension ({', '.join(sorted(orders))})"
+            )
+        known = (names or {}).get(event.dimension)
+        unknown = [t for t in (*event.from_tiers, *event.to_tiers) if known is not None and t not in (*known, NONE)]
+        if unknown:
+            raise ConfigError(
+                f"{where}: {', '.join(repr(t) for t in unknown)} is not a tier of {event.dimension} ({', '.join(known)})"
             )
 
 

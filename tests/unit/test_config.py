@@ -80,7 +80,7 @@ def test_metastore_catalog_requires_table_names():
 
 
 def test_source_must_name_a_known_table_or_a_path():
-    with pytest.raises(ConfigError, match="ingest.source.table 'nope' is not a key of storage.tables"):
+    with pytest.raises(ConfigError, match="--set ingest.source.table=nope: ingest.source.table: 'nope' is not a key of storage.tables"):
         load_config("local", CONF_DIR, ["ingest.source.table=nope"])
     with pytest.raises(ConfigError, match="set exactly one of 'table'"):
         load_config("local", CONF_DIR, ["ingest.source.path=/tmp/x"])
@@ -120,3 +120,39 @@ def test_segment_map_rows_read_as_conditions():
     assert segments[0].name == "Champions"
     assert segments[0].condition() == "r_score = 5 AND f_score BETWEEN 4 AND 5 AND m_score BETWEEN 4 AND 5"
     assert [s.name for s in segments][-1] == "Lost"
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["cluster.k_min=5", "cluster.k_max=4"],
+         r"--set cluster.k_min=5 \+ --set cluster.k_max=4: cluster.k_min, cluster.k_max: k_max 4 is below k_min 5"),
+        (["cluster.k=1"], r"--set cluster.k=1: cluster.k: Input should be greater than or equal to 2"),
+        (["as_of=1985-06-30"],
+         r"--set as_of=1985-06-30 \+ \S+base.yaml: as_of, ingest.min_timestamp: as_of 1985-06-30 is before "
+         r"ingest.min_timestamp 1990-01-01: ingest rejects every transaction that old"),
+        (["as_of=2025-06-30", "ingest.min_timestamp=2026-01-01"],
+         r"--set as_of=2025-06-30 \+ --set ingest.min_timestamp=2026-01-01: as_of, ingest.min_timestamp: as_of 2025-06-30 is before"),
+        (["ingest.reference_time=1989-12-30T00:00:00"],
+         r"--set ingest.reference_time=1989-12-30T00:00:00 \+ \S+base.yaml: ingest.reference_time, ingest.min_timestamp: "
+         r"reference_time 1989-12-30 00:00:00 \(plus future_tolerance_days\) is before min_timestamp 1990-01-01"),
+        (["ingest.future_tolerance_days=-1"],
+         r"--set ingest.future_tolerance_days=-1: ingest.future_tolerance_days: Input should be greater than or equal to 0"),
+        (["ingest.max_abs_amount=0"], r"ingest.max_abs_amount: Input should be greater than 0"),
+        (["generate.start_date=2025-01-01", "generate.end_date=2024-12-31"],
+         r"generate.start_date, generate.end_date: end_date 2024-12-31 must be after start_date 2025-01-01"),
+        (["features.quantile_relative_error=0.5"], r"features.quantile_relative_error: Input should be less than 0.5"),
+        (["features.value_pyramid.tiers=[{name: a, share: 0}, {name: b}]"],
+         r"features.value_pyramid.tiers.0.share: Input should be greater than 0"),
+        (["churn.risk_tiers=[{name: low, min_probability: 0.2}, {name: high, min_probability: 0.7}, {name: rest}]"],
+         r"churn.risk_tiers: min_probability must fall strictly from the first tier to the last: \[0.2, 0.7\]"),
+        (["churn.risk_tiers=[{name: high, min_probability: 1.2}, {name: rest}]"],
+         r"churn.risk_tiers.0.min_probability: Input should be less than 1"),
+        (["churn.contact_budget=0"], r"churn.contact_budget: Input should be greater than 0"),
+        (["churn.training_cutoffs=0"], r"churn: training_cutoffs must be at least 1"),
+        (["tiers.tracked=[value_tier, value_tier]"], r"tiers.tracked: must be a non-empty list without repeats"),
+    ],
+)
+def test_impossible_cut_offs_name_their_keys_and_where_they_were_set(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config("local", CONF_DIR, overrides)
