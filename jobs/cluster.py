@@ -36,6 +36,7 @@ from segmentation.clustering.model import (
     distinct_points,
     features_without_values,
     fit_candidate,
+    preparation,
     model_space,
     silhouette_fraction,
 )
@@ -129,32 +130,42 @@ def run(ctx: JobContext, args=None) -> dict[str, object]:
 
 def _fit_candidates(ctx: JobContext, customers: DataFrame, count: int, as_of, source, version: int) -> list[Candidate]:
     settings = ctx.config.cluster
-    points = _distinct_points(customers, count, settings, f"{source} as of {as_of}")
-    fraction = silhouette_fraction(count, settings.silhouette_sample)
-    candidates = []
-    for k in candidate_ks(settings):
-        if k >= points:
-            log.warning("k=%d skipped: only %d customers with distinct features", k, points)
-            continue
-        tags = {"as_of": as_of.isoformat()}
-        with tracking.stage_run(ctx.config, "cluster.candidate", ctx.pipeline_run_id, tags, run_name=f"k={k}"):
-            tracking.log_delta_input(source, version, context="customer_features")
-            candidate = fit_candidate(customers, settings, k, fraction)
-            mlflow.log_params({"k": k, "algorithm": settings.algorithm, "seed": settings.seed, "silhouette_sample_fraction": fraction})
-            mlflow.log_metrics({"silhouette": candidate.silhouette, "cost": candidate.cost})
-            mlflow.log_dict({"cluster_sizes": candidate.sizes}, "cluster_sizes.json")
-        log.info("k=%d: silhouette %.4f, cost %.1f, sizes %s", k, candidate.silhouette, candidate.cost, candidate.sizes)
-        candidates.append(candidate)
+    snapshot = f"{source} as of {as_of}"
+    _check_clusterable(customers, count, settings, snapshot)
+    prepared = preparation(settings).fit(customers)
+    points = prepared.transform(customers).persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        distinct = _distinct_points(points, count, settings, snapshot)
+        fraction = silhouette_fraction(count, settings.silhouette_sample)
+        candidates = []
+        for k in candidate_ks(settings):
+            if k >= distinct:
+                log.warning("k=%d skipped: only %d customers with distinct features", k, distinct)
+                continue
+            tags = {"as_of": as_of.isoformat()}
+            with tracking.stage_run(ctx.config, "cluster.candidate", ctx.pipeline_run_id, tags, run_name=f"k={k}"):
+                tracking.log_delta_input(source, version, context="customer_features")
+                candidate = fit_candidate(points, prepared, settings, k, fraction)
+                mlflow.log_params({"k": k, "algorithm": settings.algorithm, "seed": settings.seed, "silhouette_sample_fraction": fraction})
+                mlflow.log_metrics({"silhouette": candidate.silhouette, "cost": candidate.cost})
+                mlflow.log_dict({"cluster_sizes": candidate.sizes}, "cluster_sizes.json")
+            log.info("k=%d: silhouette %.4f, cost %.1f, sizes %s", k, candidate.silhouette, candidate.cost, candidate.sizes)
+            candidates.append(candidate)
+    finally:
+        points.unpersist()
     return candidates
 
 
-def _distinct_points(customers: DataFrame, count: int, settings, snapshot: str) -> int:
-    """How many customers K-means can tell apart (distinct features); a DataQualityError when
-    a feature has no value at all, or when there are too few for every candidate k: K-means
-    needs more customers than clusters."""
+def _wanted(settings) -> tuple[int, str]:
     ks = candidate_ks(settings)
-    wanted = f"k = {ks[0]}" if len(ks) == 1 else f"k from {ks[0]} to {ks[-1]}"
-    if count <= ks[0]:
+    return ks[0], f"k = {ks[0]}" if len(ks) == 1 else f"k from {ks[0]} to {ks[-1]}"
+
+
+def _check_clusterable(customers: DataFrame, count: int, settings, snapshot: str) -> None:
+    """A DataQualityError when there are no more customers than the smallest k (K-means needs
+    more customers than clusters) or a feature has no value at all (nothing to impute from)."""
+    smallest, wanted = _wanted(settings)
+    if count <= smallest:
         raise DataQualityError(f"{snapshot}: {_customers(count)}, too few for {wanted} (K-means needs more customers than clusters)")
     empty = features_without_values(customers, settings)
     if empty:
@@ -162,13 +173,18 @@ def _distinct_points(customers: DataFrame, count: int, settings, snapshot: str) 
             f"{snapshot}: cluster.features {', '.join(empty)} have no value for any of the {_customers(count)}; "
             "leave them out of cluster.features"
         )
-    points = distinct_points(customers, settings)
-    if points <= ks[0]:
+
+
+def _distinct_points(points: DataFrame, count: int, settings, snapshot: str) -> int:
+    """How many customers K-means can tell apart; a DataQualityError when too few for every k."""
+    smallest, wanted = _wanted(settings)
+    distinct = distinct_points(points, settings)
+    if distinct <= smallest:
         raise DataQualityError(
-            f"{snapshot}: {_customers(count)} but only {points} with distinct cluster.features, too few for {wanted} "
+            f"{snapshot}: {_customers(count)} but only {distinct} with distinct cluster.features, too few for {wanted} "
             "(K-means needs more distinct customers than clusters)"
         )
-    return points
+    return distinct
 
 
 def _customers(count: int) -> str:

@@ -37,7 +37,9 @@ def _preparation_stages(config: ClusterConfig) -> list:
     """The stages before the vector: log transforms, then median imputation of missing values."""
     inputs = [model_input(f, config.log_features) for f in config.features]
     prepared = ", ".join(
-        f"LN(1 + GREATEST(CAST({f} AS DOUBLE), 0)) AS {f}__log" if f in config.log_features else f"CAST({f} AS DOUBLE) AS {f}__in"
+        # GREATEST skips nulls: a missing value must stay missing for the imputer.
+        f"IF({f} IS NULL, NULL, LN(1 + GREATEST(CAST({f} AS DOUBLE), 0))) AS {f}__log" if f in config.log_features
+        else f"CAST({f} AS DOUBLE) AS {f}__in"
         for f in config.features
     )
     return [
@@ -46,14 +48,19 @@ def _preparation_stages(config: ClusterConfig) -> list:
     ]
 
 
-def segmentation_pipeline(config: ClusterConfig, k: int, seed: int) -> Pipeline:
-    algorithm = KMeans if config.algorithm == "kmeans" else BisectingKMeans
+def preparation(config: ClusterConfig) -> Pipeline:
+    """Everything before the clusterer: logs, imputation, the vector and standardisation. It
+    is fitted once per snapshot; every k and restart clusters the same prepared points."""
     return Pipeline(stages=[
         *_preparation_stages(config),
         VectorAssembler(inputCols=_imputed_inputs(config), outputCol=VECTOR),
         StandardScaler(inputCol=VECTOR, outputCol=SCALED, withMean=True, withStd=True),
-        algorithm(featuresCol=SCALED, predictionCol=PREDICTION, k=k, seed=seed, maxIter=config.max_iterations),
     ])
+
+
+def _clusterer(config: ClusterConfig, k: int, seed: int):
+    algorithm = KMeans if config.algorithm == "kmeans" else BisectingKMeans
+    return algorithm(featuresCol=SCALED, predictionCol=PREDICTION, k=k, seed=seed, maxIter=config.max_iterations)
 
 
 @dataclass(frozen=True)
@@ -65,15 +72,16 @@ class Candidate:
     sizes: list[int]
 
 
-def fit_candidate(customers: DataFrame, config: ClusterConfig, k: int, sample_fraction: float) -> Candidate:
-    """Fit one k `config.restarts` times and keep the lowest cost; silhouette on a seeded
-    sample of the scored customers (squared euclidean)."""
-    fits = [segmentation_pipeline(config, k, config.seed + restart).fit(customers) for restart in range(config.restarts)]
-    model = min(fits, key=lambda fitted: fitted.stages[-1].summary.trainingCost)
-    summary = model.stages[-1].summary
-    sample = model.transform(customers.sample(fraction=sample_fraction, seed=config.seed)) if sample_fraction < 1 else model.transform(customers)
-    silhouette = ClusteringEvaluator(featuresCol=SCALED, predictionCol=PREDICTION).evaluate(sample)
-    return Candidate(k, model, float(summary.trainingCost), float(silhouette), [int(s) for s in summary.clusterSizes])
+def fit_candidate(points: DataFrame, prepared: PipelineModel, config: ClusterConfig, k: int, sample_fraction: float) -> Candidate:
+    """Fit one k `config.restarts` times on `points` (the customers as the fitted `preparation`
+    `prepared` transforms them; cache them) and keep the lowest cost; silhouette on a seeded
+    sample (squared euclidean). The candidate's model is the whole pipeline, raw features in."""
+    fits = [_clusterer(config, k, config.seed + restart).fit(points) for restart in range(config.restarts)]
+    best = min(fits, key=lambda fitted: fitted.summary.trainingCost)
+    sample = points.sample(fraction=sample_fraction, seed=config.seed) if sample_fraction < 1 else points
+    silhouette = ClusteringEvaluator(featuresCol=SCALED, predictionCol=PREDICTION).evaluate(best.transform(sample))
+    model = PipelineModel(stages=[*prepared.stages, best])
+    return Candidate(k, model, float(best.summary.trainingCost), float(silhouette), [int(s) for s in best.summary.clusterSizes])
 
 
 def choose_k(candidates: list[Candidate]) -> Candidate:
@@ -91,11 +99,11 @@ def features_without_values(customers: DataFrame, config: ClusterConfig) -> list
     return [f for f in config.features if counts[f] == 0]
 
 
-def distinct_points(customers: DataFrame, config: ClusterConfig) -> int:
-    """The customers K-means can tell apart: distinct points after logs and imputation. There
-    are never more clusters than that (Spark's K-means fails outright when k is larger)."""
-    prepared = Pipeline(stages=_preparation_stages(config)).fit(customers).transform(customers)
-    return prepared.select(*_imputed_inputs(config)).distinct().count()
+def distinct_points(points: DataFrame, config: ClusterConfig) -> int:
+    """The customers K-means can tell apart: distinct points after logs and imputation (in
+    `points`, the output of the fitted `preparation`). There are never more clusters than
+    that (Spark's K-means fails outright when k is larger)."""
+    return points.select(*_imputed_inputs(config)).distinct().count()
 
 
 def silhouette_fraction(customer_count: int, sample_size: int) -> float:

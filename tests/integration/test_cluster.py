@@ -89,7 +89,8 @@ class StandaloneCluster:
     def kill_worker(self, index: int) -> list[str]:
         """SIGKILL a worker and the executor it runs; the command lines killed."""
         group = self.workers[index].pid
-        killed = [" ".join(p.cmdline()) for p in psutil.process_iter() if _group(p) == group]
+        # process_iter fills `info` itself, with None for a process it may not read or that just ended.
+        killed = [" ".join(p.info["cmdline"] or []) for p in psutil.process_iter(["cmdline"]) if _group(p) == group]
         os.killpg(group, signal.SIGKILL)
         self.workers[index].wait(timeout=30)
         return killed
@@ -141,6 +142,9 @@ def spark_submit(cluster: StandaloneCluster, root: Path, log_path: Path, on_line
         return process.wait(), "".join(lines)
     finally:
         watchdog.cancel()
+        if process.poll() is None:  # the test failed while reading: leave no driver behind
+            process.kill()
+            process.wait()
 
 
 def tier_rows(spark, root: Path) -> list[dict]:

@@ -10,7 +10,7 @@ from pyspark.sql import functions as F
 from sklearn.cluster import KMeans as SkKMeans
 from sklearn.metrics import adjusted_rand_score
 
-from segmentation.clustering.model import SCALED, assign_clusters, choose_k, fit_candidate, model_space
+from segmentation.clustering.model import SCALED, assign_clusters, choose_k, fit_candidate, model_space, preparation
 from segmentation.clustering.profiles import ReferenceClusters, cluster_name, match_to_reference, unique_names
 from segmentation.config import ClusterConfig
 
@@ -33,9 +33,16 @@ def data(spark):
     return planted(spark).cache()
 
 
+def fit(data, config, *ks):
+    """Candidates as the job fits them: the preparation once, then every k on its points."""
+    prepared = preparation(config).fit(data)
+    points = prepared.transform(data).cache()
+    return [fit_candidate(points, prepared, config, k, 1.0) for k in ks]
+
+
 @pytest.fixture(scope="module")
 def candidates(data):
-    return [fit_candidate(data, CONFIG, k, 1.0) for k in range(CONFIG.k_min, CONFIG.k_max + 1)]
+    return fit(data, CONFIG, *range(CONFIG.k_min, CONFIG.k_max + 1))
 
 
 def labels(model, df):
@@ -60,8 +67,8 @@ def test_cost_matches_scikit_learn_on_the_same_standardised_data(data, candidate
 
 
 def test_the_same_seed_gives_the_same_model(data):
-    first = model_space(fit_candidate(data, CONFIG, 4, 1.0).model, CONFIG)
-    second = model_space(fit_candidate(data, CONFIG, 4, 1.0).model, CONFIG)
+    (first,), (second,) = fit(data, CONFIG, 4), fit(data, CONFIG, 4)
+    first, second = model_space(first.model, CONFIG), model_space(second.model, CONFIG)
     np.testing.assert_array_equal(first.centroids_scaled, second.centroids_scaled)
 
 
@@ -73,7 +80,7 @@ def test_ids_and_names_survive_a_retrain_on_perturbed_data(spark, data, candidat
     before = dict(assign_clusters(best.model, data, space, stable).join(data, "customer_id").groupBy("label").agg(F.first("cluster_id")).collect())
 
     perturbed = planted(spark, scale=1.02, shift=0.1, seed=1).cache()
-    retrained = fit_candidate(perturbed, ClusterConfig(**{**CONFIG.model_dump(), "seed": 99}), 4, 1.0)
+    (retrained,) = fit(perturbed, ClusterConfig(**{**CONFIG.model_dump(), "seed": 99}), 4)
     new_space = model_space(retrained.model, CONFIG)
     matching = match_to_reference(new_space, reference, max_distance=1.0)
     assert sorted(matching.ids) == stable and set(matching.inherited_names.values()) == {"a", "b", "c", "d"}
@@ -109,3 +116,15 @@ def test_names_read_from_the_profile():
     lapsed = {"median_recency_days": 400, "mean_monetary": 50.0, "mean_channels_used": 1.0}
     assert cluster_name(lapsed, overall_mean_monetary=300.0) == "lapsed low-spend"
     assert unique_names({2: "x", 0: "x", 1: "y"}) == {0: "x", 1: "y", 2: "x 2"}
+
+
+def test_a_missing_value_of_a_log_feature_gets_the_median_not_zero(spark):
+    """A customer with only returns has no recency: imputed with the median in log space,
+    not taken as 0 (the most recent of all)."""
+    config = ClusterConfig(features=["f1", "f2"], log_features=["f1"], k=2)
+    rows = [("a", 0.0, 1.0), ("b", np.e - 1, 2.0), ("c", np.e ** 2 - 1, 3.0), ("d", None, 4.0)]
+    customers = spark.createDataFrame(rows, "customer_id string, f1 double, f2 double")
+    prepared = preparation(config).fit(customers).transform(customers)
+    imputed = {r.customer_id: r.f1__log__imputed for r in prepared.select("customer_id", "f1__log__imputed").collect()}
+    assert imputed["a"] == 0.0 and imputed["b"] == pytest.approx(1.0) and imputed["c"] == pytest.approx(2.0)
+    assert imputed["d"] == pytest.approx(1.0)  # the median of 0, 1 and 2
