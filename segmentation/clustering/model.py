@@ -74,7 +74,7 @@ class Candidate:
 
 def fit_candidate(points: DataFrame, prepared: PipelineModel, config: ClusterConfig, k: int, sample_fraction: float) -> Candidate:
     """Fit one k `config.restarts` times on `points` (the customers as the fitted `preparation`
-    `prepared` transforms them; cache them) and keep the lowest cost; silhouette on a seeded
+    `prepared` transforms them) and keep the lowest cost; silhouette on a seeded
     sample (squared euclidean). The candidate's model is the whole pipeline, raw features in."""
     fits = [_clusterer(config, k, config.seed + restart).fit(points) for restart in range(config.restarts)]
     best = min(fits, key=lambda fitted: fitted.summary.trainingCost)
