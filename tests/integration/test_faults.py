@@ -61,8 +61,12 @@ def kill_during_write(command: list[str], log: Path, table: Path, partition: str
                 break
             time.sleep(0.005)
         else:
-            process.kill()
-            raise AssertionError(f"the tier write never started:\n{log.read_text()[-3000:]}")
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+            # The driver ended (or ran out of time) before any data file of the partition was seen.
+            raise AssertionError(f"no data file of {partition} appeared while the driver ran "
+                                 f"(exit {process.returncode}):\n{log.read_text()[-3000:]}")
     raise AssertionError(f"the commit landed before the kill in {attempts} attempts")
 
 
