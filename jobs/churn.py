@@ -44,7 +44,9 @@ from segmentation.clv.scoring import ScoringSettings, with_clv_scores
 from segmentation.clv.summary import UNIT_DAYS, clv_summary
 from segmentation.errors import DataQualityError, ModelRegistryError
 from segmentation.logs import stage
+from segmentation.features.customer import transactions_as_of
 from segmentation.plots import plt
+from segmentation.sampling import customer_sample, sample_fraction
 from segmentation.schema import require_numeric_columns
 
 log = logging.getLogger(__name__)
@@ -87,6 +89,8 @@ def train(ctx: JobContext) -> dict[str, object]:
         as_of = ctx.as_of(transactions, source)
         cutoffs = churn_cutoffs(as_of, settings)
         channels = config.ingest.channels
+        sample = _customer_sample(transactions, as_of, settings)
+        transactions = customer_sample(transactions, sample["fraction"], settings.seed)
         training = training_examples(transactions, cutoffs, settings.lookback_days, channels)
         require_numeric_columns(
             training, {"churn.features": settings.features, "churn.recency_baseline": [settings.recency_baseline]},
@@ -101,7 +105,7 @@ def train(ctx: JobContext) -> dict[str, object]:
         evaluation = evaluation.persist(StorageLevel.MEMORY_AND_DISK)
         scored = None
         try:
-            labels = _label_counts(training, evaluation, cutoffs)
+            labels = {**_label_counts(training, evaluation, cutoffs), "sample": sample}
             weights = class_weights(labels["training_rows"], labels["training_churners"], settings.class_weight)
             log.info("training on %d rows from %d cutoffs (churn rate %.3f), evaluating on %d rows of %s",
                      labels["training_rows"], len(cutoffs.training), weights.churn_rate, labels["evaluation_rows"], cutoffs.evaluation)
@@ -156,6 +160,19 @@ def _log_setup(source, version: int, as_of: dt.date, cutoffs: Cutoffs, settings)
         "training_cutoffs": ",".join(c.isoformat() for c in cutoffs.training),
         **{key: str(value) for key, value in settings.model_dump(exclude={"training_cutoffs", "evaluation_cutoff", "risk_tiers"}).items()},
     })
+
+
+def _customer_sample(transactions: DataFrame, as_of: dt.date, settings) -> dict[str, object]:
+    """The share of customers whose cutoffs make the rows: at most `churn.sample_customers`
+    of the (approximately counted) customers with transactions up to `as_of`."""
+    if settings.sample_customers is None:
+        return {"fraction": 1.0, "customers": None, "sample_customers": None}
+    customers = transactions_as_of(transactions, as_of).agg(F.approx_count_distinct("customer_id", 0.01)).first()[0]
+    fraction = sample_fraction(int(customers), settings.sample_customers)
+    if fraction < 1:
+        log.info("training and evaluation rows from a sample of about %d of the %d customers (churn.sample_customers)",
+                 settings.sample_customers, customers)
+    return {"fraction": fraction, "customers": int(customers), "sample_customers": settings.sample_customers}
 
 
 def _label_counts(training: DataFrame, evaluation: DataFrame, cutoffs: Cutoffs) -> dict[str, object]:
@@ -298,7 +315,7 @@ def _log_evaluation(evaluations: dict[str, ScoreEvaluation], point, confusion, i
         "threshold": point["threshold"], "threshold_share": point["share"], "threshold_precision": point["precision"],
         "threshold_recall": point["recall"], **{k: float(v) for k, v in confusion.items()},
         "training_rows": labels["training_rows"], "evaluation_rows": labels["evaluation_rows"],
-        **fitted.weights.as_dict(),
+        "sample_fraction": labels["sample"]["fraction"], **fitted.weights.as_dict(),
     })
     if decision["champion_value"] is not None:
         metrics[f"champion_{decision['metric']}"] = decision["champion_value"]
@@ -318,6 +335,13 @@ def _log_evaluation(evaluations: dict[str, ScoreEvaluation], point, confusion, i
     plt.close("all")
 
 
+def _sample_line(sample: dict[str, object]) -> list[str]:
+    if sample["fraction"] >= 1:
+        return []
+    return [f"Rows from a seeded sample of about {sample['sample_customers']:,} of {sample['customers']:,} customers "
+            "(churn.sample_customers); every eligible customer is scored."]
+
+
 def train_report(cutoffs: Cutoffs, labels, evaluations: dict[str, ScoreEvaluation], point, confusion, decision, metric: str) -> str:
     lines = [
         "",
@@ -326,6 +350,7 @@ def train_report(cutoffs: Cutoffs, labels, evaluations: dict[str, ScoreEvaluatio
         f"{labels['training_churners'] / labels['training_rows']:.1%} churned.",
         f"Evaluation cutoff {cutoffs.evaluation} (out of time): {labels['evaluation_rows']:,} rows, "
         f"{labels['evaluation_churners'] / labels['evaluation_rows']:.1%} churned.",
+        *_sample_line(labels["sample"]),
         "",
         f"  {'score':<18}{'ROC AUC':>9}{'PR AUC':>9}{'lift@10%':>10}{'capture@10%':>13}{'lift@20%':>10}{'capture@20%':>13}{'Brier':>8}{'ECE':>8}",
     ]

@@ -312,6 +312,9 @@ class ClusterConfig(_Section):
     k: int | None = Field(None, ge=2)  # a fixed k; default: the best silhouette in k_min..k_max
     k_min: int = Field(3, ge=2)
     k_max: int = Field(8, ge=2)
+    # K-means is fitted on a seeded sample of at most this many customers (null: all of
+    # them); every customer is assigned to a cluster.
+    fit_sample: int | None = Field(100_000, ge=100)
     # Silhouette is computed on a sample of at most this many customers, whatever their number.
     silhouette_sample: int = Field(20_000, ge=100)
     seed: int = 42
@@ -360,6 +363,9 @@ class ChurnConfig(_Section):
     # turn off for short histories, and say so: the evaluation is then not fully out of time.
     require_out_of_time: bool = True
     model: Literal["gbt", "logistic_regression"] = "gbt"
+    # Training and evaluation rows come from a seeded sample of at most this many customers
+    # (null: all of them); every eligible customer is scored.
+    sample_customers: int | None = Field(100_000, ge=100)
     features: list[str]
     # balanced: each class weighs half of the training rows; the probabilities are corrected
     # back to the observed churn rate, so they stay calibrated. none: no weights.

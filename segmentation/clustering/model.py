@@ -3,8 +3,10 @@
 The pipeline: log transforms of skewed columns (SQLTransformer), median imputation of
 missing values (customers with only returns have no recency), a vector, standardisation,
 then KMeans (k-means|| initialisation) or BisectingKMeans, always seeded. k is fixed by
-configuration or chosen by silhouette, computed on a sample whose size does not grow with
-the customer count; the within-cluster cost of every candidate is kept for an elbow view.
+configuration or chosen by silhouette. K-means is fitted on a seeded sample of at most
+`cluster.fit_sample` customers and the silhouette computed on one of at most
+`cluster.silhouette_sample`, so neither grows with the customer count; every customer is
+then assigned. The within-cluster cost of every candidate is kept for an elbow view.
 """
 
 from __future__ import annotations
@@ -72,14 +74,16 @@ class Candidate:
     sizes: list[int]
 
 
-def fit_candidate(points: DataFrame, prepared: PipelineModel, config: ClusterConfig, k: int, sample_fraction: float) -> Candidate:
-    """Fit one k `config.restarts` times on `points` (the customers as the fitted `preparation`
-    `prepared` transforms them) and keep the lowest cost; silhouette on a seeded
-    sample (squared euclidean). The candidate's model is the whole pipeline, raw features in."""
+def fit_candidate(
+    points: DataFrame, silhouette_points: DataFrame, prepared: PipelineModel, config: ClusterConfig, k: int
+) -> Candidate:
+    """Fit one k `config.restarts` times on `points` (customers as the fitted `preparation`
+    `prepared` transforms them) and keep the lowest cost; the silhouette (squared euclidean)
+    is computed on `silhouette_points`. The candidate's model is the whole pipeline, raw
+    features in; its cost and sizes are those of `points`."""
     fits = [_clusterer(config, k, config.seed + restart).fit(points) for restart in range(config.restarts)]
     best = min(fits, key=lambda fitted: fitted.summary.trainingCost)
-    sample = points.sample(fraction=sample_fraction, seed=config.seed) if sample_fraction < 1 else points
-    silhouette = ClusteringEvaluator(featuresCol=SCALED, predictionCol=PREDICTION).evaluate(best.transform(sample))
+    silhouette = ClusteringEvaluator(featuresCol=SCALED, predictionCol=PREDICTION).evaluate(best.transform(silhouette_points))
     model = PipelineModel(stages=[*prepared.stages, best])
     return Candidate(k, model, float(best.summary.trainingCost), float(silhouette), [int(s) for s in best.summary.clusterSizes])
 
@@ -104,10 +108,6 @@ def distinct_points(points: DataFrame, config: ClusterConfig) -> int:
     `points`, the output of the fitted `preparation`). There are never more clusters than
     that (Spark's K-means fails outright when k is larger)."""
     return points.select(*_imputed_inputs(config)).distinct().count()
-
-
-def silhouette_fraction(customer_count: int, sample_size: int) -> float:
-    return 1.0 if customer_count <= sample_size else sample_size / customer_count
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from segmentation.cli import main
 from segmentation.errors import ModelRegistryError
 from tests.conftest import make_config
 
-SETTINGS = ["generate.customers=3000", "churn.gbt={maxIter: 30, maxDepth: 4, stepSize: 0.1, subsamplingRate: 0.8}"]
+SETTINGS = ["generate.customers=3000", "churn.sample_customers=2000", "churn.gbt={maxIter: 30, maxDepth: 4, stepSize: 0.1, subsamplingRate: 0.8}"]
 # The bound stated in the README for this data: expected calibration error (10 bins) below 0.08.
 CALIBRATION_BOUND = 0.08
 
@@ -65,6 +65,10 @@ def test_cutoffs_labels_and_artifacts_are_in_the_run(trained):
     per_cutoff = result["labels"]["per_cutoff"]
     assert sorted(per_cutoff) == tags["training_cutoffs"].split(",")
     assert sum(c["rows"] for c in per_cutoff.values()) == result["labels"]["training_rows"]
+    # The rows come from a sample of about 2,000 of the 3,000 customers (churn.sample_customers).
+    sample = result["labels"]["sample"]
+    assert sample["sample_customers"] == 2000 and 2900 <= sample["customers"] <= 3100
+    assert metrics["sample_fraction"] == pytest.approx(2000 / sample["customers"])
 
 
 def test_first_model_is_champion_and_a_worse_challenger_stays_challenger(spark, trained):

@@ -4,6 +4,8 @@ read back through the MLflow client; stable ids and names across a retrain."""
 from __future__ import annotations
 
 import datetime as dt
+import json
+from pathlib import Path
 
 import mlflow
 import pytest
@@ -54,6 +56,7 @@ def test_runs_registry_and_champion_read_back_through_the_client(first):
     )
     assert sorted(int(c.data.params["k"]) for c in children) == [3, 4]
     assert all("silhouette" in c.data.metrics and "cost" in c.data.metrics for c in children)
+    assert [float(c.data.params["fit_sample_fraction"]) for c in children] == [1.0, 1.0]
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id, "cluster")}
     assert {"cluster/centroids.json", "cluster/profiles.json", "cluster/k_choice.png", "cluster/heatmap.png",
             "cluster/sizes.png", "cluster/champion_decision.json"} <= artifacts
@@ -95,3 +98,19 @@ def test_unknown_feature_names_the_key(spark, first):
     bad = JobContext(make_config(ctx.config.root, *SETTINGS, *overrides), spark)
     with pytest.raises(ConfigError, match="cluster.features: lifetime_value not numeric columns of customer_features"):
         cluster.run(bad)
+
+
+def test_kmeans_fits_on_a_sample_and_assigns_every_customer(spark, first):
+    ctx, result = first
+    sampled = JobContext(make_config(ctx.config.root, *SETTINGS, "cluster.fit_sample=1000", f"cluster.k={result['k']}"), spark)
+    again = cluster.run(sampled)
+    tracking.configure_mlflow(sampled.config)
+    client = MlflowClient()
+    parent = client.get_run(again["mlflow_run_id"])
+    [child] = client.search_runs([parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    assert float(child.data.params["fit_sample_fraction"]) == pytest.approx(1000 / result["customers"])
+    sizes = client.download_artifacts(child.info.run_id, "cluster_sizes.json")
+    assert 900 <= sum(json.loads(Path(sizes).read_text())["cluster_sizes"]) <= 1100  # the sample, not everyone
+    clusters = tables.read(spark, ctx.table("customer_clusters")).where(F.col("as_of_date") == result["as_of"])
+    assert clusters.count() == result["customers"]
+    assert {r[0] for r in clusters.select("model_version").distinct().collect()} == {int(again["model_version"])}

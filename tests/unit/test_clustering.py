@@ -37,7 +37,7 @@ def fit(data, config, *ks):
     """Candidates as the job fits them: the preparation once, then every k on its points."""
     prepared = preparation(config).fit(data)
     points = prepared.transform(data).cache()
-    return [fit_candidate(points, prepared, config, k, 1.0) for k in ks]
+    return [fit_candidate(points, points, prepared, config, k) for k in ks]
 
 
 @pytest.fixture(scope="module")
