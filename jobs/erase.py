@@ -186,24 +186,14 @@ def _other_ingest_keys(ctx: JobContext, key: bytes | None) -> list[str]:
 def _delete_matching(spark, ref: TableRef, ids: DataFrame, condition: str, marker: str) -> tuple[int, int | None]:
     """Delete the table's rows matching `ids`: rows deleted and the version committed (None
     when nothing matched: Delta commits nothing then)."""
-    table = tables.delta_table(spark, ref)
-    before = tables.current_version(spark, ref)
-    with tables.session_conf(spark, {tables.USER_METADATA: marker}):
-        table.alias("t").merge(ids.alias("s"), condition).whenMatchedDelete().execute()
-    commits = [
-        row for row in table.history(10).select("version", "userMetadata", "operationMetrics").collect()
-        if row.userMetadata == marker and row.version > before
-    ]
-    if not commits:
-        return 0, None
-    commit = max(commits, key=lambda row: row.version)
-    rows = int((commit.operationMetrics or {}).get("numTargetRowsDeleted", 0))
-    if rows and _has_deletion_vectors(table):
+    result = tables.delete_matching(ids, ref, condition, run_id=marker)
+    rows = result.rows or 0
+    if rows and _has_deletion_vectors(tables.delta_table(spark, ref)):
         # With deletion vectors a DELETE only marks rows as deleted; the files keep them, and
         # VACUUM would never remove them. PURGE rewrites those files without the rows.
         spark.sql(f"REORG TABLE {tables.sql_name(ref)} APPLY (PURGE)")
         log.info("%s: files with deleted rows rewritten (deletion vectors purged)", ref)
-    return rows, int(commit.version)
+    return rows, result.version
 
 
 def _has_deletion_vectors(table: DeltaTable) -> bool:

@@ -25,11 +25,13 @@ from segmentation.logs import stage
 from segmentation.privacy import key_fingerprint, load_key
 from segmentation.quality.validation import (
     SourceColumns,
+    checked_transactions,
     clean_transactions,
     conform_source,
     quarantined_transactions,
     rejection_counts,
-    validate_transactions,
+    repeated_ids,
+    with_repeats_marked,
 )
 from segmentation.schema import QUARANTINE_SCHEMA, TRANSACTIONS_SCHEMA
 from segmentation.sources import SourceBatch, read_source
@@ -57,6 +59,8 @@ INGEST_LOG_SCHEMA = T.StructType(
     ]
 )
 COMMITTED, REJECTED = "committed", "rejected"
+# Up to this many repeated transaction ids are broadcast (about 64 bytes each on every executor).
+MAX_BROADCAST_IDS = 1_000_000
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -121,10 +125,16 @@ def _ingest_batch(ctx: JobContext, batch: SourceBatch, conformed: DataFrame, col
     clean_ref, quarantine_ref = ctx.table("transactions"), ctx.table("transactions_quarantine")
     loaded_ids = tables.read(spark, clean_ref).where(F.col("ingest_batch_id") != batch.batch_id).select("transaction_id")
 
-    validated = validate_transactions(conformed, config.ingest, reference_time, key, loaded_ids).persist(
+    checked = checked_transactions(conformed, config.ingest, reference_time, key, loaded_ids).persist(
         StorageLevel.MEMORY_AND_DISK
     )
+    repeated = repeated_ids(checked).persist(StorageLevel.MEMORY_AND_DISK)
     try:
+        repeats = repeated.count()
+        if repeats:
+            log.info("%d transaction ids occur more than once in the batch: one row of each is kept", repeats)
+        # Few repeated ids go to every task: the other rows are then never shuffled.
+        validated = with_repeats_marked(checked, repeated, broadcast=repeats <= MAX_BROADCAST_IDS)
         totals = validated.agg(
             F.count(F.lit(1)).alias("rows"), F.count(F.when(F.size("reasons") == 0, 1)).alias("clean")
         ).first()
@@ -163,7 +173,8 @@ def _ingest_batch(ctx: JobContext, batch: SourceBatch, conformed: DataFrame, col
         _record(ctx, batch, COMMITTED, result, rejections, key, ingested_at)
         return result
     finally:
-        validated.unpersist()
+        repeated.unpersist()
+        checked.unpersist()
 
 
 def _check_conservation(name, rows_in, clean, quarantine, rows_clean, rows_quarantined) -> None:

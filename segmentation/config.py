@@ -151,6 +151,8 @@ class IngestConfig(_Section):
     max_abs_amount: float = Field(50_000.0, gt=0)
     max_abs_quantity: int = Field(1_000, gt=0)
     max_rejected_share: float = Field(0.05, ge=0.0, le=1.0)
+    # Values that mean "no value" in a feed, in any case (as an empty field does).
+    missing_values: list[str] = Field(default_factory=lambda: ["NULL", "N/A", "#N/A", "None", "nil"])
 
     @model_validator(mode="after")
     def _reference_after_min_timestamp(self) -> "IngestConfig":

@@ -85,9 +85,28 @@ def pseudonymised(value: Column, key: bytes | None) -> Column:
     return value if key is None else hmac_sha256_hex(value, key)
 
 
+# What a feed may pad a value with, trimmed from both ends of every value: ASCII whitespace
+# (tabs, line breaks), Unicode spaces (no-break, thin, ideographic, ...), the zero-width
+# space and the byte-order mark.
+PADDING = "".join([
+    " \t\n\u000b\f\r\u00a0\u1680", *map(chr, range(0x2000, 0x200C)), "\u2028\u2029\u202f\u205f\u3000\ufeff",
+])
+
+
+def trimmed(value: Column) -> Column:
+    """The value as text without the `PADDING` around it."""
+    return F.trim(value.cast("string"), F.lit(PADDING))
+
+
+def trimmed_sql(column: str) -> str:
+    """`trimmed` in Spark SQL, for conditions written as text."""
+    escaped = "".join(c if c == " " else f"\\u{ord(c):04x}" for c in PADDING)
+    return f"trim(BOTH '{escaped}' FROM {column})"
+
+
 def customer_key(value: Column) -> Column:
     """A raw customer id as ingest reads it: trimmed text, empty as null (hashed after this)."""
-    text = F.trim(value.cast("string"))
+    text = trimmed(value)
     return F.when(text != "", text)
 
 
@@ -116,8 +135,8 @@ def erasure_condition(columns: list[str], holds_raw_ids: bool) -> str | None:
     conditions = []
     if CUSTOMER_COLUMN in columns:
         column = f"t.{CUSTOMER_COLUMN}"
-        conditions.append(f"trim({column}) = s.raw_id" if holds_raw_ids else f"{column} = s.pseudonym")
+        conditions.append(f"{trimmed_sql(column)} = s.raw_id" if holds_raw_ids else f"{column} = s.pseudonym")
     if conditions and RAW_RECORD_COLUMN in columns:
-        field = "trim(BOTH '\"' FROM trim(f))"
+        field = f"trim(BOTH '\"' FROM {trimmed_sql('f')})"
         conditions.append(rf"exists(split(t.{RAW_RECORD_COLUMN}, '[,;|\t]'), f -> {field} = s.raw_id)")
     return " OR ".join(f"({c})" for c in conditions) or None

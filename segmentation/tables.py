@@ -189,9 +189,10 @@ def _retrying_conflicts(ref: TableRef, commit: Callable[[], None]) -> None:
 
 
 def _commit_by(
-    spark: SparkSession, ref: TableRef, run_id: str, after: int | None, depth: int = 20
+    spark: SparkSession, ref: TableRef, run_id: str, after: int | None, depth: int = 20, rows_metric: str = "numOutputRows"
 ) -> tuple[int | None, int | None]:
-    """Version and rows written of the newest commit after `after` that carries `run_id`.
+    """Version and rows (the operation metric `rows_metric`) of the newest commit after
+    `after` that carries `run_id`.
 
     Looking for our own commit (not just the latest version) stays right while other
     pipelines commit to the same table at the same time.
@@ -202,8 +203,24 @@ def _commit_by(
     if not ours:
         return None, None
     newest = max(ours, key=lambda row: row.version)
-    rows = (newest.operationMetrics or {}).get("numOutputRows")
+    rows = (newest.operationMetrics or {}).get(rows_metric)
     return int(newest.version), int(rows) if rows is not None else None
+
+
+def delete_matching(keys: DataFrame, ref: TableRef, condition: str, *, run_id: str) -> WriteResult:
+    """Delete the table's rows that match a row of `keys` by `condition` (the table is `t`,
+    the keys `s`) in one Delta MERGE ... WHEN MATCHED THEN DELETE, again after a conflict.
+    `rows` is the number deleted; `version` is None when nothing matched (nothing is committed)."""
+    spark = keys.sparkSession
+    before = current_version(spark, ref)
+
+    def execute() -> None:
+        with session_conf(spark, {USER_METADATA: run_id}):
+            delta_table(spark, ref).alias("t").merge(keys.alias("s"), condition).whenMatchedDelete().execute()
+
+    _retrying_conflicts(ref, execute)
+    version, rows = _commit_by(spark, ref, run_id, after=before, rows_metric="numTargetRowsDeleted")
+    return WriteResult(ref, version, rows or 0)
 
 
 def add_constraints(spark: SparkSession, ref: TableRef, constraints: dict[str, str]) -> None:

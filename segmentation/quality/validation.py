@@ -17,7 +17,7 @@ from pyspark.sql import types as T
 
 from segmentation.config import IngestConfig
 from segmentation.errors import DataQualityError
-from segmentation.privacy import pseudonymised
+from segmentation.privacy import pseudonymised, trimmed
 from segmentation.schema import (
     LINEAGE_FIELDS,
     QUARANTINE_SCHEMA,
@@ -65,10 +65,12 @@ def conform_source(df: DataFrame, source_name: str) -> tuple[DataFrame, SourceCo
     return df.select(*columns), SourceColumns(missing_optional, extra)
 
 
-def _text(column: str) -> Column:
-    """The raw value as trimmed text; empty text counts as missing."""
-    value = F.trim(F.col(column).cast("string"))
-    return F.when(value != "", value)
+def _text(column: str, missing_values: list[str]) -> Column:
+    """The raw value as trimmed text; empty text and the `missing_values` (in any case) count
+    as missing."""
+    value = trimmed(F.col(column))
+    missing = [m.upper() for m in missing_values]
+    return F.when((value != "") & ~F.upper(value).isin(missing), value) if missing else F.when(value != "", value)
 
 
 # Spark's cast completes what a timestamp leaves out: "2025" becomes 2025-01-01 and
@@ -77,8 +79,7 @@ def _text(column: str) -> Column:
 _WHOLE_DATE = r"^[0-9]{4}-[0-9]{1,2}-[0-9]{1,2}([T ]|$)"
 
 
-def _parsed(column: str, dtype: T.DataType) -> Column:
-    text = _text(column)
+def _parsed(text: Column, dtype: T.DataType) -> Column:
     if isinstance(dtype, T.TimestampType):
         text = F.when(text.rlike(_WHOLE_DATE), text)
     return text.try_cast(dtype)
@@ -91,13 +92,28 @@ def validate_transactions(
     key: bytes | None,
     loaded_ids: DataFrame | None = None,
 ) -> DataFrame:
-    """Typed columns, raw text columns (`raw_*`) and `reasons` for every row of a conformed source.
+    """Typed columns, raw text columns (`raw_*`) and `reasons` for every row of a conformed
+    source: `checked_transactions`, then repeats within the batch marked."""
+    checked = checked_transactions(raw, rules, reference_time, key, loaded_ids)
+    return with_repeats_marked(checked, repeated_ids(checked))
+
+
+def checked_transactions(
+    raw: DataFrame,
+    rules: IngestConfig,
+    reference_time: dt.datetime,
+    key: bytes | None,
+    loaded_ids: DataFrame | None = None,
+) -> DataFrame:
+    """Every row with its typed and raw values and the rules it fails, except repeats within
+    the batch (`with_repeats_marked`).
 
     `loaded_ids` holds the `transaction_id`s already in the clean table (from other batches);
     a row repeating one of them is rejected as `already_loaded`.
     """
-    typed = {c: _parsed(c, TRANSACTION_FIELDS[c][0]) for c in _PARSED_COLUMNS}
-    text = {c: _text(c) for c in _TEXT_COLUMNS}
+    raw_text = {c: _text(c, rules.missing_values) for c in RAW_COLUMNS}
+    typed = {c: _parsed(raw_text[c], TRANSACTION_FIELDS[c][0]) for c in _PARSED_COLUMNS}
+    text = {c: raw_text[c] for c in _TEXT_COLUMNS}
     text["channel"] = F.lower(text["channel"])
     latest_allowed = reference_time + dt.timedelta(days=rules.future_tolerance_days)
     earliest_allowed = dt.datetime.combine(rules.min_timestamp, dt.time())
@@ -105,8 +121,8 @@ def validate_transactions(
     ts, amount, quantity = typed["transaction_ts"], typed["net_amount"], typed["quantity"]
     discount, margin, is_return = typed["discount_amount"], typed["gross_margin"], typed["is_return"]
     checks: list[tuple[str, Column]] = [("malformed_record", F.col(CORRUPT_RECORD).isNotNull())]
-    checks += [(f"missing:{c}", _text(c).isNull()) for c in REQUIRED_COLUMNS]
-    checks += [(f"bad_type:{c}", _text(c).isNotNull() & typed[c].isNull()) for c in _PARSED_COLUMNS]
+    checks += [(f"missing:{c}", raw_text[c].isNull()) for c in REQUIRED_COLUMNS]
+    checks += [(f"bad_type:{c}", raw_text[c].isNotNull() & typed[c].isNull()) for c in _PARSED_COLUMNS]
     checks += [
         ("unknown_channel", text["channel"].isNotNull() & ~text["channel"].isin(rules.channels)),
         # Written as "not within range" so that NaN and infinities fail too.
@@ -130,36 +146,47 @@ def validate_transactions(
         *[kept(text[c]).alias(c) for c in _TEXT_COLUMNS if c != "customer_id"],
         kept(pseudonymised(text["customer_id"], key)).alias("customer_id"),
         *[kept(typed[c]).alias(c) for c in _PARSED_COLUMNS],
-        *[kept(_text(c)).alias(_RAW + c) for c in _PARSED_COLUMNS],
+        *[kept(raw_text[c]).alias(_RAW + c) for c in _PARSED_COLUMNS],
         kept(F.col(CORRUPT_RECORD)).alias("raw_record"),
         F.col(SOURCE_FILE).alias("source_file"),
         reasons.alias("reasons"),
     )
-    return validated.transform(_with_duplicate_reasons, loaded_ids)
+    if loaded_ids is None:
+        return validated
+    # Repeats of a transaction id already in the clean table (other batches).
+    loaded = loaded_ids.select("transaction_id", F.lit(True).alias("_loaded")).distinct()
+    marked = validated.join(loaded, on="transaction_id", how="left")
+    reasons = F.when(F.col("_loaded"), F.concat("reasons", F.array(F.lit("already_loaded")))).otherwise(F.col("reasons"))
+    return marked.select(*[reasons.alias(c) if c == "reasons" else F.col(c) for c in validated.columns])
 
 
-def _with_duplicate_reasons(validated: DataFrame, loaded_ids: DataFrame | None) -> DataFrame:
-    """Reject repeats of a transaction id: against the clean table, then within the batch.
+def repeated_ids(checked: DataFrame) -> DataFrame:
+    """The transaction ids that more than one row of the batch carries (one row each)."""
+    counts = checked.where(F.col("transaction_id").isNotNull()).groupBy("transaction_id").count()
+    return counts.where(F.col("count") > 1).select("transaction_id")
 
-    Within the batch the copy kept is the first valid one in a deterministic order (all raw
-    values), so re-running the same batch keeps the same row.
+
+def with_repeats_marked(checked: DataFrame, repeated: DataFrame, broadcast: bool = False) -> DataFrame:
+    """Reject repeats of a transaction id within the batch: of the rows sharing an id (in
+    `repeated`, from `repeated_ids`), the one kept is the first valid one in a deterministic
+    order (all raw values), so re-running the same batch keeps the same row.
+
+    Only the rows of repeated ids are sorted; the rest pass through. With `broadcast` the ids
+    are sent to every task, so those rows are never shuffled either (for a bounded number of ids).
     """
-    if loaded_ids is not None:
-        loaded = loaded_ids.select("transaction_id", F.lit(True).alias("_loaded")).distinct()
-        validated = validated.join(loaded, on="transaction_id", how="left")
-    else:
-        validated = validated.withColumn("_loaded", F.lit(False))
+    marker = repeated.select("transaction_id", F.lit(True).alias("_repeated"))
+    marked = checked.join(F.broadcast(marker) if broadcast else marker, on="transaction_id", how="left")
+    single = marked.where(F.col("_repeated").isNull())
+    copies = marked.where(F.col("_repeated"))
     order = [F.size("reasons").asc()] + [F.col(c).asc_nulls_last() for c in _TEXT_COLUMNS] + [
         F.col(_RAW + c).asc_nulls_last() for c in _PARSED_COLUMNS
     ]
     copy_number = F.row_number().over(Window.partitionBy("transaction_id").orderBy(*order))
-    has_id = F.col("transaction_id").isNotNull()
-    extra = F.array(
-        F.when(F.col("_loaded"), F.lit("already_loaded")),
-        F.when(has_id & (copy_number > 1), F.lit("duplicate_in_batch")),
-    )
-    all_reasons = F.concat(F.col("reasons"), F.filter(extra, lambda r: r.isNotNull()))
-    return validated.select(*[c for c in validated.columns if c not in ("reasons", "_loaded")], all_reasons.alias("reasons"))
+    duplicate = F.when(copy_number > 1, F.array(F.lit("duplicate_in_batch"))).otherwise(F.array().cast("array<string>"))
+    copies = copies.withColumn("reasons", F.concat("reasons", duplicate))
+    return single.select(*checked.columns).unionByName(copies.select(*checked.columns))
+
+
 
 
 def clean_transactions(validated: DataFrame, batch_id: str, ingested_at: dt.datetime) -> DataFrame:

@@ -150,19 +150,20 @@ FEEDS = {
             row("T5", net_amount="12,50 EUR"),
             row("T6", net_amount="abc"),
             row("T7", discount_amount="free"),
-            row("T8", gross_margin="n/a"),
+            row("T8", gross_margin="high"),
             row("T9", is_return="maybe"),
             row("T10", quantity="x", net_amount="y"),
             row("T11", quantity=" 2 "),
             row("T12", net_amount="1e3"),
             row("T13", quantity="-1", net_amount="-5", is_return="Y"),
             row("T14", is_return="0"),
+            row("T15", gross_margin="n/a"),  # ingest.missing_values: no margin, not a wrong type
         ],
         outcome={
             "T1": ["bad_type:transaction_ts"], "T2": ["bad_type:quantity"], "T3": ["bad_type:quantity"],
             "T4": ["bad_type:quantity"], "T5": ["bad_type:net_amount"], "T6": ["bad_type:net_amount"],
             "T7": ["bad_type:discount_amount"], "T8": ["bad_type:gross_margin"], "T9": ["bad_type:is_return"],
-            "T10": ["bad_type:quantity", "bad_type:net_amount"], "T11": [], "T12": [], "T13": [], "T14": [],
+            "T10": ["bad_type:quantity", "bad_type:net_amount"], "T11": [], "T12": [], "T13": [], "T14": [], "T15": [],
         },
     ),
     "extra and missing columns": Feed(
@@ -213,10 +214,13 @@ FEEDS = {
             row("U6", customer_id="שלום"),
             row("U7", customer_id="C1"),
             row("U8", customer_id=" C1 "),  # the same customer as U7
+            row("U11", customer_id="C1\t"),  # padded with a tab, a no-break space, a byte-order mark:
+            row("U12", customer_id="\u00a0C1\u00a0"),  # the same customer again
+            row("U13", customer_id="\ufeffC1"),
             row("交易-9", order_id="заказ-9", customer_id="Ærøskøbing-ÅÄÖ", store_id="Café Zürich", product_category="書籍"),
             row("U10", customer_id="李小龙", net_amount="abc"),
         ],
-        outcome={**{f"U{i}": [] for i in range(1, 9)}, "交易-9": [], "U10": ["bad_type:net_amount"]},
+        outcome={**{f"U{i}": [] for i in (*range(1, 9), 11, 12, 13)}, "交易-9": [], "U10": ["bad_type:net_amount"]},
     ),
     "nulls in every column": Feed(
         lines=[
@@ -230,13 +234,15 @@ FEEDS = {
             row("N7", net_amount=""),
             row("N8", **{column: "" for column in OPTIONAL_COLUMNS}),
             '"N9","""","C1","","store","","","","1","","","",""',  # quoted empty fields; order id a lone quote
-            row("N10", net_amount="NULL"),  # the text NULL is a value, not a missing one
+            row("N10", net_amount="NULL"),  # ingest.missing_values: the text NULL means no value
+            row("N11", customer_id="n/a"),  # in any case
+            row("N12", product_category="None"),  # an optional column: missing, not a defect
         ],
         outcome={
             "O-no-id": ["missing:transaction_id"], "N2": ["missing:order_id"], "N3": ["missing:customer_id"],
             "N4": ["missing:transaction_ts"], "N5": ["missing:channel"], "N6": ["missing:quantity"],
             "N7": ["missing:net_amount"], "N8": [], "N9": ["missing:transaction_ts", "missing:net_amount"],
-            "N10": ["bad_type:net_amount"],
+            "N10": ["missing:net_amount"], "N11": ["missing:customer_id"], "N12": [],
         },
         unlabelled=[[f"missing:{c}" for c in REQUIRED_COLUMNS]],
     ),
@@ -357,9 +363,9 @@ def test_non_ascii_ids_are_kept_and_pseudonymised_one_to_one(ingested):
     feed = {line["transaction_id"]: line for line in FEEDS["non-ASCII ids"].lines}
     clean = read(ctx, "transactions").collect()
     for r in clean:
-        assert r.customer_id == pseudonym(feed[r.transaction_id]["customer_id"].strip())
-    raw_ids = {line["customer_id"].strip() for line in feed.values() if line["transaction_id"] != "U10"}
-    assert len({r.customer_id for r in clean}) == len(raw_ids) == 8  # distinct ids stay distinct; " C1 " is C1
+        assert r.customer_id == pseudonym(feed[r.transaction_id]["customer_id"].strip("\ufeff \t\u00a0"))
+    raw_ids = {line["customer_id"].strip("\ufeff \t\u00a0") for line in feed.values() if line["transaction_id"] != "U10"}
+    assert len({r.customer_id for r in clean}) == len(raw_ids) == 8  # distinct ids stay distinct; " C1 " and the rest are C1
     other = next(r for r in clean if r.transaction_id == "交易-9")
     assert (other.order_id, other.store_id, other.product_category) == ("заказ-9", "Café Zürich", "書籍")
     rejected = read(ctx, "transactions_quarantine").first()

@@ -9,6 +9,9 @@ from pyspark.sql import functions as F
 from segmentation.config import load_config
 from segmentation.errors import DataQualityError
 from segmentation.quality.validation import (
+    checked_transactions,
+    repeated_ids,
+    with_repeats_marked,
     clean_transactions,
     conform_source,
     quarantined_transactions,
@@ -113,13 +116,20 @@ def test_rejection_counts_per_rule(validated):
     assert sum(counts.values()) == sum(len(reasons) for _, reasons in CASES.values()) + 1
 
 
-def test_duplicates_keep_the_valid_copy_deterministically(spark):
+@pytest.mark.parametrize("broadcast", [False, True], ids=["shuffled", "broadcast ids"])
+def test_duplicates_keep_the_valid_copy_deterministically(spark, broadcast):
     raw = spark.createDataFrame(
-        [row("T1", net_amount="oops"), row("T1"), row("T1"), row("T2"), row("T3")], RAW_SCHEMA
+        [row("T1", net_amount="oops"), row("T1"), row("T1"), row("T2"), row("T3"), row(None)], RAW_SCHEMA
     )
     conformed, _ = conform_source(raw, "test")
     loaded = spark.createDataFrame([("T3",), ("T9",)], "transaction_id string")
-    validated = validate_transactions(conformed, RULES, NOW, None, loaded)
+    checked = checked_transactions(conformed, RULES, NOW, None, loaded)
+    repeated = repeated_ids(checked)
+    assert [r.transaction_id for r in repeated.collect()] == ["T1"]  # a missing id is no repeat
+    validated = with_repeats_marked(checked, repeated, broadcast=broadcast)
+    assert validated.columns == checked.columns
+    assert validated.where(F.col("transaction_id").isNull()).first().reasons == ["missing:transaction_id"]
+    validated = validated.where(F.col("transaction_id").isNotNull())
     got = sorted((r.transaction_id, r.raw_net_amount, tuple(r.reasons)) for r in validated.collect())
     assert got == [
         ("T1", "10.50", ()),
