@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 CORRUPT_RECORD = "_corrupt_record"
 SOURCE_FILE = "_source_file"
 _RAW = "raw_"
+_TYPED = "_typed_"
 _TEXT_COLUMNS = [c for c, (dtype, _, _) in TRANSACTION_FIELDS.items() if isinstance(dtype, T.StringType)]
 _PARSED_COLUMNS = [c for c in RAW_COLUMNS if c not in _TEXT_COLUMNS]
 
@@ -65,10 +66,16 @@ def conform_source(df: DataFrame, source_name: str) -> tuple[DataFrame, SourceCo
     return df.select(*columns), SourceColumns(missing_optional, extra)
 
 
+# Ids are trimmed of every kind of padding (tabs, no-break spaces, ...) so that a padded id
+# is the same customer, order or transaction; other values of spaces only (numbers and
+# timestamps are parsed without surrounding whitespace anyway), which costs far less.
+_ID_COLUMNS = {"transaction_id", "order_id", "customer_id"}
+
+
 def _text(column: str, missing_values: list[str]) -> Column:
     """The raw value as trimmed text; empty text and the `missing_values` (in any case) count
     as missing."""
-    value = trimmed(F.col(column))
+    value = trimmed(F.col(column)) if column in _ID_COLUMNS else F.trim(F.col(column).cast("string"))
     missing = [m.upper() for m in missing_values]
     return F.when((value != "") & ~F.upper(value).isin(missing), value) if missing else F.when(value != "", value)
 
@@ -111,8 +118,14 @@ def checked_transactions(
     `loaded_ids` holds the `transaction_id`s already in the clean table (from other batches);
     a row repeating one of them is rejected as `already_loaded`.
     """
-    raw_text = {c: _text(c, rules.missing_values) for c in RAW_COLUMNS}
-    typed = {c: _parsed(raw_text[c], TRANSACTION_FIELDS[c][0]) for c in _PARSED_COLUMNS}
+    # Each step is its own projection, so that a value used several times below is computed once.
+    bookkeeping = [F.col(CORRUPT_RECORD), F.col(SOURCE_FILE)]
+    raw = raw.select(*[_text(c, rules.missing_values).alias(_RAW + c) for c in RAW_COLUMNS], *bookkeeping)
+    raw_text = {c: F.col(_RAW + c) for c in RAW_COLUMNS}
+    raw = raw.select(*raw_text.values(), *bookkeeping, *[
+        _parsed(raw_text[c], TRANSACTION_FIELDS[c][0]).alias(_TYPED + c) for c in _PARSED_COLUMNS
+    ])
+    typed = {c: F.col(_TYPED + c) for c in _PARSED_COLUMNS}
     text = {c: raw_text[c] for c in _TEXT_COLUMNS}
     text["channel"] = F.lower(text["channel"])
     latest_allowed = reference_time + dt.timedelta(days=rules.future_tolerance_days)
