@@ -29,8 +29,10 @@ from segmentation.quality.validation import (
     clean_transactions,
     conform_source,
     quarantined_transactions,
-    rejection_counts,
+    CLEAN,
+    QUARANTINED,
     repeated_ids,
+    row_counts,
     with_repeats_marked,
 )
 from segmentation.schema import QUARANTINE_SCHEMA, TRANSACTIONS_SCHEMA
@@ -135,14 +137,12 @@ def _ingest_batch(ctx: JobContext, batch: SourceBatch, conformed: DataFrame, col
             log.info("%d transaction ids occur more than once in the batch: one row of each is kept", repeats)
         # Few repeated ids go to every task: the other rows are then never shuffled.
         validated = with_repeats_marked(checked, repeated, broadcast=repeats <= MAX_BROADCAST_IDS)
-        totals = validated.agg(
-            F.count(F.lit(1)).alias("rows"), F.count(F.when(F.size("reasons") == 0, 1)).alias("clean")
-        ).first()
-        rows_in, rows_clean = int(totals["rows"]), int(totals["clean"])
+        counts = {row["rule"]: int(row["count"]) for row in row_counts(validated).collect()}
+        rows_clean, rows_quarantined = counts.pop(CLEAN, 0), counts.pop(QUARANTINED, 0)
+        rows_in = rows_clean + rows_quarantined
         if rows_in == 0:
             raise DataQualityError(f"{batch.name}: the source has no rows")
-        rows_quarantined = rows_in - rows_clean
-        rejections = {row["rule"]: int(row["count"]) for row in rejection_counts(validated).collect()}
+        rejections = dict(sorted(counts.items(), key=lambda item: (-item[1], item[0])))
         rejected_share = rows_quarantined / rows_in if rows_in else 0.0
         for rule, count in rejections.items():
             log.info("  rejected by %-28s %10d", rule, count)

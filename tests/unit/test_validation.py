@@ -9,13 +9,15 @@ from pyspark.sql import functions as F
 from segmentation.config import load_config
 from segmentation.errors import DataQualityError
 from segmentation.quality.validation import (
+    CLEAN,
+    QUARANTINED,
     checked_transactions,
     repeated_ids,
     with_repeats_marked,
     clean_transactions,
     conform_source,
     quarantined_transactions,
-    rejection_counts,
+    row_counts,
     validate_transactions,
 )
 from segmentation.schema import QUARANTINE_SCHEMA, RAW_COLUMNS, RAW_SCHEMA, TRANSACTIONS_SCHEMA
@@ -108,8 +110,11 @@ def test_quarantine_keeps_raw_text_but_not_raw_customer_ids(validated):
     assert quarantined["no_customer"].customer_id is None
 
 
-def test_rejection_counts_per_rule(validated):
-    counts = {r.rule: r["count"] for r in rejection_counts(validated).collect()}
+def test_row_counts_per_rule_and_in_total(validated):
+    counts = {r.rule: r["count"] for r in row_counts(validated).collect()}
+    clean, quarantined = counts.pop(CLEAN), counts.pop(QUARANTINED)
+    assert clean == sum(1 for _, reasons in CASES.values() if not reasons)
+    assert clean + quarantined == validated.count() == len(CASES) + 1
     assert counts["amount_out_of_range"] == 3
     assert counts["unknown_channel"] == 2
     assert counts["missing:customer_id"] == 2
@@ -138,6 +143,20 @@ def test_duplicates_keep_the_valid_copy_deterministically(spark, broadcast):
         ("T2", "10.50", ()),
         ("T3", "10.50", ("already_loaded",)),
     ]
+
+
+def test_padded_ids_are_one_id_and_missing_value_words_are_missing(spark):
+    raw = spark.createDataFrame([
+        row("P1", customer_id="C1"), row("P2", customer_id="C1\t"), row("P3", customer_id="\u00a0C1\u3000"),
+        row("P4", customer_id="\ufeffC1 ", order_id="\u2007O1"), row("P5", customer_id=" n/a "),
+        row("P6", product_category="NULL", store_id="none"), row("P7", customer_id="C\u00a01"),
+    ], RAW_SCHEMA)
+    rows = {r.transaction_id: r for r in validate_transactions(conform_source(raw, "test")[0], RULES, NOW, None).collect()}
+    assert {t: r.customer_id for t, r in rows.items()} == {
+        "P1": "C1", "P2": "C1", "P3": "C1", "P4": "C1", "P5": None, "P6": "C1", "P7": "C\u00a01",  # inner spaces stay
+    }
+    assert rows["P4"].order_id == "O1" and rows["P5"].reasons == ["missing:customer_id"]
+    assert (rows["P6"].product_category, rows["P6"].store_id, rows["P6"].reasons) == (None, None, [])
 
 
 def test_without_key_ids_stay_as_given(spark):
