@@ -43,8 +43,8 @@ from segmentation.churn.risk import risk_tier
 from segmentation.clv.scoring import ScoringSettings, with_clv_scores
 from segmentation.clv.summary import UNIT_DAYS, clv_summary
 from segmentation.errors import DataQualityError, ModelRegistryError
-from segmentation.logs import stage
 from segmentation.features.customer import transactions_as_of
+from segmentation.logs import stage
 from segmentation.plots import plt
 from segmentation.sampling import customer_sample, sample_fraction
 from segmentation.schema import require_numeric_columns

@@ -24,13 +24,13 @@ from segmentation.errors import DataQualityError
 from segmentation.logs import stage
 from segmentation.privacy import key_fingerprint, load_key
 from segmentation.quality.validation import (
+    CLEAN,
+    QUARANTINED,
     SourceColumns,
     checked_transactions,
     clean_transactions,
     conform_source,
     quarantined_transactions,
-    CLEAN,
-    QUARANTINED,
     repeated_ids,
     row_counts,
     with_repeats_marked,

@@ -2,7 +2,7 @@
 
 Model fits that gain nothing from more customers past some size (K-means centroids, the
 churn classifier, silhouettes) run on a seeded sample of at most a configured number of
-customers; every customer is still scored. The sample is taken by a keyed hash of the
+customers; every customer is still scored. The sample is taken by a seeded hash of the
 customer id, so a customer is in or out of it in every table and at every cutoff alike,
 and the same data and seed always give the same sample.
 """

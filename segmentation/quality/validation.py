@@ -200,8 +200,6 @@ def with_repeats_marked(checked: DataFrame, repeated: DataFrame, broadcast: bool
     return single.select(*checked.columns).unionByName(copies.select(*checked.columns))
 
 
-
-
 def clean_transactions(validated: DataFrame, batch_id: str, ingested_at: dt.datetime) -> DataFrame:
     """Rows that passed every rule, typed as the `transactions` table."""
     columns = []
