@@ -39,14 +39,16 @@ def test_rfm_baseline_is_the_same_query_in_duckdb_and_spark(spark, tmp_path):
 
 
 def test_memory_sampler_sees_the_process_and_windows_pick_their_peak():
+    # A sample reads every process's proportional set size, which takes tens of milliseconds
+    # when the test session's Spark JVM is in the tree: the windows are long enough for that.
     with bench.ProcessTreeMemory(interval=0.02) as memory:
-        time.sleep(0.2)
+        time.sleep(0.5)
         started = time.perf_counter()
         ballast = b"x" * (300 * 2**20)  # 300 MB, written, so resident
-        time.sleep(0.3)
+        time.sleep(0.8)
         ended = time.perf_counter()
         del ballast
-        time.sleep(0.3)
+        time.sleep(0.8)
     assert len(memory.samples) > 10
     before = memory.peak_between(0, started)
     during = memory.peak_between(started, ended)
