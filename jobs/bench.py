@@ -30,7 +30,7 @@ import threading
 import time
 from pathlib import Path
 
-from jobs.common import JobContext
+from jobs.common import JobContext, positive_int
 from segmentation import tables
 from segmentation.errors import ConfigError
 
@@ -44,7 +44,7 @@ TARGETS = {"pipeline_seconds": 180, "peak_memory_gb": 8, "rfm_vs_duckdb": 6, "cl
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--customers", type=int, default=100_000, help="customers to generate (default: 100000)")
+    parser.add_argument("--customers", type=positive_int, default=100_000, help="customers to generate (default: 100000)")
     parser.add_argument("--seed", type=int, help="random seed of the generated feed")
     parser.add_argument("--no-baselines", action="store_true", help="time the pipeline only (no DuckDB, no lifetimes)")
 

@@ -33,7 +33,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from jobs.clv import fit_purchases
-from jobs.common import JobContext, add_as_of_argument, as_of_overrides
+from jobs.common import JobContext, add_as_of_argument, as_of_overrides, positive_int
 from segmentation import tables, tracking
 from segmentation.churn.evaluation import ScoreEvaluation, confusion_matrix, evaluate_score, operating_threshold
 from segmentation.churn.labels import CUTOFF, LABEL, Cutoffs, churn_cutoffs, churn_examples, eligible_customers, training_examples
@@ -63,7 +63,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("action", choices=["train", "score"], help="train a new model version, or score with the champion")
     add_as_of_argument(parser)
     parser.add_argument("--model", choices=["gbt", "logistic_regression"], help="the classifier to train (default: from conf)")
-    parser.add_argument("--horizon-days", type=int, metavar="N", help="label: no purchase in the N days after a cutoff")
+    parser.add_argument("--horizon-days", type=positive_int, metavar="N", help="label: no purchase in the N days after a cutoff")
 
 
 def config_overrides(args: argparse.Namespace) -> list[str]:

@@ -25,7 +25,7 @@ from pyspark import StorageLevel
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from jobs.common import JobContext, add_as_of_argument, as_of_overrides
+from jobs.common import JobContext, add_as_of_argument, as_of_overrides, positive_int
 from segmentation import tables, tracking
 from segmentation.clv.bgnbd import BgNbdFit, fit_bgnbd, fit_bgnbd_rows
 from segmentation.clv.distributed import SparkRows
@@ -61,7 +61,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def add_holdout_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--holdout-days", type=int, metavar="N", help="fit up to as-of minus N days and check the predictions on them"
+        "--holdout-days", type=lambda text: positive_int(text, least=0), metavar="N", help="fit up to as-of minus N days and check the predictions on them"
     )
 
 

@@ -59,6 +59,28 @@ def optional_iso_date(text: str) -> dt.date | None:
     return iso_date(text) if text.strip() else None
 
 
+def positive_int(text: str, least: int = 1) -> int:
+    """A whole number of at least `least`, as an argument type: a bad value fails naming the option."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = least - 1
+    if value < least:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least {least}")
+    return value
+
+
+def share(text: str, most: float = 1.0) -> float:
+    """A share from 0 to `most`, as an argument type: a bad value fails naming the option."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0.0 <= value <= most:  # NaN fails too
+        raise argparse.ArgumentTypeError(f"{text!r} is not a share from 0 to {most:g}")
+    return value
+
+
 def add_as_of_argument(parser: argparse.ArgumentParser) -> None:
     """--as-of, shared by every stage that takes a snapshot date (it sets the top-level as_of)."""
     parser.add_argument(

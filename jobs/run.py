@@ -1,5 +1,6 @@
 """run: the whole pipeline for one as-of date, one stage after the other, under one MLflow
-parent run: generate (when the raw table is missing, or with --generate), ingest, features,
+parent run: generate (into an empty storage root, or with --generate; never where real feeds
+were ingested), ingest (the configured source, else the feed ingested last), features,
 clv, cluster, churn training (when no champion exists, or with --train-churn), churn
 scoring, the tier tables and the HTML report. The as-of date is resolved once after ingest (default: the
 latest transaction date) and every later stage uses it. --until stops after a stage.
@@ -18,7 +19,9 @@ from mlflow.tracking import MlflowClient
 from jobs import churn, clv, cluster, features, generate, ingest, report, tiers
 from jobs.common import JobContext, add_as_of_argument
 from segmentation import tables, tracking
+from segmentation.errors import DataQualityError
 from segmentation.logs import stage
+from segmentation.sources import run_source
 
 log = logging.getLogger(__name__)
 
@@ -28,17 +31,20 @@ STAGES = ["ingest", "features", "clv", "cluster", "churn", "tiers", "report"]
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     generate.add_arguments(parser)
+    ingest.add_arguments(parser)
     add_as_of_argument(parser)
     clv.add_holdout_argument(parser)
     parser.add_argument(
-        "--generate", action="store_true", help="regenerate the raw feed even when the raw table exists"
+        "--generate", action="store_true",
+        help="generate a demo feed into the raw table (refused where real batches were ingested); without it, "
+        "a demo feed is generated only into an empty storage root",
     )
     parser.add_argument("--train-churn", action="store_true", help="train a churn challenger even when a champion exists")
     parser.add_argument("--until", choices=STAGES, default=STAGES[-1], help="stop after this stage (default: report)")
 
 
 def config_overrides(args: argparse.Namespace) -> list[str]:
-    return generate.config_overrides(args) + clv.config_overrides(args)
+    return generate.config_overrides(args) + ingest.config_overrides(args) + clv.config_overrides(args)
 
 
 def run(ctx: JobContext, args: argparse.Namespace | None = None) -> dict[str, object]:
@@ -47,10 +53,12 @@ def run(ctx: JobContext, args: argparse.Namespace | None = None) -> dict[str, ob
     timings: dict[str, dict[str, float]] = {}
     results: dict[str, object] = {"timings": timings}
     with tracking.stage_run(config, "pipeline", ctx.pipeline_run_id) as parent, stage("pipeline") as summary:
-        raw = ctx.table("raw_transactions")
-        uses_raw_table = config.ingest.source.table == "raw_transactions"
-        if uses_raw_table and (getattr(args, "generate", False) or not tables.exists(ctx.spark, raw)):
-            results["generate"] = _timed(timings, "generate", lambda: generate.run(ctx, args))
+        if config.ingest.source.table == "raw_transactions":
+            ctx = _with_run_source(ctx, args, timings, results)
+        elif getattr(args, "generate", False):
+            raise DataQualityError(
+                f"--generate writes the raw_transactions table, but the configured source is {config.ingest.source.path or config.ingest.source.table}"
+            )
         results["ingest"] = _timed(timings, "ingest", lambda: ingest.run(ctx, args))
         if until > 0:
             ctx = _at_as_of(ctx)
@@ -79,6 +87,26 @@ def run(ctx: JobContext, args: argparse.Namespace | None = None) -> dict[str, ob
 
 
 INPUTS_OF_TIERS = list(tiers.INPUTS)
+
+
+def _with_run_source(ctx: JobContext, args, timings, results) -> JobContext:
+    """Generate a demo feed when asked or into an empty storage root; after a real feed was
+    ingested, ingest from that feed (see `sources.run_source`)."""
+    raw = ctx.table("raw_transactions")
+    history = ingest.committed_batches(ctx)
+    plan = run_source(
+        asked_to_generate=getattr(args, "generate", False), raw_table=str(raw), raw_exists=tables.exists(ctx.spark, raw),
+        real=ingest.real_batches(history, str(raw)), batches=len(history),
+    )
+    if plan.generate:
+        log.info("generate: %s", plan.reason)
+        results["generate"] = _timed(timings, "generate", lambda: generate.run(ctx, args))
+    if plan.source is None:
+        return ctx
+    log.info("ingest: no raw table; ingesting %s", plan.reason)
+    config = ctx.config
+    ingest_config = config.ingest.model_copy(update={"source": plan.source})
+    return JobContext(config.model_copy(update={"ingest": ingest_config}), ctx.spark, ctx.pipeline_run_id)
 
 
 def _timed(timings: dict[str, dict[str, float]], name: str, step):

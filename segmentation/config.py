@@ -151,6 +151,8 @@ class IngestConfig(_Section):
     max_abs_amount: float = Field(50_000.0, gt=0)
     max_abs_quantity: int = Field(1_000, gt=0)
     max_rejected_share: float = Field(0.05, ge=0.0, le=1.0)
+    # Reject a row whose quantity's sign contradicts its amount's (quantity -2 on a sale).
+    quantity_sign_mismatch: bool = True
     # Values that mean "no value" in a feed, in any case (as an empty field does).
     missing_values: list[str] = Field(default_factory=lambda: ["NULL", "N/A", "#N/A", "None", "nil"])
 
@@ -616,7 +618,7 @@ def _describe(exc: ValidationError, origin: dict[tuple[str, ...], str]) -> str:
         elif error["type"] == "missing":
             reason = "required key is missing"
         lines.append(f"{source}: {key}: {reason}")
-    return "invalid configuration:\n  " + "\n  ".join(lines)
+    return "invalid configuration: " + "; ".join(lines)
 
 
 def _origin_of(path: tuple[str, ...], origin: dict[tuple[str, ...], str]) -> str:

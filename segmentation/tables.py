@@ -122,6 +122,16 @@ def current_version(spark: SparkSession, ref: TableRef) -> int | None:
     return int(delta_table(spark, ref).history(1).select("version").first()[0])
 
 
+def properties(spark: SparkSession, ref: TableRef) -> dict[str, str]:
+    """The table's properties (TBLPROPERTIES)."""
+    return {row["key"]: row["value"] for row in spark.sql(f"SHOW TBLPROPERTIES {sql_name(ref)}").collect()}
+
+
+def set_properties(spark: SparkSession, ref: TableRef, settings: dict[str, str]) -> None:
+    assignments = ", ".join(f"'{name}' = '{value}'" for name, value in settings.items())
+    spark.sql(f"ALTER TABLE {sql_name(ref)} SET TBLPROPERTIES ({assignments})")
+
+
 def ensure_table(
     spark: SparkSession, ref: TableRef, schema: T.StructType, partition_by: list[str] | None = None
 ) -> None:
@@ -147,6 +157,7 @@ def write(
     replace_where: str | None = None,
     idempotency_key: tuple[str, int] | None = None,
     overwrite_schema: bool = False,
+    merge_schema: bool = False,
 ) -> WriteResult:
     """Write `df` to a Delta table and return the version it committed.
 
@@ -159,6 +170,8 @@ def write(
         writer = writer.partitionBy(*partition_by)
     if overwrite_schema:
         writer = writer.option("overwriteSchema", "true")
+    if merge_schema:
+        writer = writer.option("mergeSchema", "true")
     if replace_where:
         writer = writer.option("replaceWhere", replace_where)
     if idempotency_key:

@@ -30,6 +30,10 @@ from segmentation.schema import (
 log = logging.getLogger(__name__)
 
 CORRUPT_RECORD = "_corrupt_record"
+REPLACEMENT_CHARACTER = "\ufffd"
+# Reasons that refuse a batch (never stored), and the one that sets a row aside.
+UNDECODABLE, UNBALANCED_QUOTE = "undecodable_text", "unbalanced_quote"
+ALREADY_LOADED = "already_loaded"
 SOURCE_FILE = "_source_file"
 _RAW = "raw_"
 _TYPED = "_typed_"
@@ -116,7 +120,8 @@ def checked_transactions(
     the batch (`with_repeats_marked`).
 
     `loaded_ids` holds the `transaction_id`s already in the clean table (from other batches);
-    a row repeating one of them is rejected as `already_loaded`.
+    a row repeating one of them is marked `already_loaded`: it is set aside, neither loaded
+    again nor quarantined (`row_counts` counts it apart).
     """
     # Each step is its own projection, so that a value used several times below is computed once.
     bookkeeping = [F.col(CORRUPT_RECORD), F.col(SOURCE_FILE)]
@@ -133,7 +138,19 @@ def checked_transactions(
 
     ts, amount, quantity = typed["transaction_ts"], typed["net_amount"], typed["quantity"]
     discount, margin, is_return = typed["discount_amount"], typed["gross_margin"], typed["is_return"]
-    checks: list[tuple[str, Column]] = [("malformed_record", F.col(CORRUPT_RECORD).isNotNull())]
+    corrupt = F.col(CORRUPT_RECORD)
+    quote = str(rules.source.options.get("quote", '"')) or None
+    checks: list[tuple[str, Column]] = [
+        ("malformed_record", corrupt.isNotNull()),
+        # Bytes the reader could not decode became U+FFFD: the batch is refused (wrong
+        # ingest.source.options.encoding), never loaded with damaged text or ids.
+        (UNDECODABLE, F.concat_ws("", *raw_text.values(), corrupt).contains(REPLACEMENT_CHARACTER)),
+    ]
+    if quote:
+        # A record cut at a line break inside a quoted field (a line-based read) leaves an
+        # odd number of quotes in each piece.
+        quotes = F.length(corrupt) - F.length(F.replace(corrupt, F.lit(quote), F.lit("")))
+        checks.append((UNBALANCED_QUOTE, corrupt.isNotNull() & (quotes % 2 == 1)))
     checks += [(f"missing:{c}", raw_text[c].isNull()) for c in REQUIRED_COLUMNS]
     checks += [(f"bad_type:{c}", raw_text[c].isNotNull() & typed[c].isNull()) for c in _PARSED_COLUMNS]
     checks += [
@@ -147,6 +164,9 @@ def checked_transactions(
         ("timestamp_in_future", ts > F.lit(latest_allowed)),
         ("return_sign_mismatch", is_return.isNotNull() & (amount != 0) & (is_return != (amount < 0))),
     ]
+    if rules.quantity_sign_mismatch:
+        # A sale with a negative quantity, or a return (negative amount) with a positive one.
+        checks.append(("quantity_sign_mismatch", (amount != 0) & (quantity != 0) & ((quantity < 0) != (amount < 0))))
     reasons = F.filter(F.array(*[F.when(failed, F.lit(name)) for name, failed in checks]), lambda r: r.isNotNull())
 
     # A line that does not fit the header may hold a raw customer id (or any personal field
@@ -157,7 +177,9 @@ def checked_transactions(
 
     validated = raw.select(
         *[kept(text[c]).alias(c) for c in _TEXT_COLUMNS if c != "customer_id"],
-        kept(pseudonymised(text["customer_id"], key)).alias("customer_id"),
+        # An id holding a replacement character is never hashed: its batch is refused.
+        kept(F.when(~text["customer_id"].contains(REPLACEMENT_CHARACTER), pseudonymised(text["customer_id"], key)))
+        .alias("customer_id"),
         *[kept(typed[c]).alias(c) for c in _PARSED_COLUMNS],
         *[kept(raw_text[c]).alias(_RAW + c) for c in _PARSED_COLUMNS],
         kept(F.col(CORRUPT_RECORD)).alias("raw_record"),
@@ -169,7 +191,7 @@ def checked_transactions(
     # Repeats of a transaction id already in the clean table (other batches).
     loaded = loaded_ids.select("transaction_id", F.lit(True).alias("_loaded")).distinct()
     marked = validated.join(loaded, on="transaction_id", how="left")
-    reasons = F.when(F.col("_loaded"), F.concat("reasons", F.array(F.lit("already_loaded")))).otherwise(F.col("reasons"))
+    reasons = F.when(F.col("_loaded"), F.concat("reasons", F.array(F.lit(ALREADY_LOADED)))).otherwise(F.col("reasons"))
     return marked.select(*[reasons.alias(c) if c == "reasons" else F.col(c) for c in validated.columns])
 
 
@@ -228,14 +250,25 @@ def quarantined_transactions(validated: DataFrame, batch_id: str, ingested_at: d
         if not isinstance(field.dataType, T.ArrayType):
             column = column.cast(field.dataType)
         columns.append(column.alias(field.name))
-    return validated.where(F.size("reasons") > 0).select(*columns)
+    return validated.where(is_quarantined(F.col("reasons"))).select(*columns)
 
 
-CLEAN, QUARANTINED = "(clean)", "(quarantined)"
+def is_quarantined(reasons: Column) -> Column:
+    """A row failed a rule; rows already loaded by an earlier batch are set aside instead."""
+    return (F.size(reasons) > 0) & ~F.array_contains(reasons, ALREADY_LOADED)
+
+
+CLEAN, QUARANTINED, SET_ASIDE = "(clean)", "(quarantined)", "(already loaded)"
 
 
 def row_counts(validated: DataFrame) -> DataFrame:
     """`rule`, `count` in one pass over the rows: the rows failing each rule (a row failing
-    two rules counts under both), and the clean and quarantined rows under CLEAN and QUARANTINED."""
-    labels = F.when(F.size("reasons") == 0, F.array(F.lit(CLEAN))).otherwise(F.concat(F.array(F.lit(QUARANTINED)), "reasons"))
+    two rules counts under both), and the clean, quarantined and set-aside (already loaded)
+    rows under CLEAN, QUARANTINED and SET_ASIDE."""
+    reasons = F.col("reasons")
+    labels = (
+        F.when(F.size(reasons) == 0, F.array(F.lit(CLEAN)))
+        .when(F.array_contains(reasons, ALREADY_LOADED), F.array(F.lit(SET_ASIDE)))
+        .otherwise(F.concat(F.array(F.lit(QUARANTINED)), reasons))
+    )
     return validated.select(F.explode(labels).alias("rule")).groupBy("rule").count()

@@ -91,9 +91,10 @@ def test_ingest_log_and_mlflow_record_the_batch(pipeline_run):
     assert run.data.metrics["rows_in"] == results["ingest"]["rows_in"]
     assert run.data.tags["pipeline_run_id"] == ctx.pipeline_run_id
     assert run.data.tags["config_hash"] == ctx.config.fingerprint()
-    assert run.data.tags["input.raw_transactions.version"] == "0"
+    raw_version = tables.current_version(ctx.spark, ctx.table("raw_transactions"))  # the write, then the generated mark
+    assert raw_version == 1 and run.data.tags["input.raw_transactions.version"] == "1"
     [dataset] = run.inputs.dataset_inputs
-    assert (dataset.dataset.name, dataset.dataset.digest, dataset.dataset.source_type) == ("raw_transactions", "v0", "delta_table")
+    assert (dataset.dataset.name, dataset.dataset.digest, dataset.dataset.source_type) == ("raw_transactions", "v1", "delta_table")
     assert ctx.table("raw_transactions").location in dataset.dataset.source
     parent = mlflow.get_run(run.data.tags["mlflow.parentRunId"])
     assert parent.data.tags["stage"] == "pipeline"
@@ -143,12 +144,16 @@ def test_new_batch_appends_and_time_travel_reads_the_previous_version(spark, tmp
     late = write_csv(tmp_path / "late.csv", [csv_row("NEW-1"), csv_row("NEW-2", amount="-5", quantity="-1", is_return="true"), csv_row(loaded_id)])
     settings = ["ingest.source.table=null", f"ingest.source.path={late}", "ingest.source.format=csv", "ingest.max_rejected_share=0.5"]
     batch = ingest.run(JobContext(make_config(tmp_path, *settings), spark))
-    assert (batch["rows_in"], batch["rows_clean"], batch["rows_quarantined"]) == (3, 2, 1)
+    # The row repeating a loaded transaction id is set aside and counted: neither loaded again nor a rejection.
+    assert (batch["rows_in"], batch["rows_clean"], batch["rows_quarantined"], batch["rows_already_loaded"]) == (3, 2, 0, 1)
+    assert batch["rejected_share"] == 0
     assert tables.current_version(spark, ctx.table("transactions")) == before + 1
     assert count(ctx, "transactions") == first["rows_clean"] + 2
     assert count(ctx, "transactions", version=before) == first["rows_clean"]
-    rejected = tables.read(spark, ctx.table("transactions_quarantine")).where(F.col("transaction_id") == loaded_id).first()
-    assert rejected.reasons == ["already_loaded"]
+    assert tables.read(spark, ctx.table("transactions")).where(F.col("transaction_id") == loaded_id).count() == 1
+    assert tables.read(spark, ctx.table("transactions_quarantine")).where(F.col("transaction_id") == loaded_id).isEmpty()
+    entry = tables.read(spark, ctx.table("ingest_log")).where(F.col("source") == str(late)).first()
+    assert (entry.rows_in, entry.rows_clean, entry.rows_quarantined, entry.rows_already_loaded) == (3, 2, 0, 1)
 
 
 def test_too_many_rejections_fail_and_add_nothing_then_pass_with_a_higher_limit(spark, tmp_path):

@@ -192,3 +192,31 @@ def test_typed_sources_pass_through(spark):
     )
     validated = validate_transactions(conform_source(typed, "t")[0], RULES, NOW, None)
     assert validated.first().reasons == ["return_sign_mismatch"]
+
+
+def test_quantity_sign_mismatch_is_a_rule_that_can_be_turned_off(spark):
+    raw = spark.createDataFrame([row("S1", quantity="-2"), row("S2", quantity="2", net_amount="-3", is_return="true")], RAW_SCHEMA)
+    conformed = conform_source(raw, "test")[0]
+    on = {r.transaction_id: r.reasons for r in validate_transactions(conformed, RULES, NOW, None).collect()}
+    assert on == {"S1": ["quantity_sign_mismatch"], "S2": ["quantity_sign_mismatch"]}
+    off = RULES.model_copy(update={"quantity_sign_mismatch": False})
+    assert {r.reasons == [] for r in validate_transactions(conformed, off, NOW, None).collect()} == {True}
+
+
+def test_text_that_did_not_decode_is_marked_and_its_id_never_hashed(spark):
+    raw = spark.createDataFrame([row("D1", customer_id="M\ufffdller-01"), row("D2", product_category="Caf\ufffd"), row("D3")], RAW_SCHEMA)
+    rows = {r.transaction_id: r for r in validate_transactions(conform_source(raw, "test")[0], RULES, NOW, KEY).collect()}
+    assert (rows["D1"].reasons, rows["D1"].customer_id) == (["undecodable_text"], None)
+    assert rows["D2"].reasons == ["undecodable_text"] and rows["D2"].customer_id == hmac.new(KEY, b"C1", hashlib.sha256).hexdigest()
+    assert rows["D3"].reasons == []
+
+
+def test_rows_already_loaded_are_set_aside_not_quarantined(spark):
+    from segmentation.quality.validation import SET_ASIDE
+
+    raw = spark.createDataFrame([row("T1"), row("T2"), row("T3", net_amount="oops")], RAW_SCHEMA)
+    loaded = spark.createDataFrame([("T2",), ("T3",)], "transaction_id string")
+    validated = validate_transactions(conform_source(raw, "test")[0], RULES, NOW, None, loaded)
+    assert {r["rule"]: r["count"] for r in row_counts(validated).collect()} == {CLEAN: 1, SET_ASIDE: 2}
+    assert [r.transaction_id for r in clean_transactions(validated, "b", NOW).collect()] == ["T1"]
+    assert quarantined_transactions(validated, "b", NOW).isEmpty()

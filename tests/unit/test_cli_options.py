@@ -1,0 +1,25 @@
+"""A bad option value fails with one line naming the option as the user typed it, before
+any configuration is loaded or session started."""
+
+from __future__ import annotations
+
+import pytest
+
+from segmentation.cli import main
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["ingest", "--max-rejected-share", "1.5"], "argument --max-rejected-share: '1.5' is not a share from 0 to 1"),
+    (["ingest", "--max-rejected-share", "lots"], "argument --max-rejected-share: 'lots' is not a share from 0 to 1"),
+    (["run", "--max-rejected-share", "nan"], "argument --max-rejected-share: 'nan' is not a share from 0 to 1"),
+    (["generate", "--customers", "-5"], "argument --customers: '-5' is not a whole number of at least 1"),
+    (["generate", "--defect-share", "0.7"], "argument --defect-share: '0.7' is not a share from 0 to 0.5"),
+    (["clv", "--holdout-days", "-1"], "argument --holdout-days: '-1' is not a whole number of at least 0"),
+    (["churn", "train", "--horizon-days", "0"], "argument --horizon-days: '0' is not a whole number of at least 1"),
+])
+def test_a_bad_option_value_fails_with_one_line_naming_the_option(capsys, argv, message):
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err and "--set" not in err
