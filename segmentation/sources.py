@@ -14,11 +14,13 @@ from __future__ import annotations
 import csv
 import functools
 import hashlib
+import json
 import logging
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+import yaml
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
@@ -144,8 +146,17 @@ def run_source(
     options = dict(last.get("source_options") or {})
     source = SourceConfig(table=None, path=str(last["source"]), format=last["source_format"], options=options)
     given = {name: value for name, value in sorted(options.items()) if CSV_DEFAULTS.get(name) != value}
-    shown = "".join(f" --set ingest.source.options.{name}={value}" for name, value in given.items())
+    shown = "".join(f" --set ingest.source.options.{name}={_as_yaml(value)}" for name, value in given.items())
     return RunSource(False, source, f"the feed ingested last: --source {source.path} --format {source.format}{shown}")
+
+
+def _as_yaml(text: str) -> str:
+    """A value as `--set` reads it back: quoted where YAML would read something else (",")."""
+    try:
+        same = yaml.safe_load(text) == text
+    except yaml.YAMLError:
+        same = False
+    return text if same else json.dumps(text)
 
 
 def _option_text(value: object) -> str:

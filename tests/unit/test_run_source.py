@@ -8,7 +8,7 @@ from segmentation.errors import DataQualityError
 from segmentation.sources import run_source
 
 RAW = "raw_transactions (/data/raw/transactions)"
-FEED = {"source": "/landing/feed.csv", "source_format": "csv", "source_options": {"header": "true", "multiLine": "true", "sep": ";"}}
+FEED = {"source": "/landing/feed.csv", "source_format": "csv", "source_options": {"header": "true", "multiLine": "true", "sep": ";", "nullValue": ","}}
 
 
 def test_an_empty_storage_root_gets_a_demo_feed():
@@ -26,7 +26,10 @@ def test_after_a_real_feed_run_ingests_that_feed_and_says_how():
     assert not plan.generate
     assert (plan.source.path, plan.source.format, plan.source.table) == ("/landing/feed.csv", "csv", None)
     assert plan.source.options == FEED["source_options"]
-    assert plan.reason == "the feed ingested last: --source /landing/feed.csv --format csv --set ingest.source.options.sep=;"
+    assert plan.reason == (
+        'the feed ingested last: --source /landing/feed.csv --format csv --set ingest.source.options.nullValue="," '
+        "--set ingest.source.options.sep=;"
+    )
 
 
 def test_generate_is_refused_where_real_batches_exist():
