@@ -12,19 +12,19 @@ from segmentation.errors import SegmentationError
 
 log = logging.getLogger("segmentation.cli")
 
-# subcommand -> module in jobs/ with HELP, add_arguments, config_overrides and run
+# subcommand -> module of the library with HELP, add_arguments, config_overrides and run
 STAGES = {
-    "generate": "jobs.generate",
-    "ingest": "jobs.ingest",
-    "features": "jobs.features",
-    "clv": "jobs.clv",
-    "cluster": "jobs.cluster",
-    "churn": "jobs.churn",
-    "tiers": "jobs.tiers",
-    "report": "jobs.report",
-    "run": "jobs.run",
-    "erase": "jobs.erase",
-    "bench": "jobs.bench",
+    "generate": "segmentation.stages.generate",
+    "ingest": "segmentation.stages.ingest",
+    "features": "segmentation.stages.features",
+    "clv": "segmentation.stages.clv",
+    "cluster": "segmentation.stages.cluster",
+    "churn": "segmentation.stages.churn",
+    "tiers": "segmentation.stages.tiers",
+    "report": "segmentation.stages.report",
+    "run": "segmentation.stages.pipeline",
+    "erase": "segmentation.erase",
+    "bench": "segmentation.bench",
 }
 
 DESCRIPTION = """Customer tiering on Spark, Delta Lake and MLflow.
@@ -82,10 +82,10 @@ def main(argv: list[str] | None = None) -> int:
         config = load_config(args.env, args.conf_dir, [*args.overrides, *module.config_overrides(args)])
         configure_logging(args.log_level or config.logging.level)
         started = time.perf_counter()
-        from jobs.common import JobContext
+        from segmentation.stages.context import StageContext
         from segmentation.spark import get_spark
 
-        context = JobContext(config, get_spark(config.spark))
+        context = StageContext(config, get_spark(config.spark))
         log.info("%s: pipeline run %s, environment %s, configuration %s", args.command, context.pipeline_run_id, config.environment, config.fingerprint())
         module.run(context, args)
         log.info("%s: done in %.1f s", args.command, time.perf_counter() - started)

@@ -22,7 +22,6 @@ def configure_logging(level: str = "INFO") -> None:
         root.addHandler(handler)
     root.setLevel(logging.WARNING)
     logging.getLogger("segmentation").setLevel(level)
-    logging.getLogger("jobs").setLevel(level)
     for name in _QUIET:
         logging.getLogger(name).setLevel(logging.WARNING)
 

@@ -1,6 +1,6 @@
 """The snapshot report: one self-contained HTML file (styles inline, figures embedded as
 PNG data URIs) that opens offline in any browser. Pure: it renders the aggregates it is
-given; `jobs/report.py` computes them from the tables.
+given; `segmentation/stages/report.py` computes them from the tables.
 """
 
 from __future__ import annotations

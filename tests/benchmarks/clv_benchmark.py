@@ -44,8 +44,10 @@ def main() -> None:
 def run_benchmark(args) -> None:
     from pyspark.sql import functions as F
 
-    from jobs import clv, generate, ingest
-    from jobs.common import JobContext
+    from segmentation.stages import clv
+    from segmentation.stages import generate
+    from segmentation.stages import ingest
+    from segmentation.stages.context import StageContext
     from segmentation import tables
     from segmentation.config import load_config
     from segmentation.features.customer import latest_transaction_date, transactions_as_of
@@ -59,14 +61,14 @@ def run_benchmark(args) -> None:
     config = load_config("local", REPO / "conf", overrides)
     configure_logging("INFO")
     spark = get_spark(config.spark)
-    ctx = JobContext(config, spark)
+    ctx = StageContext(config, spark)
     source = ctx.table("transactions")
     if not tables.exists(spark, source):
         generate.run(ctx)
         ingest.run(ctx)
     transactions = tables.read(spark, source)
     as_of = args.as_of or latest_transaction_date(transactions).isoformat()
-    ctx = JobContext(load_config("local", REPO / "conf", [*overrides, f"as_of={as_of}"]), spark)
+    ctx = StageContext(load_config("local", REPO / "conf", [*overrides, f"as_of={as_of}"]), spark)
 
     started = time.perf_counter()
     ours = clv.run(ctx)
@@ -111,7 +113,7 @@ def run_benchmark(args) -> None:
 def run_lifetimes(parquet: str, as_of: str) -> dict:
     """lifetimes' own path on the exported purchases (in the child process), as `segmentation
     bench` runs it: 90-day expected purchases, 12-month CLV at 1% a month."""
-    from jobs.bench import lifetimes_clv
+    from segmentation.bench import lifetimes_clv
     from segmentation.clv.bgnbd import BgNbdParams, bgnbd_log_likelihood
 
     result = lifetimes_clv(parquet, as_of, horizon_days=90, months=12, discount_rate=0.01, keep_summary=True)

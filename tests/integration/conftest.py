@@ -8,9 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from jobs import churn, cluster, clv, features
-from jobs import run as pipeline
-from jobs.common import JobContext
+from segmentation.stages import churn
+from segmentation.stages import cluster
+from segmentation.stages import clv
+from segmentation.stages import features
+from segmentation.stages import pipeline
+from segmentation.stages.context import StageContext
 from tests.conftest import make_config
 
 # Small and quick settings for the distributed and fault tests.
@@ -18,8 +21,8 @@ SETTINGS = ["generate.customers=300", "cluster.k=3", "cluster.restarts=1", "chur
 FIRST, SECOND, THIRD = dt.date(2025, 10, 15), dt.date(2025, 11, 15), dt.date(2025, 12, 15)
 
 
-def context(spark, root: Path, as_of: dt.date) -> JobContext:
-    return JobContext(make_config(root, *SETTINGS, f"as_of={as_of}"), spark)
+def context(spark, root: Path, as_of: dt.date) -> StageContext:
+    return StageContext(make_config(root, *SETTINGS, f"as_of={as_of}"), spark)
 
 
 @pytest.fixture(scope="session")

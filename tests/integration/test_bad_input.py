@@ -26,9 +26,11 @@ from dataclasses import dataclass, field
 import pytest
 from pyspark.sql import functions as F
 
-from jobs import churn, cluster, ingest
-from jobs import run as pipeline
-from jobs.common import JobContext
+from segmentation.stages import churn
+from segmentation.stages import cluster
+from segmentation.stages import ingest
+from segmentation.stages import pipeline
+from segmentation.stages.context import StageContext
 from segmentation import tables
 from segmentation.errors import DataQualityError
 from segmentation.features.customer import customer_features
@@ -284,13 +286,13 @@ def ingested(spark, tmp_path_factory, mlflow_store):
             folder = tmp_path_factory.mktemp("feed")
             path = write_feed(folder / "feed.csv", feed.lines, feed.header)
             config = make_config(folder / "data", *csv_source(path, "ingest.max_rejected_share=1", REFERENCE_TIME), *mlflow_store)
-            ctx = JobContext(config, spark)
+            ctx = StageContext(config, spark)
             handler = _Records()
-            logging.getLogger("jobs").addHandler(handler)
+            logging.getLogger("segmentation").addHandler(handler)
             try:
                 result = ingest.run(ctx)
             finally:
-                logging.getLogger("jobs").removeHandler(handler)
+                logging.getLogger("segmentation").removeHandler(handler)
             done[name] = ctx, result, handler.messages
         return done[name]
 
@@ -430,7 +432,7 @@ def test_an_unusable_feed_fails_naming_the_file_and_writes_nothing(spark, tmp_pa
     path = tmp_path / file_name
     if content is not None:
         path.write_text(content, encoding="utf-8")
-    ctx = JobContext(make_config(tmp_path / "data", *csv_source(path), *mlflow_store), spark)
+    ctx = StageContext(make_config(tmp_path / "data", *csv_source(path), *mlflow_store), spark)
     with pytest.raises(DataQualityError, match=message):
         ingest.run(ctx)
     for key in ("transactions", "transactions_quarantine", "ingest_log"):
@@ -438,7 +440,7 @@ def test_an_unusable_feed_fails_naming_the_file_and_writes_nothing(spark, tmp_pa
 
 
 def test_a_missing_source_table_says_to_generate_first(spark, tmp_path, mlflow_store):
-    ctx = JobContext(make_config(tmp_path / "data", *mlflow_store), spark)
+    ctx = StageContext(make_config(tmp_path / "data", *mlflow_store), spark)
     with pytest.raises(DataQualityError, match="source table raw_transactions .* does not exist: run 'segmentation generate' first"):
         ingest.run(ctx)
 
@@ -452,7 +454,7 @@ def edge_feed(spark, folder, mlflow_store, lines, *settings):
     """A CSV feed in `folder`, with its tables next to it."""
     folder.mkdir(exist_ok=True)
     path = write_feed(folder / "feed.csv", lines)
-    return JobContext(make_config(folder / "data", *csv_source(path, REFERENCE_TIME, *settings), *mlflow_store), spark)
+    return StageContext(make_config(folder / "data", *csv_source(path, REFERENCE_TIME, *settings), *mlflow_store), spark)
 
 
 def test_one_customer_gets_features_and_clear_errors_from_the_models(spark, tmp_path, mlflow_store):
@@ -504,7 +506,7 @@ def test_customers_k_means_cannot_tell_apart_are_too_few(spark, tmp_path, mlflow
     """Six customers with the same one purchase: Spark's K-means fails deep in the JVM (an
     index out of bounds) when it finds fewer distinct points than k. The features snapshot
     is written directly, to spare an ingest and a features run."""
-    ctx = JobContext(make_config(tmp_path / "data", *mlflow_store), spark)
+    ctx = StageContext(make_config(tmp_path / "data", *mlflow_store), spark)
     bought = dt.datetime(2025, 3, 1, 10)
     transactions = spark.createDataFrame(
         [(f"P{i}", f"O{i}", f"C{i}", bought, "store", "S1", "north", "books", 1, 10.0, 0.0, 1.0, False, "b", bought) for i in range(6)],

@@ -9,8 +9,11 @@ import pytest
 from mlflow.tracking import MlflowClient
 from pyspark.sql import functions as F
 
-from jobs import churn, features, generate, ingest
-from jobs.common import JobContext
+from segmentation.stages import churn
+from segmentation.stages import features
+from segmentation.stages import generate
+from segmentation.stages import ingest
+from segmentation.stages.context import StageContext
 from segmentation import tables, tracking
 from segmentation.cli import main
 from segmentation.errors import ModelRegistryError
@@ -24,7 +27,7 @@ CALIBRATION_BOUND = 0.08
 @pytest.fixture(scope="module")
 def trained(spark, tmp_path_factory):
     root = tmp_path_factory.mktemp("churn")
-    ctx = JobContext(make_config(root, *SETTINGS), spark)
+    ctx = StageContext(make_config(root, *SETTINGS), spark)
     generate.run(ctx)
     ingest.run(ctx)
     return ctx, churn.train(ctx)
@@ -74,7 +77,7 @@ def test_cutoffs_labels_and_artifacts_are_in_the_run(trained):
 def test_first_model_is_champion_and_a_worse_challenger_stays_challenger(spark, trained):
     ctx, result = trained
     assert result["decision"]["promoted"] and result["decision"]["reason"] == "no champion yet"
-    weak = JobContext(
+    weak = StageContext(
         make_config(ctx.config.root, *SETTINGS, "churn.model=logistic_regression", "churn.features=[return_rate]"), spark
     )
     second = churn.train(weak)
@@ -117,7 +120,7 @@ def test_score_uses_the_champion_and_replaces_its_snapshot(spark, trained):
 
 def test_scoring_without_a_champion_says_what_to_run(spark, trained, capsys):
     ctx, _ = trained
-    nobody = JobContext(make_config(ctx.config.root, *SETTINGS, "churn.registered_model=nobody"), spark)
+    nobody = StageContext(make_config(ctx.config.root, *SETTINGS, "churn.registered_model=nobody"), spark)
     with pytest.raises(ModelRegistryError, match="registered model 'nobody' has no 'champion' version .* run 'segmentation churn train' first"):
         churn.score(nobody)
     code = main(["churn", "score", "--set", f"storage.root={ctx.config.root}", "--set", "churn.registered_model=nobody"])
@@ -127,7 +130,7 @@ def test_scoring_without_a_champion_says_what_to_run(spark, trained, capsys):
 
 def test_a_champion_for_another_horizon_is_not_compared_but_replaced(spark, trained):
     ctx, _ = trained
-    other = JobContext(make_config(
+    other = StageContext(make_config(
         ctx.config.root, *SETTINGS, "churn.horizon_days=60", "churn.model=logistic_regression", "churn.features=[return_rate]",
     ), spark)
     result = churn.train(other)

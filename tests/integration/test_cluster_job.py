@@ -12,8 +12,11 @@ import pytest
 from mlflow.tracking import MlflowClient
 from pyspark.sql import functions as F
 
-from jobs import cluster, features, generate, ingest
-from jobs.common import JobContext
+from segmentation.stages import cluster
+from segmentation.stages import features
+from segmentation.stages import generate
+from segmentation.stages import ingest
+from segmentation.stages.context import StageContext
 from segmentation import tables, tracking
 from segmentation.errors import ConfigError
 from tests.conftest import make_config
@@ -24,7 +27,7 @@ SETTINGS = ["generate.customers=1500", "cluster.k_min=3", "cluster.k_max=4"]
 @pytest.fixture(scope="module")
 def first(spark, tmp_path_factory):
     root = tmp_path_factory.mktemp("cluster")
-    ctx = JobContext(make_config(root, *SETTINGS), spark)
+    ctx = StageContext(make_config(root, *SETTINGS), spark)
     generate.run(ctx)
     ingest.run(ctx)
     features.run(ctx)
@@ -71,7 +74,7 @@ def test_a_retrain_keeps_ids_and_names_and_moves_the_champion_by_the_rule(spark,
     their ids and names, and the alias follows the silhouette rule."""
     ctx, result = first
     day_before = dt.date.fromisoformat(result["as_of"]) - dt.timedelta(days=1)
-    again = JobContext(make_config(ctx.config.root, *SETTINGS, f"cluster.k={result['k']}", f"as_of={day_before}"), spark)
+    again = StageContext(make_config(ctx.config.root, *SETTINGS, f"cluster.k={result['k']}", f"as_of={day_before}"), spark)
     features.run(again)
     second = cluster.run(again)
     assert second["names"] == result["names"]
@@ -95,14 +98,14 @@ def test_a_retrain_keeps_ids_and_names_and_moves_the_champion_by_the_rule(spark,
 def test_unknown_feature_names_the_key(spark, first):
     ctx, _ = first
     overrides = ["cluster.features=[monetary, lifetime_value]", "cluster.log_features=[monetary]"]
-    bad = JobContext(make_config(ctx.config.root, *SETTINGS, *overrides), spark)
+    bad = StageContext(make_config(ctx.config.root, *SETTINGS, *overrides), spark)
     with pytest.raises(ConfigError, match="cluster.features: lifetime_value not numeric columns of customer_features"):
         cluster.run(bad)
 
 
 def test_kmeans_fits_on_a_sample_and_assigns_every_customer(spark, first):
     ctx, result = first
-    sampled = JobContext(make_config(ctx.config.root, *SETTINGS, "cluster.fit_sample=1000", f"cluster.k={result['k']}"), spark)
+    sampled = StageContext(make_config(ctx.config.root, *SETTINGS, "cluster.fit_sample=1000", f"cluster.k={result['k']}"), spark)
     again = cluster.run(sampled)
     tracking.configure_mlflow(sampled.config)
     client = MlflowClient()

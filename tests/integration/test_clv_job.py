@@ -14,8 +14,10 @@ import pytest
 from lifetimes import BetaGeoFitter
 from pyspark.sql import functions as F
 
-from jobs import clv, generate, ingest
-from jobs.common import JobContext
+from segmentation.stages import clv
+from segmentation.stages import generate
+from segmentation.stages import ingest
+from segmentation.stages.context import StageContext
 from segmentation import tables, tracking
 from segmentation.cli import main
 from segmentation.clv.scoring import SCORE_FIELDS
@@ -28,7 +30,7 @@ CALIBRATION_END = "1997-09-30"
 
 
 def context(root, spark, *overrides):
-    return JobContext(make_config(root, *overrides), spark)
+    return StageContext(make_config(root, *overrides), spark)
 
 
 @pytest.fixture(scope="module")

@@ -8,8 +8,10 @@ import mlflow
 import pytest
 from pyspark.sql import functions as F
 
-from jobs import features, generate, ingest
-from jobs.common import JobContext
+from segmentation.stages import features
+from segmentation.stages import generate
+from segmentation.stages import ingest
+from segmentation.stages.context import StageContext
 from segmentation import tables, tracking
 from segmentation.errors import ConfigError, DataQualityError
 from segmentation.features.customer import feature_columns
@@ -24,7 +26,7 @@ MID_YEAR = dt.date(2025, 6, 30)
 
 
 def context(spark, root, *overrides):
-    return JobContext(make_config(root, f"generate.customers={CUSTOMERS}", *overrides), spark)
+    return StageContext(make_config(root, f"generate.customers={CUSTOMERS}", *overrides), spark)
 
 
 def at(day):

@@ -10,9 +10,10 @@ import mlflow
 import pytest
 from pyspark.sql import functions as F
 
-from jobs import generate, ingest
-from jobs import run as pipeline
-from jobs.common import JobContext
+from segmentation.stages import generate
+from segmentation.stages import ingest
+from segmentation.stages import pipeline
+from segmentation.stages.context import StageContext
 from segmentation import tables, tracking
 from segmentation.errors import DataQualityError
 from segmentation.schema import RAW_COLUMNS
@@ -22,7 +23,7 @@ NO_ARGS = argparse.Namespace(generate=False, until="ingest")
 
 
 def context(spark, root, *overrides):
-    return JobContext(make_config(root, "generate.customers=300", *overrides), spark)
+    return StageContext(make_config(root, "generate.customers=300", *overrides), spark)
 
 
 def count(ctx, key, version=None):
@@ -143,7 +144,7 @@ def test_new_batch_appends_and_time_travel_reads_the_previous_version(spark, tmp
     loaded_id = tables.read(spark, ctx.table("transactions")).select("transaction_id").first()[0]
     late = write_csv(tmp_path / "late.csv", [csv_row("NEW-1"), csv_row("NEW-2", amount="-5", quantity="-1", is_return="true"), csv_row(loaded_id)])
     settings = ["ingest.source.table=null", f"ingest.source.path={late}", "ingest.source.format=csv", "ingest.max_rejected_share=0.5"]
-    batch = ingest.run(JobContext(make_config(tmp_path, *settings), spark))
+    batch = ingest.run(StageContext(make_config(tmp_path, *settings), spark))
     # The row repeating a loaded transaction id is set aside and counted: neither loaded again nor a rejection.
     assert (batch["rows_in"], batch["rows_clean"], batch["rows_quarantined"], batch["rows_already_loaded"]) == (3, 2, 0, 1)
     assert batch["rejected_share"] == 0
@@ -159,14 +160,14 @@ def test_new_batch_appends_and_time_travel_reads_the_previous_version(spark, tmp
 def test_too_many_rejections_fail_and_add_nothing_then_pass_with_a_higher_limit(spark, tmp_path):
     path = write_csv(tmp_path / "bad.csv", [csv_row("B1"), csv_row("B2", channel="fax"), csv_row("B3", customer="")])
     settings = ["ingest.source.table=null", f"ingest.source.path={path}", "ingest.source.format=csv"]
-    ctx = JobContext(make_config(tmp_path / "d", *settings), spark)
+    ctx = StageContext(make_config(tmp_path / "d", *settings), spark)
     with pytest.raises(DataQualityError, match=r"bad.csv: 2 of 3 rows rejected \(66.7%\), above ingest.max_rejected_share=5.0%; nothing was added"):
         ingest.run(ctx)
     assert count(ctx, "transactions") == 0
     assert count(ctx, "transactions_quarantine") == 2
     assert tables.read(spark, ctx.table("ingest_log")).first().status == "rejected"
 
-    relaxed = JobContext(make_config(tmp_path / "d", *settings, "ingest.max_rejected_share=0.9"), spark)
+    relaxed = StageContext(make_config(tmp_path / "d", *settings, "ingest.max_rejected_share=0.9"), spark)
     result = ingest.run(relaxed)
     assert result["status"] == "committed"
     assert count(ctx, "transactions") == 1

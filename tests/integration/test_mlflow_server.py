@@ -24,8 +24,8 @@ from delta.tables import DeltaTable
 from mlflow.tracking import MlflowClient
 from pyspark.sql import functions as F
 
-from jobs import run as pipeline
-from jobs.common import JobContext
+from segmentation.stages import pipeline
+from segmentation.stages.context import StageContext
 from segmentation import tables, tracking
 from segmentation.churn.model import PROBABILITY
 from segmentation.clustering.model import PREDICTION
@@ -116,7 +116,7 @@ def two_runs(spark, server, tmp_path_factory):
     root = tmp_path_factory.mktemp("reviewed")
     contexts = []
     for settings, train_churn, until in ((FIRST, False, FIRST_UNTIL), (SECOND, True, SECOND_UNTIL)):
-        ctx = JobContext(make_config(root, *settings, f"mlflow.tracking_uri={uri}"), spark)
+        ctx = StageContext(make_config(root, *settings, f"mlflow.tracking_uri={uri}"), spark)
         pipeline.run(ctx, argparse.Namespace(generate=False, train_churn=train_churn, until=until))
         contexts.append(ctx)
     return contexts

@@ -7,9 +7,9 @@ import argparse
 
 import pytest
 
-from jobs import run as pipeline
-from jobs import tiers
-from jobs.common import JobContext
+from segmentation.stages import pipeline
+from segmentation.stages import tiers
+from segmentation.stages.context import StageContext
 from segmentation import tables
 from tests.conftest import make_config
 
@@ -26,12 +26,12 @@ def test_a_rerun_after_a_failure_resumes_past_committed_stages(spark, tmp_path, 
     with monkeypatch.context() as patched:
         patched.setattr(tiers, "run", broken)
         with pytest.raises(RuntimeError, match="disk full"):
-            pipeline.run(JobContext(config, spark), ARGS)
+            pipeline.run(StageContext(config, spark), ARGS)
     versions = {key: tables.current_version(spark, tables.table_ref(config, key))
                 for key in ("transactions", "customer_features", "customer_clv", "customer_clusters", "customer_churn")}
     assert not tables.exists(spark, tables.table_ref(config, "customer_tiers"))
 
-    results = pipeline.run(JobContext(config, spark), ARGS)
+    results = pipeline.run(StageContext(config, spark), ARGS)
     for stage in ("features", "clv", "cluster"):
         assert "resumed_from" in results[stage], stage
     assert "resumed_from" in results["churn"]["score"] and "train" not in results["churn"]
@@ -42,7 +42,7 @@ def test_a_rerun_after_a_failure_resumes_past_committed_stages(spark, tmp_path, 
     assert "customer_tiers" in out and "tier_migrations" not in out.split("Results:")[-1]  # one snapshot: no movement yet
     assert results["report"]["path"] in out
 
-    again = pipeline.run(JobContext(config, spark), ARGS)  # nothing new: every stage resumes
+    again = pipeline.run(StageContext(config, spark), ARGS)  # nothing new: every stage resumes
     for stage in ("features", "clv", "cluster", "tiers", "report"):
         assert "resumed_from" in again[stage], stage
     assert results["report"]["path"] in capsys.readouterr().out

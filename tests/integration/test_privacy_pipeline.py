@@ -26,9 +26,10 @@ from delta.tables import DeltaTable
 from mlflow.tracking import MlflowClient
 from pyspark.sql import functions as F
 
-from jobs import generate, ingest
-from jobs import run as pipeline
-from jobs.common import JobContext
+from segmentation.stages import generate
+from segmentation.stages import ingest
+from segmentation.stages import pipeline
+from segmentation.stages.context import StageContext
 from segmentation import cli, tables, tracking
 from segmentation.privacy import key_fingerprint
 from segmentation.schema import RAW_COLUMNS
@@ -177,11 +178,11 @@ def customer_counts(spark, config, ids_by_table) -> dict[str, tuple[int, int]]:
 def test_planted_ids_appear_only_in_the_raw_table_and_erase_removes_customers(spark, tmp_path, monkeypatch, caplog, capfd):
     monkeypatch.setenv("SEGMENTATION_PSEUDONYMISATION_KEY", KEY)
     caplog.set_level(logging.DEBUG)
-    for name in ("segmentation", "jobs", "mlflow"):
+    for name in ("segmentation", "mlflow"):
         caplog.set_level(logging.DEBUG, logger=name)
     root = tmp_path / "data"
     config = make_config(root, *SETTINGS)
-    ctx = JobContext(config, spark)
+    ctx = StageContext(config, spark)
 
     # The input: the generated feed plus the planted rows (and their e-mail column), and a CSV batch.
     generate.run(ctx)
@@ -190,10 +191,10 @@ def test_planted_ids_appear_only_in_the_raw_table_and_erase_removes_customers(sp
     planted.write.format("delta").mode("append").option("mergeSchema", "true").save(raw_ref.location)
     feed = write_csv_batch(tmp_path / "landing.csv")
     csv_settings = ["ingest.source.table=null", f"ingest.source.path={feed}", "ingest.source.format=csv", "ingest.max_rejected_share=0.9"]
-    batch = ingest.run(JobContext(make_config(root, *SETTINGS, *csv_settings), spark))
+    batch = ingest.run(StageContext(make_config(root, *SETTINGS, *csv_settings), spark))
     assert (batch["rows_clean"], batch["rows_quarantined"]) == (1, 2)
 
-    results = pipeline.run(JobContext(config, spark), ARGS)
+    results = pipeline.run(StageContext(config, spark), ARGS)
     assert results["tiers"]["customers"] > 150
     assert tables.read(spark, ctx.table("ingest_log")).where(F.col("key_fingerprint") != key_fingerprint(KEY.encode())).count() == 0
     assert "column(s) not in the transaction schema, ignored: email" in caplog.text

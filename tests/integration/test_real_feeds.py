@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 from pyspark.sql import functions as F
 
-from jobs import ingest
-from jobs import run as pipeline
-from jobs.common import JobContext
+from segmentation.stages import ingest
+from segmentation.stages import pipeline
+from segmentation.stages.context import StageContext
 from segmentation import tables
 from segmentation.errors import DataQualityError
 from segmentation.schema import RAW_COLUMNS
@@ -39,8 +39,8 @@ def write_rows(path: Path, rows: list[dict[str, str]], header=RAW_COLUMNS, encod
     return path
 
 
-def context(spark, root: Path, mlflow_store, *settings: str) -> JobContext:
-    return JobContext(make_config(root, REFERENCE_TIME, *settings, *mlflow_store), spark)
+def context(spark, root: Path, mlflow_store, *settings: str) -> StageContext:
+    return StageContext(make_config(root, REFERENCE_TIME, *settings, *mlflow_store), spark)
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +101,7 @@ def test_bytes_that_are_not_utf8_refuse_the_batch_naming_the_file_and_option(spa
     """The default store: a refused batch leaves no table and no MLflow store behind."""
     path = write_rows(tmp_path / "latin1.csv", LATIN * 50, encoding="latin-1")
     root = tmp_path / "data"
-    ctx = JobContext(make_config(root, REFERENCE_TIME, *csv_source(path)), spark)
+    ctx = StageContext(make_config(root, REFERENCE_TIME, *csv_source(path)), spark)
     with pytest.raises(DataQualityError, match=(
         r"^.*latin1.csv: 150 rows hold text that did not decode; the file is not valid UTF-8: set "
         r"ingest.source.options.encoding to its encoding \(e.g. ISO-8859-1, windows-1252, GB18030\); nothing was written$"
@@ -221,7 +221,7 @@ def test_run_never_mixes_generated_rows_into_a_real_feed(spark, tmp_path, mlflow
     ingest.run(context(spark, root, mlflow_store, *csv_source(path, "ingest.source.options.nullValue=NA")))
 
     ctx = context(spark, root, mlflow_store)  # the default source: the generated raw table
-    with caplog.at_level(logging.INFO, logger="jobs"):
+    with caplog.at_level(logging.INFO, logger="segmentation"):
         results = pipeline.run(ctx, ONLY_INGEST)
     assert "generate" not in results and not tables.exists(spark, ctx.table("raw_transactions"))
     assert results["ingest"]["status"] == "already_ingested"
@@ -236,7 +236,7 @@ def test_run_never_mixes_generated_rows_into_a_real_feed(spark, tmp_path, mlflow
 
     # A generated table ingested by hand is refused too.
     generated = context(spark, root, mlflow_store, "generate.customers=20")
-    from jobs import generate
+    from segmentation.stages import generate
 
     generate.run(generated)
     with pytest.raises(DataQualityError, match=r"holds generated rows \(generated:synthetic\) but .* already holds batches ingested from"):

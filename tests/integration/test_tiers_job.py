@@ -10,8 +10,14 @@ import pytest
 from mlflow.tracking import MlflowClient
 from pyspark.sql import functions as F
 
-from jobs import churn, cluster, clv, features, generate, ingest, tiers
-from jobs.common import JobContext
+from segmentation.stages import churn
+from segmentation.stages import cluster
+from segmentation.stages import clv
+from segmentation.stages import features
+from segmentation.stages import generate
+from segmentation.stages import ingest
+from segmentation.stages import tiers
+from segmentation.stages.context import StageContext
 from segmentation import tables
 from segmentation.tiers.history import history_columns, tier_history
 from segmentation.tiers.migrations import EVENT_COLUMNS, MIGRATION_COLUMNS
@@ -23,7 +29,7 @@ LATE, EARLY = dt.date(2025, 12, 15), dt.date(2025, 9, 15)
 
 
 def context(spark, root, as_of, *extra):
-    return JobContext(make_config(root, *SETTINGS, f"as_of={as_of}", *extra), spark)
+    return StageContext(make_config(root, *SETTINGS, f"as_of={as_of}", *extra), spark)
 
 
 @pytest.fixture(scope="module")
@@ -144,7 +150,7 @@ def test_retry_rerun_and_time_travel(spark, tiered):
 def test_report_is_self_contained_and_its_numbers_come_from_the_tables(spark, tiered):
     import re
 
-    from jobs import report
+    from segmentation.stages import report
 
     root, results = tiered
     ctx, _ = results[LATE]

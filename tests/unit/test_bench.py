@@ -6,8 +6,8 @@ from __future__ import annotations
 import datetime as dt
 import time
 
-from jobs import bench
-from jobs.common import JobContext
+from segmentation import bench
+from segmentation.stages.context import StageContext
 from segmentation import tables
 from tests.conftest import make_config
 
@@ -15,7 +15,7 @@ AS_OF = dt.date(2025, 3, 31)
 
 
 def test_rfm_baseline_is_the_same_query_in_duckdb_and_spark(spark, tmp_path):
-    ctx = JobContext(make_config(tmp_path), spark)
+    ctx = StageContext(make_config(tmp_path), spark)
     ref = ctx.table("transactions")
     rows = [  # customer, order, timestamp, amount, is_return
         ("a", "o1", "2025-01-10 10:00:00", 100.0, False),

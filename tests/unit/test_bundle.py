@@ -4,6 +4,7 @@ No Databricks CLI or workspace needed; `databricks bundle validate` checks the r
 
 from __future__ import annotations
 
+import ast
 import datetime as dt
 import importlib
 import re
@@ -14,8 +15,8 @@ import pytest
 import yaml
 from packaging.specifiers import SpecifierSet
 
-from jobs import run as pipeline
-from jobs import tiers
+from segmentation.stages import pipeline
+from segmentation.stages import tiers
 from segmentation.cli import STAGES, build_parser
 from segmentation.config import TableLocations, load_config
 from tests.conftest import CONF_DIR, REPO
@@ -235,9 +236,20 @@ def test_uploaded_and_built_paths_exist():
 
 
 def test_the_wheel_holds_what_the_scripts_import():
+    """The wheel ships the library only; every script in jobs/ is a thin entry point that
+    imports nothing but it, so a cluster runs one copy of the code."""
     assert PYPROJECT["project"]["name"] == "segmentation"
     assert PYPROJECT["project"]["scripts"]["segmentation"] == "segmentation.cli:main"
-    assert {"segmentation*", "jobs*"} <= set(PYPROJECT["tool"]["setuptools"]["packages"]["find"]["include"])
+    assert PYPROJECT["tool"]["setuptools"]["packages"]["find"]["include"] == ["segmentation*"]
+    scripts = sorted((REPO / "jobs").glob("*.py"))
+    assert {path.stem for path in scripts} == set(STAGES)
+    for path in scripts:
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+        imported |= {node.module.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
+        assert imported <= {"sys", "segmentation"}, (path.name, imported)
+        code = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip() and not line.lstrip().startswith("#")]
+        assert len(code) <= 40, path.name
 
 
 def test_databricks_overlay_puts_every_table_and_model_in_one_unity_catalog_schema():

@@ -9,8 +9,8 @@ import datetime as dt
 
 import pytest
 
-from jobs import tiers
-from jobs.common import JobContext
+from segmentation.stages import tiers
+from segmentation.stages.context import StageContext
 from segmentation.config import load_config
 from segmentation.errors import ConfigError
 from segmentation.features.tiers import TierCuts, with_rule_tiers
@@ -120,4 +120,4 @@ def test_the_tiers_stage_checks_its_event_rules_first(spark, tmp_path):
     """Before it reads a table: here there is none, and the rule is what the user hears about."""
     config = make_config(tmp_path / "data", "tiers.events=[{name: wb, dimension: lifecycle_stage, to_tiers: [lapsd], action: call}]")
     with pytest.raises(ConfigError, match="tiers.events rule 'wb': 'lapsd' is not a tier of lifecycle_stage"):
-        tiers.run(JobContext(config, spark))
+        tiers.run(StageContext(config, spark))

@@ -1,8 +1,7 @@
-"""What every job shares: its context (configuration, session, run id)."""
+"""What every stage shares: its context (configuration, session, run id)."""
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import uuid
 from dataclasses import dataclass, field
@@ -16,7 +15,7 @@ from segmentation.tables import TableRef, table_ref
 
 
 @dataclass
-class JobContext:
+class StageContext:
     config: Config
     spark: SparkSession
     pipeline_run_id: str = field(default_factory=lambda: uuid.uuid4().hex)
@@ -46,58 +45,10 @@ class JobContext:
         return as_of
 
 
-def iso_date(text: str) -> dt.date:
-    try:
-        return dt.date.fromisoformat(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a date (expected YYYY-MM-DD)") from None
-
-
-def optional_iso_date(text: str) -> dt.date | None:
-    """A date, or None for an empty value: schedulers such as Databricks jobs pass a job
-    parameter left blank as the empty string, and blank means "not given"."""
-    return iso_date(text) if text.strip() else None
-
-
-def positive_int(text: str, least: int = 1) -> int:
-    """A whole number of at least `least`, as an argument type: a bad value fails naming the option."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = least - 1
-    if value < least:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least {least}")
-    return value
-
-
-def share(text: str, most: float = 1.0) -> float:
-    """A share from 0 to `most`, as an argument type: a bad value fails naming the option."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not 0.0 <= value <= most:  # NaN fails too
-        raise argparse.ArgumentTypeError(f"{text!r} is not a share from 0 to {most:g}")
-    return value
-
-
-def add_as_of_argument(parser: argparse.ArgumentParser) -> None:
-    """--as-of, shared by every stage that takes a snapshot date (it sets the top-level as_of)."""
-    parser.add_argument(
-        "--as-of", type=optional_iso_date, metavar="YYYY-MM-DD",
-        help="snapshot date (default, or empty: the latest transaction date)",
-    )
-
-
-def as_of_overrides(args: argparse.Namespace) -> list[str]:
-    as_of = getattr(args, "as_of", None)
-    return [f"as_of={as_of.isoformat()}"] if as_of else []
-
-
 NOTEBOOK_ENV, NOTEBOOK_SETTINGS = "SEGMENTATION_ENV", "SEGMENTATION_SET"
 
 
-def notebook_context(env: str | None = None, overrides: list[str] | tuple[str, ...] = ()) -> JobContext:
+def notebook_context(env: str | None = None, overrides: list[str] | tuple[str, ...] = ()) -> StageContext:
     """The context a notebook works in, built the way the command line builds a job's.
 
     The environment is `env`, else $SEGMENTATION_ENV, else "databricks" on Databricks and
@@ -121,4 +72,4 @@ def notebook_context(env: str | None = None, overrides: list[str] | tuple[str, .
     with contextlib.chdir(conf_dir.parent) if conf_dir.parent.is_dir() else contextlib.nullcontext():
         config = load_config(env, conf_dir, [*overrides, *settings])
     configure_logging(config.logging.level)
-    return JobContext(config, get_spark(config.spark))
+    return StageContext(config, get_spark(config.spark))

@@ -1,0 +1,377 @@
+"""bench: the whole pipeline on N generated customers, timed stage by stage, with the peak
+memory (proportional set size) of the whole process tree (this Python process, Spark's JVM, its Python
+workers), and in the same run, on the same data, two single-machine baselines:
+
+- DuckDB computing the same per-customer RFM aggregation (recency, frequency, monetary) from
+  the Parquet files of the same Delta snapshot of `transactions`; Spark runs the identical
+  aggregation too, so the comparison is like for like, next to the full features stage;
+- lifetimes fitting BG/NBD and Gamma-Gamma and scoring 12-month CLV on the same purchases
+  (in a child process, so its memory is its own), next to the clv stage.
+
+The tables and the MLflow store of a size go to `<storage.root>/bench/<N>/` (cleared first);
+the results to `<storage.root>/bench/bench_<N>.json` and `bench_<N>.md`, and
+`bench_summary.md` there puts every size measured so far side by side, with the growth of
+time between sizes. Set the session up as for a real run (driver memory, shuffle partitions)
+with `--set spark.conf...`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import logging
+import platform
+import resource
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from segmentation.stages.context import StageContext
+from segmentation.arguments import positive_int
+from segmentation import tables
+from segmentation.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+HELP = "benchmark the whole pipeline on N generated customers against DuckDB (RFM) and lifetimes (CLV)"
+
+# Stages whose work grows with transaction lines; the others with customers.
+LINE_STAGES = ("ingest", "features", "clv")
+TARGETS = {"pipeline_seconds": 180, "peak_memory_gb": 8, "rfm_vs_duckdb": 6, "clv_speedup_vs_lifetimes": 3}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--customers", type=positive_int, default=100_000, help="customers to generate (default: 100000)")
+    parser.add_argument("--seed", type=int, help="random seed of the generated feed")
+    parser.add_argument("--no-baselines", action="store_true", help="time the pipeline only (no DuckDB, no lifetimes)")
+
+
+def config_overrides(args: argparse.Namespace) -> list[str]:
+    overrides = [f"generate.customers={args.customers}", "generate.dataset=synthetic"]
+    return overrides + ([f"generate.seed={args.seed}"] if args.seed is not None else [])
+
+
+def run(ctx: StageContext, args: argparse.Namespace | None = None) -> dict[str, object]:
+    from segmentation.stages import pipeline
+
+    customers = ctx.config.generate.customers
+    bench_root = Path(ctx.config.storage.root) / "bench"
+    work = bench_root / str(customers)
+    if ctx.config.storage.catalog != "path":
+        raise ConfigError("bench writes its own Delta directories under storage.root: run it with storage.catalog: path")
+    if work.exists():
+        shutil.rmtree(work)
+    config = ctx.config.model_copy(update={
+        "storage": ctx.config.storage.model_copy(update={"root": str(work)}),
+        "mlflow": ctx.config.mlflow.model_copy(update={"tracking_uri": None, "registry_uri": None, "artifact_location": None}),
+    })
+    bench_ctx = StageContext(config, ctx.spark, ctx.pipeline_run_id)
+    pipeline_args = argparse.Namespace(generate=True, train_churn=False, until=pipeline.STAGES[-1])
+    with ProcessTreeMemory() as memory:
+        results = pipeline.run(bench_ctx, pipeline_args)
+    timings = results["timings"]
+    as_of = dt.date.fromisoformat(str(results["as_of"]))
+    lines = int(results["ingest"]["rows_clean"])
+    scored = int(results["features"]["customers"])
+    stages = []
+    for name, window in timings.items():
+        rows = lines if name in LINE_STAGES or name == "generate" else scored
+        stages.append({
+            "stage": name, "seconds": round(window["seconds"], 2), "rows": rows,
+            "rows_per_second": round(rows / window["seconds"]) if window["seconds"] > 0 else None,
+            "peak_memory_mb": round(memory.peak_between(window["started"], window["ended"])),
+        })
+    pipeline_seconds = sum(s["seconds"] for s in stages if s["stage"] != "generate")
+    report = {
+        "customers_generated": customers,
+        "customers": scored,
+        "transactions": lines,
+        "as_of": as_of.isoformat(),
+        "machine": _machine(),
+        "spark": {"master": ctx.spark.sparkContext.master, **{k: v for k, v in config.spark.conf.items() if "memory" in k or "partitions" in k}},
+        "command": " ".join(["segmentation", *sys.argv[1:]]) if sys.argv else "segmentation bench",
+        "stages": stages,
+        "pipeline_seconds": round(pipeline_seconds, 1),
+        "peak_memory_mb": round(memory.peak_between(timings["ingest"]["started"], timings["report"]["ended"])),
+        "targets": TARGETS,
+    }
+    if not getattr(args, "no_baselines", False):
+        transactions_ref = bench_ctx.table("transactions")
+        version = tables.current_version(ctx.spark, transactions_ref)
+        report["rfm"] = rfm_comparison(bench_ctx, transactions_ref, version, as_of, features_seconds=_seconds(stages, "features"))
+        ours = {**results["clv"]["bgnbd"], **(results["clv"]["gamma_gamma"] or {})}
+        report["clv"] = clv_comparison(bench_ctx, transactions_ref, version, as_of, clv_seconds=_seconds(stages, "clv"), ours=ours)
+    json_path, md_path = bench_root / f"bench_{customers}.json", bench_root / f"bench_{customers}.md"
+    json_path.write_text(json.dumps(report, indent=2, default=str))
+    md_path.write_text(bench_markdown(report))
+    (bench_root / "bench_summary.md").write_text(summary_markdown(_reports(bench_root)))
+    print("\n" + bench_markdown(report), flush=True)
+    log.info("bench: results in %s and %s", json_path, md_path)
+    return report
+
+
+def _seconds(stages: list[dict], name: str) -> float:
+    return next(s["seconds"] for s in stages if s["stage"] == name)
+
+
+class ProcessTreeMemory:
+    """Samples the memory of this process and all its descendants (the JVM of a local Spark
+    session is a child of the Python driver) every `interval` seconds.
+
+    Each process counts its proportional set size (PSS): a page shared by n processes counts
+    1/n in each. Summing resident sets instead counts shared pages once per process: the
+    Python workers Spark forks from one daemon, and above all a child the JVM is starting,
+    which shares the JVM's whole address space until it runs its program, so a sample taken
+    then counted the JVM twice (13 GB peaks with a 6g heap). Where PSS is not available
+    (macOS), the resident set is used.
+    """
+
+    def __init__(self, interval: float = 0.5) -> None:
+        self.interval = interval
+        self.samples: list[tuple[float, int]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, name="memory-sampler", daemon=True)
+
+    def __enter__(self) -> "ProcessTreeMemory":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _sample(self) -> None:
+        import psutil
+
+        me = psutil.Process()
+        while not self._stop.is_set():
+            total = 0
+            for process in [me, *me.children(recursive=True)]:
+                try:
+                    total += _proportional_bytes(process)
+                except psutil.Error:  # a worker that ended between listing and reading
+                    pass
+            self.samples.append((time.perf_counter(), total))
+            self._stop.wait(self.interval)
+
+    def peak_between(self, started: float, ended: float) -> float:
+        """Peak megabytes sampled in [started, ended] (the nearest sample if none)."""
+        inside = [size for t, size in self.samples if started <= t <= ended]
+        if not inside and self.samples:
+            inside = [min(self.samples, key=lambda sample: abs(sample[0] - ended))[1]]
+        return max(inside, default=0) / 2**20
+
+
+def _proportional_bytes(process) -> int:
+    try:
+        return int(process.memory_full_info().pss)
+    except AttributeError:  # no PSS on this platform
+        return int(process.memory_info().rss)
+
+
+RFM_SQL = """
+SELECT customer_id,
+       max(CAST(transaction_ts AS DATE)) FILTER (WHERE NOT is_return) AS last_purchase_date,
+       count(DISTINCT order_id) FILTER (WHERE NOT is_return) AS frequency_orders,
+       sum(net_amount) AS monetary
+FROM {source}
+WHERE transaction_ts < TIMESTAMP '{end}'
+GROUP BY customer_id
+"""
+RFM_TOTALS = "SELECT count(*) AS customers, sum(frequency_orders) AS orders, round(sum(monetary), 2) AS monetary FROM rfm"
+
+
+def rfm_comparison(ctx: StageContext, ref, version: int, as_of: dt.date, features_seconds: float) -> dict[str, object]:
+    """The same RFM aggregation in DuckDB (over the snapshot's Parquet files) and in Spark
+    (over the Delta snapshot), each timed to a materialised result, with totals to prove
+    they agree."""
+    import duckdb
+
+    snapshot = tables.read(ctx.spark, ref, version)
+    files = snapshot.inputFiles()
+    end = (as_of + dt.timedelta(days=1)).isoformat()
+
+    started = time.perf_counter()
+    snapshot.createOrReplaceTempView("bench_transactions")
+    spark_rfm = ctx.spark.sql(RFM_SQL.format(source="bench_transactions", end=end))
+    spark_rfm.createOrReplaceTempView("rfm")
+    spark_totals = ctx.spark.sql(RFM_TOTALS).first().asDict()
+    spark_seconds = time.perf_counter() - started
+
+    connection = duckdb.connect()
+    connection.execute("SET TimeZone = 'UTC'")
+    file_list = ", ".join(f"'{f.removeprefix('file:')}'" for f in files)
+    started = time.perf_counter()
+    connection.execute(f"CREATE TEMP TABLE rfm AS {RFM_SQL.format(source=f'read_parquet([{file_list}])', end=end)}")
+    duck = connection.execute(RFM_TOTALS).fetchone()
+    duckdb_seconds = time.perf_counter() - started
+    connection.close()
+    duck_totals = {"customers": duck[0], "orders": duck[1], "monetary": float(duck[2])}
+    spark_totals = {k: (float(v) if k == "monetary" else v) for k, v in spark_totals.items()}
+    return {
+        "parquet_files": len(files), "transactions_version": version,
+        "duckdb_seconds": round(duckdb_seconds, 3), "duckdb_threads": _duckdb_threads(),
+        "spark_rfm_seconds": round(spark_seconds, 3), "features_stage_seconds": features_seconds,
+        "features_vs_duckdb": round(features_seconds / duckdb_seconds, 1),
+        "spark_rfm_vs_duckdb": round(spark_seconds / duckdb_seconds, 1),
+        "totals_agree": duck_totals == spark_totals, "duckdb_totals": duck_totals, "spark_totals": spark_totals,
+    }
+
+
+def _duckdb_threads() -> int:
+    import duckdb
+
+    return int(duckdb.connect().execute("SELECT current_setting('threads')").fetchone()[0])
+
+
+def clv_comparison(
+    ctx: StageContext, ref, version: int, as_of: dt.date, clv_seconds: float, ours: dict[str, float]
+) -> dict[str, object]:
+    """lifetimes on the same purchases (exported to Parquet, not timed) in a child process."""
+    from pyspark.sql import functions as F
+
+    from segmentation.features.customer import transactions_as_of
+
+    export = Path(ctx.config.storage.root) / "lifetimes_purchases.parquet"
+    purchases = transactions_as_of(tables.read(ctx.spark, ref, version), as_of).where(~F.col("is_return"))
+    purchases.select("customer_id", "transaction_ts", "net_amount").write.mode("overwrite").parquet(str(export))
+    child = subprocess.run(
+        [sys.executable, "-m", "segmentation.bench", "--lifetimes", str(export), as_of.isoformat(), str(ctx.config.clv.horizon_days),
+         str(ctx.config.clv.months), str(ctx.config.clv.monthly_discount_rate)],
+        capture_output=True, text=True, check=False, cwd=Path(__file__).resolve().parent.parent,
+    )
+    if child.returncode != 0:
+        raise RuntimeError(f"lifetimes baseline failed:\n{child.stderr[-2000:]}")
+    theirs = json.loads(child.stdout.strip().splitlines()[-1])
+    # Same data, same model: the estimates must agree (both maximise the same likelihood).
+    differences = {name: abs(ours[name] - value) / abs(value) for name, value in theirs["params"].items() if name in ours}
+    return {"clv_stage_seconds": clv_seconds, "lifetimes": theirs,
+            "speedup_vs_lifetimes": round(theirs["seconds"]["total"] / clv_seconds, 2),
+            "ours_params": {name: ours[name] for name in differences},
+            "largest_relative_parameter_difference": max(differences.values(), default=None)}
+
+
+def lifetimes_clv(parquet: str, as_of: str, horizon_days: int, months: int, discount_rate: float, keep_summary: bool = False) -> dict:
+    """lifetimes' own path, timed step by step: summary, BG/NBD and Gamma-Gamma fits, then
+    P(alive), expected purchases and discounted CLV, in weeks as the clv stage works."""
+    import pandas as pd
+    from lifetimes import BetaGeoFitter, GammaGammaFitter
+    from lifetimes.utils import summary_data_from_transaction_data
+
+    purchases = pd.read_parquet(parquet)
+    seconds = {}
+    started = time.perf_counter()
+    summary = summary_data_from_transaction_data(
+        purchases, "customer_id", "transaction_ts", monetary_value_col="net_amount",
+        observation_period_end=pd.Timestamp(as_of), freq="D",
+    )
+    summary["recency"] /= 7.0
+    summary["T"] /= 7.0
+    seconds["summary"] = time.perf_counter() - started
+    step = time.perf_counter()
+    bgf = BetaGeoFitter().fit(summary["frequency"], summary["recency"], summary["T"])
+    repeat = summary[(summary["frequency"] > 0) & (summary["monetary_value"] > 0)]
+    ggf = GammaGammaFitter().fit(repeat["frequency"], repeat["monetary_value"])
+    seconds["fit"] = time.perf_counter() - step
+    step = time.perf_counter()
+    history = (summary["frequency"], summary["recency"], summary["T"])
+    bgf.conditional_probability_alive(*history)
+    expected = bgf.conditional_expected_number_of_purchases_up_to_time(horizon_days / 7, *history)
+    clv = ggf.customer_lifetime_value(bgf, *history, summary["monetary_value"], time=months, discount_rate=discount_rate, freq="W")
+    seconds["score"] = time.perf_counter() - step
+    seconds["total"] = time.perf_counter() - started
+    return {
+        "customers": int(len(summary)),
+        "seconds": {k: round(v, 2) for k, v in seconds.items()},
+        "peak_memory_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+        "params": {**{k: float(v) for k, v in bgf.params_.items()}, **{k: float(v) for k, v in ggf.params_.items()}},
+        "expected_purchases": float(expected.sum()),
+        "total_clv": float(clv.sum()),
+        **({"summary": summary} if keep_summary else {}),
+    }
+
+
+def _machine() -> dict[str, object]:
+    import os
+
+    import psutil
+
+    return {"cpus": os.cpu_count(), "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
+            "python": platform.python_version(), "platform": platform.platform()}
+
+
+def _reports(bench_root: Path) -> list[dict]:
+    reports = [json.loads(p.read_text()) for p in bench_root.glob("bench_*.json")]
+    return sorted(reports, key=lambda r: r["customers_generated"])
+
+
+def bench_markdown(report: dict) -> str:
+    lines = [
+        f"### {report['customers']:,} customers, {report['transactions']:,} transactions (as of {report['as_of']})",
+        "",
+        f"Command: `{report['command']}`. Machine: {report['machine']['cpus']} cores, {report['machine']['memory_gb']} GB; "
+        f"Spark {report['spark']}.",
+        "",
+        "| stage | seconds | rows | rows/s | peak memory (MB, process tree) |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for s in report["stages"]:
+        lines.append(f"| {s['stage']} | {s['seconds']:.1f} | {s['rows']:,} | {s['rows_per_second'] or 0:,} | {s['peak_memory_mb']:,} |")
+    targets = report["targets"]
+    lines += [
+        f"| **pipeline, ingest to report** | **{report['pipeline_seconds']:.1f}** | | | **{report['peak_memory_mb']:,}** |",
+        "",
+        f"Target: at most {targets['pipeline_seconds']} s and {targets['peak_memory_gb']} GB at 1,000,000 customers.",
+    ]
+    if "rfm" in report:
+        rfm, clv = report["rfm"], report["clv"]
+        theirs = clv["lifetimes"]
+        lines += [
+            "",
+            "| comparison | segmentation (Spark) | single machine | ratio | target |",
+            "|---|---:|---:|---:|---|",
+            f"| RFM aggregation, same query | {rfm['spark_rfm_seconds']:.2f} s | DuckDB {rfm['duckdb_seconds']:.2f} s "
+            f"({rfm['duckdb_threads']} threads, {rfm['parquet_files']} Parquet files) | {rfm['spark_rfm_vs_duckdb']}x | |",
+            f"| features stage (all features, tiers, write) vs the same DuckDB query | {rfm['features_stage_seconds']:.1f} s | "
+            f"DuckDB {rfm['duckdb_seconds']:.2f} s | {rfm['features_vs_duckdb']}x | within {targets['rfm_vs_duckdb']}x |",
+            f"| CLV: BG/NBD + Gamma-Gamma fit, 12-month CLV | clv stage {clv['clv_stage_seconds']:.1f} s | lifetimes "
+            f"{theirs['seconds']['total']:.1f} s (summary {theirs['seconds']['summary']:.1f}, fit {theirs['seconds']['fit']:.1f}, "
+            f"score {theirs['seconds']['score']:.1f}; {theirs['peak_memory_mb']:,} MB) | {clv['speedup_vs_lifetimes']}x faster | "
+            f"at least {targets['clv_speedup_vs_lifetimes']}x faster |",
+            "",
+            f"RFM totals agree between DuckDB and Spark: {'yes' if rfm['totals_agree'] else 'NO'} "
+            f"({rfm['duckdb_totals']['customers']:,} customers, {rfm['duckdb_totals']['orders']:,} orders). "
+            f"BG/NBD and Gamma-Gamma estimates: largest relative difference from lifetimes "
+            f"{clv['largest_relative_parameter_difference']:.1e}.",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def summary_markdown(reports: list[dict]) -> str:
+    """Every size side by side; growth = time ratio / customer ratio against the previous size
+    (at most 1 means time grew at most linearly)."""
+    lines = ["| customers | transactions | pipeline s | growth vs previous size | peak memory MB | features / DuckDB | lifetimes / clv |",
+             "|---:|---:|---:|---:|---:|---:|---:|"]
+    previous = None
+    for r in reports:
+        growth = ""
+        if previous is not None:
+            growth = f"{(r['pipeline_seconds'] / previous['pipeline_seconds']) / (r['customers'] / previous['customers']):.2f}"
+        rfm = f"{r['rfm']['features_vs_duckdb']}x" if "rfm" in r else "-"
+        clv = f"{r['clv']['speedup_vs_lifetimes']}x" if "clv" in r else "-"
+        lines.append(f"| {r['customers']:,} | {r['transactions']:,} | {r['pipeline_seconds']:.1f} | {growth} | "
+                     f"{r['peak_memory_mb']:,} | {rfm} | {clv} |")
+        previous = r
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":  # the lifetimes reference, run in its own process by the bench
+    if len(sys.argv) > 1 and sys.argv[1] == "--lifetimes":
+        parquet, as_of, horizon, months, rate = sys.argv[2:7]
+        print(json.dumps(lifetimes_clv(parquet, as_of, int(horizon), int(months), float(rate))))
+        sys.exit(0)
+    sys.exit("usage: python -m segmentation.bench --lifetimes PARQUET AS_OF HORIZON MONTHS RATE (use 'segmentation bench')")

@@ -1,0 +1,212 @@
+"""run: the whole pipeline for one as-of date, one stage after the other, under one MLflow
+parent run: generate (into an empty storage root, or with --generate; never where real feeds
+were ingested), ingest (the configured source, else the feed ingested last), features,
+clv, cluster, churn training (when no champion exists, or with --train-churn), churn
+scoring, the tier tables and the HTML report. The as-of date is resolved once after ingest (default: the
+latest transaction date) and every later stage uses it. --until stops after a stage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+
+import mlflow
+from mlflow.tracking import MlflowClient
+
+from segmentation.stages import churn
+from segmentation.stages import clv
+from segmentation.stages import cluster
+from segmentation.stages import features
+from segmentation.stages import generate
+from segmentation.stages import ingest
+from segmentation.stages import report
+from segmentation.stages import tiers
+from segmentation.stages.context import StageContext
+from segmentation.arguments import add_as_of_argument
+from segmentation import tables, tracking
+from segmentation.errors import DataQualityError
+from segmentation.logs import stage
+from segmentation.sources import run_source
+
+log = logging.getLogger(__name__)
+
+HELP = "run the whole pipeline for an as-of date (ingest, features, clv, cluster, churn, tiers, report) and print where the results are"
+STAGES = ["ingest", "features", "clv", "cluster", "churn", "tiers", "report"]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    generate.add_arguments(parser)
+    ingest.add_arguments(parser)
+    add_as_of_argument(parser)
+    clv.add_holdout_argument(parser)
+    parser.add_argument(
+        "--generate", action="store_true",
+        help="generate a demo feed into the raw table (refused where real batches were ingested); without it, "
+        "a demo feed is generated only into an empty storage root",
+    )
+    parser.add_argument("--train-churn", action="store_true", help="train a churn challenger even when a champion exists")
+    parser.add_argument("--until", choices=STAGES, default=STAGES[-1], help="stop after this stage (default: report)")
+
+
+def config_overrides(args: argparse.Namespace) -> list[str]:
+    return generate.config_overrides(args) + ingest.config_overrides(args) + clv.config_overrides(args)
+
+
+def run(ctx: StageContext, args: argparse.Namespace | None = None) -> dict[str, object]:
+    config = ctx.config
+    until = STAGES.index(getattr(args, "until", None) or STAGES[-1])
+    timings: dict[str, dict[str, float]] = {}
+    results: dict[str, object] = {"timings": timings}
+    with tracking.stage_run(config, "pipeline", ctx.pipeline_run_id) as parent, stage("pipeline") as summary:
+        if config.ingest.source.table == "raw_transactions":
+            ctx = _with_run_source(ctx, args, timings, results)
+        elif getattr(args, "generate", False):
+            raise DataQualityError(
+                f"--generate writes the raw_transactions table, but the configured source is {config.ingest.source.path or config.ingest.source.table}"
+            )
+        results["ingest"] = _timed(timings, "ingest", lambda: ingest.run(ctx, args))
+        if until > 0:
+            ctx = _at_as_of(ctx)
+            mlflow.set_tag("as_of", ctx.config.as_of.isoformat())
+            summary.update(as_of=ctx.config.as_of.isoformat())
+            results["as_of"] = ctx.config.as_of.isoformat()
+        steps = [
+            ("features", ["transactions"], lambda: features.run(ctx, args)),
+            ("clv", ["transactions"], lambda: clv.run(ctx, args)),
+            ("cluster", ["customer_features"], lambda: cluster.run(ctx, args)),
+            ("churn", [], lambda: _churn(ctx, args)),
+            ("tiers", INPUTS_OF_TIERS, lambda: _tiers(ctx, args)),
+            ("report", ["customer_tiers"], lambda: None if ctx.config.clv.holdout_days else report.run(ctx, args)),
+        ]
+        for name, inputs, step in steps[:until]:
+            done = _finished_run(ctx, name, inputs) if inputs else None
+            if done is not None:
+                log.info("%s: already done for these inputs in MLflow run %s: resumed past it", name, done)
+                results[name] = {"resumed_from": done}
+                continue
+            results[name] = _timed(timings, name, step)
+        summary.update(pipeline_run_id=ctx.pipeline_run_id, mlflow_run_id=parent.info.run_id)
+        mlflow.set_tag("status", "finished")
+    _print_where(ctx, parent.info.run_id, until)
+    return results
+
+
+INPUTS_OF_TIERS = list(tiers.INPUTS)
+
+
+def _with_run_source(ctx: StageContext, args, timings, results) -> StageContext:
+    """Generate a demo feed when asked or into an empty storage root; after a real feed was
+    ingested, ingest from that feed (see `sources.run_source`)."""
+    raw = ctx.table("raw_transactions")
+    history = ingest.committed_batches(ctx)
+    plan = run_source(
+        asked_to_generate=getattr(args, "generate", False), raw_table=str(raw), raw_exists=tables.exists(ctx.spark, raw),
+        real=ingest.real_batches(history, str(raw)), batches=len(history),
+    )
+    if plan.generate:
+        log.info("generate: %s", plan.reason)
+        results["generate"] = _timed(timings, "generate", lambda: generate.run(ctx, args))
+    if plan.source is None:
+        return ctx
+    log.info("ingest: no raw table; ingesting %s", plan.reason)
+    config = ctx.config
+    ingest_config = config.ingest.model_copy(update={"source": plan.source})
+    return StageContext(config.model_copy(update={"ingest": ingest_config}), ctx.spark, ctx.pipeline_run_id)
+
+
+def _timed(timings: dict[str, dict[str, float]], name: str, step):
+    """Run a stage and record its wall-clock window (perf_counter), also when it fails."""
+    started = time.perf_counter()
+    try:
+        return step()
+    finally:
+        ended = time.perf_counter()
+        timings[name] = {"started": started, "ended": ended, "seconds": ended - started}
+
+
+def _finished_run(ctx: StageContext, stage_name: str, inputs: list[str]) -> str | None:
+    """A finished MLflow run of this stage for the same as-of date and configuration whose
+    inputs were at their current Delta versions (and whose output table still exists), so
+    a re-run after a failure resumes instead of redoing it; its id, else None."""
+    config = ctx.config
+    versions = {key: tables.current_version(ctx.spark, ctx.table(key)) for key in inputs}
+    if any(v is None for v in versions.values()):
+        return None
+    conditions = [
+        f"tags.stage = '{stage_name}'", f"tags.as_of = '{config.as_of.isoformat()}'",
+        f"tags.config_hash = '{config.fingerprint()}'", "attributes.status = 'FINISHED'",
+        *[f"tags.`{tracking.input_tag(key)}` = '{version}'" for key, version in versions.items()],
+    ]
+    experiment_id = mlflow.active_run().info.experiment_id
+    runs = MlflowClient().search_runs([experiment_id], " AND ".join(conditions), max_results=1)
+    if not runs:
+        return None
+    primary = OUTPUTS.get(stage_name, [])[:1]  # migrations and events only exist once there are two snapshots
+    if any(not tables.exists(ctx.spark, ctx.table(key)) for key in primary):
+        return None
+    return runs[0].info.run_id
+
+
+def _at_as_of(ctx: StageContext) -> StageContext:
+    """The context with the snapshot date fixed, so every stage works on the same date."""
+    source, _, transactions = ctx.read_transactions()
+    as_of = ctx.as_of(transactions, source)
+    return StageContext(ctx.config.model_copy(update={"as_of": as_of}), ctx.spark, ctx.pipeline_run_id)
+
+
+def _churn(ctx: StageContext, args) -> dict[str, object]:
+    """Train when asked or when no champion exists yet, then score with the champion (unless
+    the champion already scored this snapshot of the features)."""
+    results: dict[str, object] = {}
+    name = ctx.config.churn.registered_model
+    if getattr(args, "train_churn", False) or churn.champion_version(name) is None:
+        results["train"] = churn.train(ctx)
+    scored = _finished_run(ctx, "churn.score", ["customer_features"])
+    if scored is not None and MlflowClient().get_run(scored).data.tags.get("model_version") == churn.champion_version(name):
+        log.info("churn.score: the champion already scored these features in MLflow run %s: resumed past it", scored)
+        results["score"] = {"resumed_from": scored}
+    else:
+        results["score"] = churn.score(ctx)
+    return results
+
+
+def _tiers(ctx: StageContext, args) -> dict[str, object] | None:
+    if ctx.config.clv.holdout_days:
+        log.warning("tiers skipped: with clv.holdout_days the CLV snapshot is at the calibration end, not the as-of date")
+        return None
+    return tiers.run(ctx, args)
+
+
+OUTPUTS: dict[str, list[str]] = {
+    "ingest": ["raw_transactions", "transactions", "transactions_quarantine", "ingest_log"],
+    "features": ["customer_features"],
+    "clv": ["customer_clv"],
+    "cluster": ["customer_clusters"],
+    "churn": ["customer_churn"],
+    "churn.score": ["customer_churn"],
+    "tiers": ["customer_tiers", "customer_tier_history", "tier_migrations", "tier_events"],
+    "report": [],
+}
+
+
+def _print_where(ctx: StageContext, mlflow_run_id: str, until: int) -> None:
+    config = ctx.config
+    uri = tracking.tracking_uri(config)
+    keys = [key for name in STAGES[: until + 1] for key in OUTPUTS[name]]
+    lines = ["", "Results:"]
+    for key in keys:
+        ref = ctx.table(key)
+        if tables.exists(ctx.spark, ref):
+            lines.append(f"  {key:<24} {ref.location}  (Delta version {tables.current_version(ctx.spark, ref)})")
+    path = report.report_path(config, config.as_of) if config.as_of and until >= STAGES.index("report") else None
+    if path is not None and path.is_file():
+        lines.append(f"  {'report':<24} {path}")
+    lines += [
+        f"  {'MLflow tracking store':<24} {uri}",
+        f"  {'MLflow pipeline run':<24} {mlflow_run_id}",
+        f"  browse runs at {uri}" if tracking.is_server(uri) else f"  browse runs with: mlflow ui --backend-store-uri {uri}",
+        "",
+    ]
+    print("\n".join(lines), flush=True)

@@ -1,0 +1,170 @@
+"""report: a self-contained HTML report of a customer_tiers snapshot, written next to the
+tables (`<storage.root>/reports/`) and logged to MLflow.
+
+It shows tier sizes and revenue shares with the Pareto curve, the value-tier migration
+matrix from the previous snapshot, CLV by tier, the churn champion's lift against its
+baselines, cluster profiles, and KPIs (active customers, repurchase rate, churn rate, mean
+churn probability, revenue, CLV) with their change since the previous snapshot. Every
+number is a Spark aggregate of the tables; the driver holds a few rows per tier.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import logging
+from pathlib import Path
+
+import mlflow
+from mlflow.tracking import MlflowClient
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+
+from segmentation.stages.churn import BASELINE_PREFIXES, CHAMPION, MODEL
+from segmentation.stages.context import StageContext
+from segmentation.arguments import add_as_of_argument, as_of_overrides
+from segmentation import report as html_report
+from segmentation import tables, tracking
+from segmentation.errors import DataQualityError
+from segmentation.features.tiers import value_pyramid_summary
+from segmentation.logs import stage
+
+log = logging.getLogger(__name__)
+
+HELP = "write the HTML report of a customer_tiers snapshot (next to the tables, and to MLflow)"
+ACTIVE_DAYS = 365
+CHURN_METRICS = ["roc_auc", "pr_auc", "lift_10", "capture_10", "lift_20", "capture_20"]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_as_of_argument(parser)
+
+
+def config_overrides(args: argparse.Namespace) -> list[str]:
+    return as_of_overrides(args)
+
+
+def run(ctx: StageContext, args: argparse.Namespace | None = None) -> dict[str, object]:
+    config = ctx.config
+    with tracking.stage_run(config, "report", ctx.pipeline_run_id) as active, stage("report") as summary:
+        ref, version, rows = ctx.read_input("customer_tiers", "does not exist yet; run 'segmentation tiers' first")
+        as_of = config.as_of or rows.agg(F.max("as_of_date")).first()[0]
+        snapshot = rows.where(F.col("as_of_date") == F.lit(as_of))
+        if as_of is None or snapshot.isEmpty():
+            raise DataQualityError(f"{ref} has no snapshot as of {as_of}; run 'segmentation tiers' first")
+        previous_as_of = rows.where(F.col("as_of_date") < F.lit(as_of)).agg(F.max("as_of_date")).first()[0]
+        tracking.log_delta_input(ref, version, context="customer_tiers")
+        mlflow.set_tag("as_of", as_of.isoformat())
+        data = report_data(ctx, snapshot, rows, as_of, previous_as_of, version)
+        figures = {
+            "pareto": html_report.data_uri(html_report.pareto_figure(data["value_tiers"])),
+            "clv": html_report.data_uri(html_report.clv_figure(data["clv_by_tier"])),
+        }
+        if data["migration"]:
+            order = [t.name for t in config.features.value_pyramid.tiers]
+            figures["migration"] = html_report.data_uri(html_report.migration_figure(data["migration"], order))
+        if data["churn"]:
+            figures["lift"] = html_report.data_uri(html_report.lift_figure(data["churn"]))
+        document = html_report.render(data, figures)
+        path = report_path(config, as_of)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(document, encoding="utf-8")
+        mlflow.log_artifact(str(path), "report")
+        mlflow.log_dict(data, "report/data.json")
+        mlflow.log_metrics({f"kpi.{k}": float(v) for k, v in data["kpis"].items() if v is not None})
+        summary.update(as_of=as_of.isoformat(), path=str(path), bytes=len(document))
+        print(f"\nReport as of {as_of}: {path}\n", flush=True)
+    return {**summary, "mlflow_run_id": active.info.run_id, "data": data, "path": str(path)}
+
+
+def report_path(config, as_of: dt.date) -> Path:
+    return Path(config.storage.root) / "reports" / f"customer_tiers_{as_of.isoformat()}.html"
+
+
+def kpis(snapshot: DataFrame) -> dict[str, float | None]:
+    active = F.col("recency_days") < ACTIVE_DAYS
+    row = snapshot.agg(
+        F.count(F.lit(1)).alias("customers"),
+        F.count(F.when(active, 1)).alias("active_customers"),
+        F.count(F.when(active & (F.col("frequency_orders") >= 2), 1)).alias("repeat_active"),
+        F.count(F.when(F.col("lifecycle_stage") == "churned", 1)).alias("churned"),
+        F.avg("churn_probability").alias("mean_churn_probability"),
+        F.sum("revenue_365d").alias("revenue_365d"),
+        F.sum("clv").alias("total_clv"),
+    ).first()
+    customers, active_customers = int(row.customers), int(row.active_customers)
+    return {
+        "customers": customers,
+        "active_customers": active_customers,
+        "repurchase_rate": row.repeat_active / active_customers if active_customers else None,
+        "churn_rate": row.churned / customers if customers else None,
+        "mean_churn_probability": row.mean_churn_probability,
+        "revenue_365d": row.revenue_365d,
+        "total_clv": row.total_clv,
+    }
+
+
+def report_data(ctx: StageContext, snapshot: DataFrame, rows: DataFrame, as_of: dt.date, previous_as_of, version: int) -> dict:
+    config = ctx.config
+    value_tiers = [r.asDict() for r in value_pyramid_summary(snapshot, config.features.value_pyramid).collect()]
+    quantiles = F.percentile_approx("clv", [0.1, 0.25, 0.5, 0.75, 0.9], 1000)
+    clv_rows = snapshot.groupBy("value_tier", "value_rank").agg(quantiles.alias("q")).orderBy("value_rank").collect()
+    clv_by_tier = [
+        {"value_tier": r.value_tier, **dict(zip(["p10", "p25", "p50", "p75", "p90"], r.q or [None] * 5))} for r in clv_rows
+    ]
+    totals = snapshot.agg(F.count(F.lit(1)).alias("n"), F.sum("revenue_365d").alias("revenue")).first()
+    cluster_rows = snapshot.groupBy("cluster_name").agg(
+        F.count(F.lit(1)).alias("customers"), F.sum("revenue_365d").alias("revenue"),
+        F.avg("clv").alias("mean_clv"), F.avg("churn_probability").alias("mean_churn_probability"),
+    ).orderBy(F.desc("customers")).collect()
+    clusters = [
+        {"cluster_name": r.cluster_name, "customers": int(r.customers), "customer_share": r.customers / totals.n,
+         "revenue_share": (r.revenue / totals.revenue) if totals.revenue else None,
+         "mean_clv": r.mean_clv, "mean_churn_probability": r.mean_churn_probability}
+        for r in cluster_rows
+    ]
+    migration = []
+    previous_kpis = None
+    if previous_as_of is not None:
+        previous_kpis = kpis(rows.where(F.col("as_of_date") == F.lit(previous_as_of)))
+        migrations_ref = ctx.table("tier_migrations")
+        if tables.exists(ctx.spark, migrations_ref):
+            cells = tables.read(ctx.spark, migrations_ref).where(
+                (F.col("to_date") == F.lit(as_of)) & (F.col("from_date") == F.lit(previous_as_of)) & (F.col("dimension") == "value_tier")
+            )
+            migration = [{"from_tier": r.from_tier, "to_tier": r.to_tier, "customers": int(r.customers)} for r in cells.collect()]
+    lineage = snapshot.select("lineage.pipeline_run_id", "lineage.value_rank_by").first()
+    return {
+        "as_of": as_of.isoformat(),
+        "previous_as_of": previous_as_of.isoformat() if previous_as_of else None,
+        "pipeline_run_id": lineage.pipeline_run_id,
+        "value_rank_by": lineage.value_rank_by,
+        "tiers_version": version,
+        "kpis": kpis(snapshot),
+        "previous_kpis": previous_kpis,
+        "value_tiers": value_tiers,
+        "clv_by_tier": clv_by_tier,
+        "clusters": clusters,
+        "migration": migration,
+        "churn": churn_summary(config.churn.registered_model),
+    }
+
+
+def churn_summary(name: str) -> dict | None:
+    """The churn champion's evaluation (model and baselines) from its MLflow run."""
+    client = MlflowClient()
+    version = tracking.aliased_version(client, name, CHAMPION)
+    if version is None:
+        return None
+    run = client.get_run(version.run_id)
+    metrics, tags = run.data.metrics, run.data.tags
+    scores = {MODEL: {m: metrics.get(m) for m in CHURN_METRICS}}
+    for baseline, prefix in BASELINE_PREFIXES.items():
+        if f"{prefix}_pr_auc" in metrics:  # models trained before a baseline existed lack it
+            scores[baseline] = {m: metrics.get(f"{prefix}_{m}") for m in CHURN_METRICS}
+    return {
+        "model": f"{name} version {version.version} ({tags.get('model_type', '?')})",
+        "evaluation_cutoff": tags.get("evaluation_cutoff"),
+        "horizon_days": tags.get("horizon_days"),
+        "scores": scores,
+    }

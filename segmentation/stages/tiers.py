@@ -1,0 +1,260 @@
+"""tiers: assemble `customer_tiers` for an as-of date from the features, CLV, cluster and
+churn snapshots, then bring `customer_tier_history` (SCD type 2) up to date and record the
+movement since the previous snapshot in `tier_migrations` and `tier_events`.
+
+The snapshot replaces exactly its as-of partition in one Delta commit, guarded by CHECK
+constraints (non-null keys, probabilities in [0, 1], the configured tier domains); a retried
+write of the same pipeline run is skipped by Delta's idempotent-write options. Each row
+carries its lineage: the pipeline run, the Delta versions read, the model versions and the
+MLflow run of the lifetime-value fit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import logging
+
+import mlflow
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+from pyspark import StorageLevel
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+
+from segmentation.stages.context import StageContext
+from segmentation.arguments import add_as_of_argument, as_of_overrides
+from segmentation import tables, tracking
+from segmentation.config import Config
+from segmentation.errors import DataQualityError, SegmentationError
+from segmentation.features.rules import UNMATCHED
+from segmentation.logs import stage
+from segmentation.tiers.history import HISTORY_KEY, tier_history
+from segmentation.tiers.migrations import SCORES_BEST_FIRST, check_events, migration_matrix, tier_events
+from segmentation.tiers.snapshot import TIER_COLUMNS, Lineage, customer_tiers, joined_inputs, value_cuts
+
+log = logging.getLogger(__name__)
+
+HELP = "assemble customer_tiers for a date; update the tier history, migrations and events"
+HISTORY_ATTEMPTS = 5
+INPUTS = {
+    "customer_features": "segmentation features",
+    "customer_clv": "segmentation clv",
+    "customer_clusters": "segmentation cluster",
+    "customer_churn": "segmentation churn score",
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_as_of_argument(parser)
+
+
+def config_overrides(args: argparse.Namespace) -> list[str]:
+    return as_of_overrides(args)
+
+
+def tier_orders(config: Config) -> dict[str, list[str]]:
+    """Ordered tier dimensions, best first (an upgrade moves towards the front)."""
+    return {
+        "value_tier": [t.name for t in config.features.value_pyramid.tiers],
+        "churn_risk_tier": [t.name for t in reversed(config.churn.risk_tiers)],
+        **{score: SCORES_BEST_FIRST for score in ("r_score", "f_score", "m_score")},
+    }
+
+
+def tier_names(config: Config) -> dict[str, list[str]]:
+    """The tier names of each dimension the configuration fixes (cluster names are learnt)."""
+    def rule_table(rules) -> list[str]:
+        return [*(rule.name for rule in rules), UNMATCHED]
+
+    return {
+        **tier_orders(config),
+        "rfm_segment": rule_table(config.features.rfm.segments),
+        "lifecycle_stage": rule_table(config.features.lifecycle),
+        "business_tier": rule_table(config.features.business_rules),
+        "stickiness": rule_table(config.tiers.stickiness),
+        "treatment": rule_table(config.tiers.playbook),
+    }
+
+
+def constraints(config: Config) -> dict[str, str]:
+    def domain(names) -> str:
+        return ", ".join("'" + n.replace("'", "''") + "'" for n in names)
+
+    return {
+        "customer_id_not_null": "customer_id IS NOT NULL",
+        "as_of_date_not_null": "as_of_date IS NOT NULL",
+        "churn_probability_range": "churn_probability IS NULL OR (churn_probability >= 0 AND churn_probability <= 1)",
+        "probability_alive_range": "probability_alive IS NULL OR (probability_alive >= 0 AND probability_alive <= 1)",
+        "value_tier_domain": f"value_tier IN ({domain(t.name for t in config.features.value_pyramid.tiers)})",
+        "churn_risk_tier_domain": f"churn_risk_tier IS NULL OR churn_risk_tier IN ({domain(t.name for t in config.churn.risk_tiers)})",
+        "stickiness_domain": f"stickiness IN ({domain(tier_names(config)['stickiness'])})",
+        "treatment_priority_range": "treatment_priority IS NULL OR (treatment_priority >= 1 AND treatment_priority <= 9)",
+    }
+
+
+def run(ctx: StageContext, args: argparse.Namespace | None = None) -> dict[str, object]:
+    config, spark, settings = ctx.config, ctx.spark, ctx.config.tiers
+    target = ctx.table("customer_tiers")
+    with tracking.stage_run(config, "tiers", ctx.pipeline_run_id) as active, stage("tiers") as summary:
+        check_events(settings.events, TIER_COLUMNS, tier_orders(config), tier_names(config))
+        read = {key: ctx.read_input(key, f"does not exist yet; run '{command}' first") for key, command in INPUTS.items()}
+        features_ref, _, features = read["customer_features"]
+        as_of = config.as_of or features.agg(F.max("as_of_date")).first()[0]
+        if as_of is None:
+            raise DataQualityError(f"{features_ref} has no snapshots: run 'segmentation features' first")
+        snapshots = {key: _snapshot(ref, df, as_of, INPUTS[key]) for key, (ref, _, df) in read.items()}
+        for key, (ref, version, _) in read.items():
+            tracking.log_delta_input(ref, version, context=key)
+        lineage = _lineage(ctx, read, snapshots, as_of)
+        mlflow.set_tags({"as_of": as_of.isoformat()})
+        mlflow.log_params({"as_of": as_of.isoformat(), "value_rank_by": settings.value_rank_by})
+
+        joined = joined_inputs(*snapshots.values()).persist(StorageLevel.MEMORY_AND_DISK)
+        try:
+            cuts = value_cuts(joined, settings, config.features)
+            rows = customer_tiers(joined, cuts, settings, config.features, as_of, lineage)
+            if not tables.exists(spark, target):
+                tables.ensure_table(spark, target, rows.schema, partition_by=["as_of_date"])
+            tables.add_constraints(spark, target, constraints(config))
+            result = tables.write(
+                rows, target, mode="overwrite", run_id=ctx.pipeline_run_id, partition_by=["as_of_date"],
+                replace_where=f"as_of_date = '{as_of.isoformat()}'",
+                idempotency_key=(f"customer_tiers:{ctx.pipeline_run_id}:{as_of.isoformat()}", 0),
+            )
+        finally:
+            joined.unpersist()
+        history = _update_history(ctx, settings.tracked)
+        tracking.log_delta_output(target, result.version)
+        tracking.log_delta_output(ctx.table("customer_tier_history"), history.version)
+        movement = _record_movement(ctx, as_of)
+        counts = _tier_counts(ctx, as_of)
+        mlflow.log_dict({"lineage": lineage.as_dict(), "tier_counts": counts, **movement}, "tiers/snapshot.json")
+        mlflow.log_metrics({tracking.metric_name(f"{dim}.{tier}"): n for dim, tiers in counts.items() for tier, n in tiers.items()})
+        summary.update(as_of=as_of.isoformat(), customers=sum(counts["value_tier"].values()), version=result.version,
+                       skipped=result.skipped, history_version=history.version, table=target.location, **movement)
+        print(report(as_of, counts, movement), flush=True)
+    return {**summary, "mlflow_run_id": active.info.run_id, "counts": counts, "lineage": lineage.as_dict()}
+
+
+def _snapshot(ref, df: DataFrame, as_of: dt.date, command: str) -> DataFrame:
+    snapshot = df.where(F.col("as_of_date") == F.lit(as_of))
+    if snapshot.isEmpty():
+        raise DataQualityError(f"{ref} has no snapshot as of {as_of}; run '{command} --as-of {as_of}' first")
+    return snapshot
+
+
+def _lineage(ctx: StageContext, read, snapshots, as_of: dt.date) -> Lineage:
+    """The versions read, the model versions in the inputs and the MLflow runs behind them."""
+    client = MlflowClient()
+
+    def model_version(key: str) -> int | None:
+        value = snapshots[key].agg(F.max("model_version")).first()[0]
+        return None if value is None else int(value)
+
+    def model_run(name: str, version: int | None) -> str | None:
+        if version is None:
+            return None
+        try:
+            return client.get_model_version(name, str(version)).run_id
+        except MlflowException:
+            log.warning("model %s version %s is not in the registry: its run is not in the lineage", name, version)
+            return None
+
+    clv_runs = client.search_runs(
+        [mlflow.active_run().info.experiment_id],
+        filter_string=f"tags.stage = 'clv' AND tags.as_of = '{as_of.isoformat()}' AND attributes.status = 'FINISHED'",
+        order_by=["attributes.start_time DESC"], max_results=1,
+    )
+    cluster_version, churn_version = model_version("customer_clusters"), model_version("customer_churn")
+    return Lineage(
+        pipeline_run_id=ctx.pipeline_run_id,
+        features_version=read["customer_features"][1], clv_version=read["customer_clv"][1],
+        clusters_version=read["customer_clusters"][1], churn_version=read["customer_churn"][1],
+        clv_run_id=clv_runs[0].info.run_id if clv_runs else None,
+        cluster_model_version=cluster_version, churn_model_version=churn_version,
+        value_rank_by=ctx.config.tiers.value_rank_by,
+        cluster_run_id=model_run(ctx.config.cluster.registered_model, cluster_version),
+        churn_run_id=model_run(ctx.config.churn.registered_model, churn_version),
+    )
+
+
+def _update_history(ctx: StageContext, tracked: list[str]) -> tables.WriteResult:
+    """Recompute the SCD2 rows from every snapshot and MERGE the differences.
+
+    The pipeline of another date may write its snapshot meanwhile. The history is merged
+    again until no snapshot arrived during the merge, so whichever pipeline merges last
+    merges a history computed from every snapshot."""
+    snapshots_ref = ctx.table("customer_tiers")
+    read_version = tables.current_version(ctx.spark, snapshots_ref)
+    for _ in range(HISTORY_ATTEMPTS):
+        snapshots = tables.read(ctx.spark, snapshots_ref, version=read_version)
+        result = tables.merge(
+            tier_history(snapshots, tracked), ctx.table("customer_tier_history"), on=HISTORY_KEY,
+            compare=["valid_to", "is_current", *tracked], run_id=ctx.pipeline_run_id, delete_missing=True,
+        )
+        latest = tables.current_version(ctx.spark, snapshots_ref)
+        if latest == read_version:
+            return result
+        log.info("%s changed (version %d -> %d) while the history was merged: merging again", snapshots_ref, read_version, latest)
+        read_version = latest
+    raise SegmentationError(
+        f"{snapshots_ref} kept changing while its history was merged ({HISTORY_ATTEMPTS} attempts): "
+        "run 'segmentation tiers' again once the other pipelines have finished"
+    )
+
+
+def _record_movement(ctx: StageContext, as_of: dt.date) -> dict[str, object]:
+    """Migrations and events into `as_of` from the snapshot before it and, when a snapshot
+    arrives out of order, also from `as_of` into the snapshot after it."""
+    tiers = tables.read(ctx.spark, ctx.table("customer_tiers"))
+    bounds = tiers.agg(
+        F.max(F.when(F.col("as_of_date") < F.lit(as_of), F.col("as_of_date"))).alias("before"),
+        F.min(F.when(F.col("as_of_date") > F.lit(as_of), F.col("as_of_date"))).alias("after"),
+    ).first()
+    pairs = [(b, a) for b, a in ((bounds.before, as_of), (as_of, bounds.after)) if b is not None and a is not None]
+    if not pairs:
+        log.info("no other snapshot than %s: no migrations yet", as_of)
+    events = 0
+    for before, after in pairs:
+        written = _movement_between(ctx, tiers, before, after)
+        events += written if after == as_of else 0
+    return {"previous_as_of": bounds.before.isoformat() if bounds.before else None,
+            "next_as_of": bounds.after.isoformat() if bounds.after else None, "events": events}
+
+
+def _movement_between(ctx: StageContext, tiers: DataFrame, before: dt.date, after: dt.date) -> int:
+    """Write the migration matrix and the events from `before` to `after`, replacing those
+    previously recorded into `after`; the number of events."""
+    previous, current = (tiers.where(F.col("as_of_date") == F.lit(d)) for d in (before, after))
+    settings = ctx.config.tiers
+    matrix = migration_matrix(previous, current, settings.tracked, before, after)
+    tables.write(matrix, ctx.table("tier_migrations"), mode="overwrite", run_id=ctx.pipeline_run_id,
+                 partition_by=["to_date"], replace_where=f"to_date = '{after.isoformat()}'")
+    events = tier_events(previous, current, settings.events, tier_orders(ctx.config), before, after)
+    written = tables.write(events, ctx.table("tier_events"), mode="overwrite", run_id=ctx.pipeline_run_id,
+                           partition_by=["as_of_date"], replace_where=f"as_of_date = '{after.isoformat()}'")
+    log.info("movement %s -> %s: %s events", before, after, written.rows)
+    return written.rows or 0
+
+
+def _tier_counts(ctx: StageContext, as_of: dt.date) -> dict[str, dict[str, int]]:
+    snapshot = tables.read(ctx.spark, ctx.table("customer_tiers")).where(F.col("as_of_date") == F.lit(as_of))
+    dimensions = ["value_tier", "stickiness", "treatment", "churn_risk_tier", "lifecycle_stage"]
+    stacked = snapshot.select(F.explode(F.array(*[
+        F.struct(F.lit(d).alias("dimension"), F.coalesce(F.col(d).cast("string"), F.lit("(none)")).alias("tier")) for d in dimensions
+    ])).alias("t"))
+    counts: dict[str, dict[str, int]] = {d: {} for d in dimensions}
+    for row in stacked.groupBy("t.dimension", "t.tier").count().collect():
+        counts[row.dimension][row.tier] = int(row["count"])
+    return counts
+
+
+def report(as_of: dt.date, counts: dict[str, dict[str, int]], movement: dict[str, object]) -> str:
+    lines = ["", f"Customer tiers as of {as_of}:"]
+    for dimension, tiers in counts.items():
+        total = sum(tiers.values()) or 1
+        lines.append(f"  {dimension}: " + ", ".join(f"{t} {n:,} ({n / total:.1%})" for t, n in sorted(tiers.items(), key=lambda p: -p[1])))
+    if movement["previous_as_of"]:
+        lines.append(f"Movement since {movement['previous_as_of']}: {movement['events']:,} events in tier_events")
+    return "\n".join(lines) + "\n"
