@@ -189,6 +189,8 @@ def test_planted_ids_appear_only_in_the_raw_table_and_erase_removes_customers(sp
     raw_ref = ctx.table("raw_transactions")
     planted = spark.createDataFrame(planted_rows(), ", ".join(f"{c} string" for c in [*RAW_COLUMNS, "email"]))
     planted.write.format("delta").mode("append").option("mergeSchema", "true").save(raw_ref.location)
+    # The generated table first: generated rows never go where a real feed's batches are.
+    ingest.run(ctx)
     feed = write_csv_batch(tmp_path / "landing.csv")
     csv_settings = ["ingest.source.table=null", f"ingest.source.path={feed}", "ingest.source.format=csv", "ingest.max_rejected_share=0.9"]
     batch = ingest.run(StageContext(make_config(root, *SETTINGS, *csv_settings), spark))
