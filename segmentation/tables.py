@@ -8,6 +8,7 @@ commit's user metadata.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import random
 import re
@@ -183,6 +184,18 @@ def write(
     else:
         log.info("wrote %s rows to %s at version %d", rows, ref, version)
     return WriteResult(ref, version, rows)
+
+
+def write_snapshot(
+    df: DataFrame, ref: TableRef, date: dt.date, *, run_id: str, column: str = "as_of_date",
+    idempotency_key: tuple[str, int] | None = None,
+) -> WriteResult:
+    """Replace exactly one date's snapshot (partition `column` = `date`) in one commit; the
+    table's other dates stay as they are. Re-running a stage for a date does this."""
+    return write(
+        df, ref, mode="overwrite", run_id=run_id, partition_by=[column],
+        replace_where=f"{column} = '{date.isoformat()}'", idempotency_key=idempotency_key,
+    )
 
 
 def _retrying_conflicts(ref: TableRef, commit: Callable[[], None]) -> None:

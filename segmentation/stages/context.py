@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
 
 from segmentation import tables
 from segmentation.config import Config
@@ -36,13 +38,26 @@ class StageContext:
         return self.read_input("transactions", "no transactions table yet; run 'segmentation ingest' first")
 
     def as_of(self, transactions: DataFrame, ref: TableRef) -> dt.date:
-        """The snapshot date: configured, else the day of the latest transaction (a Spark job)."""
+        """The snapshot date of a stage reading transactions: configured, else the day of the
+        latest transaction (a Spark job, run only when no date is configured)."""
         from segmentation.features.customer import latest_transaction_date
 
-        as_of = self.config.as_of or latest_transaction_date(transactions)
-        if as_of is None:
-            raise DataQualityError(f"{ref} has no rows: nothing to compute from")
-        return as_of
+        return resolve_as_of(self.config.as_of, lambda: latest_transaction_date(transactions),
+                             f"{ref} has no rows: nothing to compute from")
+
+    def snapshot_as_of(self, snapshots: DataFrame, ref: TableRef, missing: str, column: str = "as_of_date") -> dt.date:
+        """The snapshot date of a stage reading snapshot tables: configured, else the newest
+        `column` of `snapshots`; `missing` says what to run when there is none."""
+        return resolve_as_of(self.config.as_of, lambda: snapshots.agg(F.max(column)).first()[0], f"{ref} {missing}")
+
+
+def resolve_as_of(configured: dt.date | None, latest: Callable[[], dt.date | None], missing: str) -> dt.date:
+    """The as-of date every stage uses: the configured one, else `latest()` (asked only then);
+    `missing` is the error when there is neither."""
+    as_of = configured or latest()
+    if as_of is None:
+        raise DataQualityError(missing)
+    return as_of
 
 
 NOTEBOOK_ENV, NOTEBOOK_SETTINGS = "SEGMENTATION_ENV", "SEGMENTATION_SET"

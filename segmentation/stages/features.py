@@ -69,10 +69,7 @@ def run(ctx: StageContext, args: argparse.Namespace | None = None) -> dict[str, 
                 )
             cuts = tier_cuts(features, settings)
             tiered = with_rule_tiers(features, cuts, settings)
-            result = tables.write(
-                tiered, target, mode="overwrite", run_id=ctx.pipeline_run_id, partition_by=["as_of_date"],
-                replace_where=f"as_of_date = '{as_of.isoformat()}'",
-            )
+            result = tables.write_snapshot(tiered, target, as_of, run_id=ctx.pipeline_run_id)
             tracking.log_delta_output(target, result.version)
             counts = [row.asDict() for row in tier_counts(tiered).collect()]
             pareto = [row.asDict() for row in value_pyramid_summary(tiered, settings.value_pyramid).collect()]

@@ -100,9 +100,7 @@ def run(ctx: StageContext, args: argparse.Namespace | None = None) -> dict[str, 
         check_events(settings.events, TIER_COLUMNS, tier_orders(config), tier_names(config))
         read = {key: ctx.read_input(key, f"does not exist yet; run '{command}' first") for key, command in INPUTS.items()}
         features_ref, _, features = read["customer_features"]
-        as_of = config.as_of or features.agg(F.max("as_of_date")).first()[0]
-        if as_of is None:
-            raise DataQualityError(f"{features_ref} has no snapshots: run 'segmentation features' first")
+        as_of = ctx.snapshot_as_of(features, features_ref, "has no snapshots: run 'segmentation features' first")
         snapshots = {key: _snapshot(ref, df, as_of, INPUTS[key]) for key, (ref, _, df) in read.items()}
         for key, (ref, version, _) in read.items():
             tracking.log_delta_input(ref, version, context=key)
@@ -117,9 +115,8 @@ def run(ctx: StageContext, args: argparse.Namespace | None = None) -> dict[str, 
             if not tables.exists(spark, target):
                 tables.ensure_table(spark, target, rows.schema, partition_by=["as_of_date"])
             tables.add_constraints(spark, target, constraints(config))
-            result = tables.write(
-                rows, target, mode="overwrite", run_id=ctx.pipeline_run_id, partition_by=["as_of_date"],
-                replace_where=f"as_of_date = '{as_of.isoformat()}'",
+            result = tables.write_snapshot(
+                rows, target, as_of, run_id=ctx.pipeline_run_id,
                 idempotency_key=(f"customer_tiers:{ctx.pipeline_run_id}:{as_of.isoformat()}", 0),
             )
         finally:
@@ -229,11 +226,9 @@ def _movement_between(ctx: StageContext, tiers: DataFrame, before: dt.date, afte
     previous, current = (tiers.where(F.col("as_of_date") == F.lit(d)) for d in (before, after))
     settings = ctx.config.tiers
     matrix = migration_matrix(previous, current, settings.tracked, before, after)
-    tables.write(matrix, ctx.table("tier_migrations"), mode="overwrite", run_id=ctx.pipeline_run_id,
-                 partition_by=["to_date"], replace_where=f"to_date = '{after.isoformat()}'")
+    tables.write_snapshot(matrix, ctx.table("tier_migrations"), after, run_id=ctx.pipeline_run_id, column="to_date")
     events = tier_events(previous, current, settings.events, tier_orders(ctx.config), before, after)
-    written = tables.write(events, ctx.table("tier_events"), mode="overwrite", run_id=ctx.pipeline_run_id,
-                           partition_by=["as_of_date"], replace_where=f"as_of_date = '{after.isoformat()}'")
+    written = tables.write_snapshot(events, ctx.table("tier_events"), after, run_id=ctx.pipeline_run_id)
     log.info("movement %s -> %s: %s events", before, after, written.rows)
     return written.rows or 0
 

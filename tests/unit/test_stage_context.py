@@ -1,0 +1,26 @@
+"""The as-of resolution every stage shares: a plain decision, tested without Spark."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+
+from segmentation.errors import DataQualityError
+from segmentation.stages.context import resolve_as_of
+
+
+def test_a_configured_date_wins_and_the_latest_is_not_even_asked():
+    def latest():
+        raise AssertionError("a Spark job that must not run")
+
+    assert resolve_as_of(dt.date(2025, 3, 1), latest, "unused") == dt.date(2025, 3, 1)
+
+
+def test_without_a_configured_date_the_latest_one_is_used():
+    assert resolve_as_of(None, lambda: dt.date(2025, 6, 30), "unused") == dt.date(2025, 6, 30)
+
+
+def test_with_neither_the_error_says_what_is_missing():
+    with pytest.raises(DataQualityError, match="^customer_features has no snapshots: run 'segmentation features' first$"):
+        resolve_as_of(None, lambda: None, "customer_features has no snapshots: run 'segmentation features' first")
