@@ -33,7 +33,7 @@ from pathlib import Path
 from segmentation.stages.context import StageContext
 from segmentation.arguments import positive_int
 from segmentation import tables
-from segmentation.errors import ConfigError
+from segmentation.errors import ConfigError, SetupError
 
 log = logging.getLogger(__name__)
 
@@ -55,9 +55,22 @@ def config_overrides(args: argparse.Namespace) -> list[str]:
     return overrides + ([f"generate.seed={args.seed}"] if args.seed is not None else [])
 
 
+BENCH_MODULES = ("duckdb", "psutil", "lifetimes")
+
+
+def missing_modules(names: tuple[str, ...] = BENCH_MODULES) -> list[str]:
+    """The benchmark's dependencies (the `bench` extra) that are not installed."""
+    import importlib.util
+
+    return [name for name in names if importlib.util.find_spec(name) is None]
+
+
 def run(ctx: StageContext, args: argparse.Namespace | None = None) -> dict[str, object]:
     from segmentation.stages import pipeline
 
+    missing = missing_modules()
+    if missing:
+        raise SetupError(f"bench needs {', '.join(missing)}: pip install 'segmentation[bench]'")
     customers = ctx.config.generate.customers
     bench_root = Path(ctx.config.storage.root) / "bench"
     work = bench_root / str(customers)

@@ -6,6 +6,8 @@ from __future__ import annotations
 import datetime as dt
 import time
 
+import pytest
+
 from segmentation import bench
 from segmentation.stages.context import StageContext
 from segmentation import tables
@@ -65,3 +67,16 @@ def test_summary_shows_growth_against_the_previous_size():
     text = bench.summary_markdown([_report(100_000, 100.0, 4000), _report(1_000_000, 800.0, 7000)])
     last = text.strip().splitlines()[-1]
     assert last.startswith("| 1,000,000 | 16,000,000 | 800.0 | 0.80 |")  # 8x the time for 10x the customers
+
+
+def test_without_its_extra_bench_says_what_to_install(monkeypatch):
+    import importlib.util
+
+    from segmentation import bench
+    from segmentation.errors import SetupError
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "duckdb" else real(name, *a))
+    assert bench.missing_modules() == ["duckdb"]
+    with pytest.raises(SetupError, match=r"^bench needs duckdb: pip install 'segmentation\[bench\]'$"):
+        bench.run(None)
