@@ -88,7 +88,7 @@ def run(ctx: StageContext, args: argparse.Namespace | None = None) -> dict[str, 
         results = pipeline.run(bench_ctx, pipeline_args)
     timings = results["timings"]
     as_of = dt.date.fromisoformat(str(results["as_of"]))
-    lines = int(results["ingest"]["rows_clean"])
+    lines = results["ingest"].rows_clean
     scored = int(results["features"]["customers"])
     stages = []
     for name, window in timings.items():

@@ -319,8 +319,8 @@ def test_every_row_is_clean_or_quarantined_with_its_reasons(ingested, name):
     clean, quarantined = read(ctx, "transactions").collect(), read(ctx, "transactions_quarantine").collect()
     rows_in = len(feed.outcome) + len(feed.unlabelled)
     rows_clean = sum(not reasons for reasons in feed.outcome.values())
-    assert result["status"] == "committed"
-    assert (result["rows_in"], result["rows_clean"], result["rows_quarantined"]) == (rows_in, rows_clean, rows_in - rows_clean)
+    assert result.status == "committed"
+    assert (result.rows_in, result.rows_clean, result.rows_quarantined) == (rows_in, rows_clean, rows_in - rows_clean)
     assert (len(clean), len(quarantined)) == (rows_clean, rows_in - rows_clean)  # what the Delta tables hold
 
     got = {r.transaction_id: [] for r in clean}

@@ -59,10 +59,10 @@ def pipeline_run(spark, tmp_path_factory):
 def test_every_raw_row_is_clean_or_quarantined(pipeline_run):
     ctx, results = pipeline_run
     raw, clean, quarantined = count(ctx, "raw_transactions"), count(ctx, "transactions"), count(ctx, "transactions_quarantine")
-    assert raw == results["ingest"]["rows_in"] > 3000
+    assert raw == results["ingest"].rows_in > 3000
     assert clean + quarantined == raw
     assert 0 < quarantined < 0.02 * raw
-    assert results["ingest"]["status"] == "committed"
+    assert results["ingest"].status == "committed"
 
 
 def test_clean_table_keeps_the_contract(pipeline_run):
@@ -89,7 +89,7 @@ def test_ingest_log_and_mlflow_record_the_batch(pipeline_run):
     runs = mlflow.search_runs(experiment_names=["segmentation"], filter_string="tags.stage = 'ingest'", output_format="list")
     assert len(runs) == 1
     run = runs[0]
-    assert run.data.metrics["rows_in"] == results["ingest"]["rows_in"]
+    assert run.data.metrics["rows_in"] == results["ingest"].rows_in
     assert run.data.tags["pipeline_run_id"] == ctx.pipeline_run_id
     assert run.data.tags["config_hash"] == ctx.config.fingerprint()
     raw_version = tables.current_version(ctx.spark, ctx.table("raw_transactions"))  # the write, then the generated mark
@@ -105,7 +105,7 @@ def test_same_batch_twice_adds_nothing(pipeline_run):
     ctx, _ = pipeline_run
     versions = {key: tables.current_version(ctx.spark, ctx.table(key)) for key in ("transactions", "transactions_quarantine")}
     again = ingest.run(ctx)
-    assert again["status"] == "already_ingested"
+    assert again.status == "already_ingested"
     for key, version in versions.items():
         assert tables.current_version(ctx.spark, ctx.table(key)) == version
 
@@ -128,13 +128,13 @@ def test_retry_after_a_crash_does_not_apply_writes_twice(spark, tmp_path, monkey
     assert rows["transactions"] > 0 and count(ctx, "ingest_log") == 0
 
     retry = ingest.run(ctx)
-    assert retry["status"] == "committed"
-    assert retry["transactions_version"] is None and retry["quarantine_version"] is None  # skipped: already applied
+    assert retry.status == "committed"
+    assert retry.transactions_version is None and retry.quarantine_version is None  # skipped: already applied
     for key, version in versions.items():
         assert tables.current_version(spark, ctx.table(key)) == version
         assert count(ctx, key) == rows[key]
     assert tables.read(spark, ctx.table("ingest_log")).where("status = 'committed'").count() == 1
-    assert ingest.run(ctx)["status"] == "already_ingested"
+    assert ingest.run(ctx).status == "already_ingested"
 
 
 def test_new_batch_appends_and_time_travel_reads_the_previous_version(spark, tmp_path):
@@ -146,11 +146,11 @@ def test_new_batch_appends_and_time_travel_reads_the_previous_version(spark, tmp
     settings = ["ingest.source.table=null", f"ingest.source.path={late}", "ingest.source.format=csv", "ingest.max_rejected_share=0.5"]
     batch = ingest.run(StageContext(make_config(tmp_path, *settings), spark))
     # The row repeating a loaded transaction id is set aside and counted: neither loaded again nor a rejection.
-    assert (batch["rows_in"], batch["rows_clean"], batch["rows_quarantined"], batch["rows_already_loaded"]) == (3, 2, 0, 1)
-    assert batch["rejected_share"] == 0
+    assert (batch.rows_in, batch.rows_clean, batch.rows_quarantined, batch.rows_already_loaded) == (3, 2, 0, 1)
+    assert batch.rejected_share == 0
     assert tables.current_version(spark, ctx.table("transactions")) == before + 1
-    assert count(ctx, "transactions") == first["rows_clean"] + 2
-    assert count(ctx, "transactions", version=before) == first["rows_clean"]
+    assert count(ctx, "transactions") == first.rows_clean + 2
+    assert count(ctx, "transactions", version=before) == first.rows_clean
     assert tables.read(spark, ctx.table("transactions")).where(F.col("transaction_id") == loaded_id).count() == 1
     assert tables.read(spark, ctx.table("transactions_quarantine")).where(F.col("transaction_id") == loaded_id).isEmpty()
     entry = tables.read(spark, ctx.table("ingest_log")).where(F.col("source") == str(late)).first()
@@ -169,7 +169,7 @@ def test_too_many_rejections_fail_and_add_nothing_then_pass_with_a_higher_limit(
 
     relaxed = StageContext(make_config(tmp_path / "d", *settings, "ingest.max_rejected_share=0.9"), spark)
     result = ingest.run(relaxed)
-    assert result["status"] == "committed"
+    assert result.status == "committed"
     assert count(ctx, "transactions") == 1
     assert count(ctx, "transactions_quarantine") == 2  # the quarantine write was not applied twice
 
@@ -178,6 +178,6 @@ def test_cdnow_sample_ingests_completely(spark, tmp_path):
     ctx = context(spark, tmp_path, "generate.dataset=cdnow_sample")
     results = pipeline.run(ctx, NO_ARGS)
     assert results["generate"]["rows"] == 6919
-    assert (results["ingest"]["rows_clean"], results["ingest"]["rows_quarantined"]) == (6919, 0)
+    assert (results["ingest"].rows_clean, results["ingest"].rows_quarantined) == (6919, 0)
     clean = tables.read(spark, ctx.table("transactions"))
     assert clean.select("customer_id").distinct().count() == 2357

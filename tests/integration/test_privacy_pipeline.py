@@ -194,7 +194,7 @@ def test_planted_ids_appear_only_in_the_raw_table_and_erase_removes_customers(sp
     feed = write_csv_batch(tmp_path / "landing.csv")
     csv_settings = ["ingest.source.table=null", f"ingest.source.path={feed}", "ingest.source.format=csv", "ingest.max_rejected_share=0.9"]
     batch = ingest.run(StageContext(make_config(root, *SETTINGS, *csv_settings), spark))
-    assert (batch["rows_clean"], batch["rows_quarantined"]) == (1, 2)
+    assert (batch.rows_clean, batch.rows_quarantined) == (1, 2)
 
     results = pipeline.run(StageContext(config, spark), ARGS)
     assert results["tiers"]["customers"] > 150

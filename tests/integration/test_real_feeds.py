@@ -69,7 +69,7 @@ def test_a_quoted_line_break_never_splits_a_record(spark, tmp_path, mlflow_store
     assert path.read_text(encoding="utf-8").count("\n") == 1 + 200 + 4
     ctx = context(spark, tmp_path / "data", mlflow_store, *csv_source(path))
     result = ingest.run(ctx)
-    assert (result["rows_in"], result["rows_clean"], result["rows_quarantined"]) == (200, 200, 0)
+    assert (result.rows_in, result.rows_clean, result.rows_quarantined) == (200, 200, 0)
     clean = {r.transaction_id: r.product_category for r in read(ctx, "transactions").collect()}
     assert len(clean) == 200
     # Line breaks stay inside the value; Spark's parser stores a CRLF there as LF.
@@ -117,7 +117,7 @@ def test_the_configured_encoding_is_applied(spark, tmp_path, mlflow_store, encod
     path = write_rows(tmp_path / "export.csv", rows, encoding=encoding)
     ctx = context(spark, tmp_path / "data", mlflow_store, *csv_source(path, f"ingest.source.options.encoding={spark_name}"))
     result = ingest.run(ctx)
-    assert (result["rows_in"], result["rows_clean"]) == (len(rows), len(rows))
+    assert (result.rows_in, result.rows_clean) == (len(rows), len(rows))
     clean = {r.transaction_id: r for r in read(ctx, "transactions").collect()}
     for line in rows:
         stored = clean[line["transaction_id"]]
@@ -144,15 +144,15 @@ def test_a_growing_delta_source_is_read_incrementally(spark, tmp_path, mlflow_st
 
     def ingested() -> dict:
         result = ingest.run(ctx)
-        assert result["status"] == "committed"
-        return {k: result[k] for k in ("rows_in", "rows_clean", "rows_quarantined", "rows_already_loaded")}
+        assert result.status == "committed"
+        return {k: getattr(result, k) for k in ("rows_in", "rows_clean", "rows_quarantined", "rows_already_loaded")}
 
     append_rows(spark, source, day(0, 250))
     assert ingested() == {"rows_in": 250, "rows_clean": 250, "rows_quarantined": 0, "rows_already_loaded": 0}
     for start, count in ((250, 50), (300, 30), (330, 1)):  # three daily appends
         append_rows(spark, source, day(start, count))
         assert ingested() == {"rows_in": count, "rows_clean": count, "rows_quarantined": 0, "rows_already_loaded": 0}
-    assert ingest.run(ctx)["status"] == "already_ingested"  # nothing new
+    assert ingest.run(ctx).status == "already_ingested"  # nothing new
     assert read(ctx, "transactions").count() == 331 and read(ctx, "transactions_quarantine").isEmpty()
 
     # The source is overwritten with everything plus 20 new rows, one of them defective: the
@@ -197,7 +197,7 @@ def test_files_with_columns_in_another_order_are_matched_by_name(spark, tmp_path
     write_rows(folder / "day2.csv", second, header=list(reversed(reordered)))
     ctx = context(spark, tmp_path / "data", mlflow_store, *csv_source(folder))
     result = ingest.run(ctx)
-    assert (result["rows_in"], result["rows_clean"]) == (145, 145)
+    assert (result.rows_in, result.rows_clean) == (145, 145)
     clean = read(ctx, "transactions").groupBy("net_amount", "discount_amount", "quantity").count().collect()
     assert {(r.net_amount, r.discount_amount, r.quantity): r["count"] for r in clean} == {(10.0, 1.5, 1): 60, (20.0, 2.5, 2): 85}
 
@@ -224,7 +224,7 @@ def test_run_never_mixes_generated_rows_into_a_real_feed(spark, tmp_path, mlflow
     with caplog.at_level(logging.INFO, logger="segmentation"):
         results = pipeline.run(ctx, ONLY_INGEST)
     assert "generate" not in results and not tables.exists(spark, ctx.table("raw_transactions"))
-    assert results["ingest"]["status"] == "already_ingested"
+    assert results["ingest"].status == "already_ingested"
     assert f"ingesting the feed ingested last: --source {path} --format csv --set ingest.source.options.nullValue=NA" in caplog.text
     assert read(ctx, "transactions").count() == 40
 
