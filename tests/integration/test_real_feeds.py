@@ -110,6 +110,14 @@ def test_bytes_that_are_not_utf8_refuse_the_batch_naming_the_file_and_option(spa
     assert not root.exists() or not any(root.iterdir())  # no tables, no mlflow.db
 
 
+def test_a_header_only_file_is_refused_and_leaves_no_table_and_no_mlflow_store(spark, tmp_path):
+    path = write_rows(tmp_path / "header_only.csv", [])
+    root = tmp_path / "data"
+    with pytest.raises(DataQualityError, match=r"header_only.csv: the source has no rows$"):
+        ingest.run(StageContext(make_config(root, REFERENCE_TIME, *csv_source(path)), spark))
+    assert not root.exists() or not any(root.iterdir())
+
+
 @pytest.mark.parametrize("encoding, spark_name", [("latin-1", "ISO-8859-1"), ("cp1252", "windows-1252"), ("gb18030", "GB18030")])
 def test_the_configured_encoding_is_applied(spark, tmp_path, mlflow_store, encoding, spark_name):
     extra = {"cp1252": [row("E4", product_category="€uro “deal”")], "gb18030": [row("E5", customer_id="李小龙", store_id="上海")]}
