@@ -29,6 +29,13 @@ def make_config(root: Path, *overrides: str, env: str = "local") -> Config:
     return load_config(env, CONF_DIR, [f"storage.root={root}", *TEST_SPARK_SETTINGS, *overrides])
 
 
+def base_section(key: str, **values):
+    """A section as base.yaml sets it, with `values` replaced, validated as a loaded one is
+    (the models have no defaults of their own)."""
+    section = getattr(load_config("base", CONF_DIR), key)
+    return type(section).model_validate({**section.model_dump(), **values})
+
+
 @pytest.fixture(scope="session")
 def spark(tmp_path_factory):
     from segmentation.logs import configure_logging

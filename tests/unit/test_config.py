@@ -156,3 +156,42 @@ def test_segment_map_rows_read_as_conditions():
 def test_impossible_cut_offs_name_their_keys_and_where_they_were_set(overrides, message):
     with pytest.raises(ConfigError, match=message):
         load_config("local", CONF_DIR, overrides)
+
+
+def test_no_configuration_key_has_a_default_in_code():
+    """base.yaml is the one place a default is written: a default in a model would be a
+    second copy that can drift from it. Only rows of lists (rules, tiers, events) keep the
+    defaults of their optional fields, since base.yaml sets whole lists, not rows."""
+    import inspect
+    import types
+    import typing
+
+    from pydantic import BaseModel
+
+    from segmentation import config as module
+
+    sections = [
+        cls for cls in vars(module).values()
+        if inspect.isclass(cls) and issubclass(cls, module._Section) and cls not in (module._Section, module._Row)
+    ]
+    with_default = [
+        f"{cls.__name__}.{name}"
+        for cls in sections if not issubclass(cls, module._Row)
+        for name, field in cls.model_fields.items() if not field.is_required()
+    ]
+    assert with_default == [], f"set these in conf/base.yaml, not in the model: {with_default}"
+
+    def rows_outside_lists(model: type[BaseModel], path: str) -> list[str]:
+        found = []
+        for name, field in model.model_fields.items():
+            annotation = field.annotation
+            is_union = typing.get_origin(annotation) in (typing.Union, types.UnionType)
+            for candidate in typing.get_args(annotation) if is_union else (annotation,):
+                if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+                    if issubclass(candidate, module._Row):
+                        found.append(f"{path}{name}")
+                    found.extend(rows_outside_lists(candidate, f"{path}{name}."))
+        return found
+
+    # a row's defaults are allowed only because a list holds it; a row as a section would hide one
+    assert rows_outside_lists(module.Config, "") == []
