@@ -1,4 +1,8 @@
-"""Configuration: YAML files in `conf/` loaded into typed, validated objects.
+"""Configuration: YAML files in a configuration folder loaded into typed, validated objects.
+
+The package ships its own folder, `segmentation/conf/` (base.yaml and the overlays), which
+is the one copy in the repository and the wheel's package data; a deployment can point
+`--conf-dir` or $SEGMENTATION_CONF_DIR at a folder of its own (a copy it edits).
 
 Layers, later wins: `base.yaml` (every default), `<env>.yaml` (local, cluster, databricks),
 then `--set key.path=value` overrides from the command line. The models below hold types and
@@ -23,6 +27,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from segmentation.errors import ConfigError
 
 CONF_DIR_ENV = "SEGMENTATION_CONF_DIR"
+# The package's own configuration: base.yaml and the environment overlays (package data).
+PACKAGE_CONF_DIR = Path(__file__).resolve().parent / "conf"
 # Free-form mappings whose keys contain dots themselves (Spark settings, reader options):
 # in `--set spark.conf.spark.sql.shuffle.partitions=8` everything after the prefix is one key.
 _FREEFORM_MAPPINGS = [("spark", "conf"), ("ingest", "source", "options")]
@@ -525,13 +531,13 @@ class Config(_Section):
 
 
 def default_conf_dir() -> Path:
-    """`$SEGMENTATION_CONF_DIR`, else `./conf`, else the `conf/` of this source checkout."""
+    """`$SEGMENTATION_CONF_DIR`, else `./conf` if it holds a base.yaml, else the package's own."""
     if os.environ.get(CONF_DIR_ENV):
         return Path(os.environ[CONF_DIR_ENV])
     cwd_conf = Path.cwd() / "conf"
     if (cwd_conf / "base.yaml").is_file():
         return cwd_conf
-    return Path(__file__).resolve().parent.parent / "conf"
+    return PACKAGE_CONF_DIR
 
 
 def load_config(
@@ -645,7 +651,9 @@ def _origin_of(path: tuple[str, ...], origin: dict[tuple[str, ...], str]) -> str
 
 
 def _resolved(config: Config, conf_dir: Path) -> Config:
-    """Make relative paths absolute once, so every stage sees the same locations."""
+    """Make relative paths absolute once, so every stage sees the same locations: storage.root
+    against the current directory, privacy.key_file against the configuration folder (the
+    current directory with the package's own configuration: nobody keeps a key in there)."""
     root = Path(config.storage.root).expanduser()
     if not root.is_absolute():
         root = (Path.cwd() / root).resolve()
@@ -653,6 +661,7 @@ def _resolved(config: Config, conf_dir: Path) -> Config:
     if config.privacy.key_file:
         key_file = Path(config.privacy.key_file).expanduser()
         if not key_file.is_absolute():
-            key_file = (conf_dir / key_file).resolve()
+            folder = Path.cwd() if conf_dir.resolve() == PACKAGE_CONF_DIR else conf_dir
+            key_file = (folder / key_file).resolve()
         update["privacy"] = config.privacy.model_copy(update={"key_file": str(key_file)})
     return config.model_copy(update=update)

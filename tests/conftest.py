@@ -10,7 +10,9 @@ import pytest
 from segmentation.config import Config, load_config
 
 REPO = Path(__file__).resolve().parent.parent
-CONF_DIR = REPO / "conf"
+# The package's own configuration (segmentation/conf/, shipped in the wheel); conf/ at the
+# top holds the Databricks bundle.
+CONF_DIR = REPO / "segmentation" / "conf"
 
 TEST_SPARK_SETTINGS = [
     "spark.master=local[2]",

@@ -195,3 +195,44 @@ def test_no_configuration_key_has_a_default_in_code():
 
     # a row's defaults are allowed only because a list holds it; a row as a section would hide one
     assert rows_outside_lists(module.Config, "") == []
+
+
+def test_the_package_configuration_is_the_fallback_and_the_only_copy(tmp_path, monkeypatch):
+    """An installed wheel runs in an empty folder: with no --conf-dir, no $SEGMENTATION_CONF_DIR
+    and no ./conf/base.yaml, the package's own folder is used. It is the repository's only
+    copy of the YAML files, and the wheel ships all of them."""
+    import tomllib
+
+    from segmentation.config import CONF_DIR_ENV, PACKAGE_CONF_DIR, default_conf_dir
+    from tests.conftest import REPO
+
+    monkeypatch.delenv(CONF_DIR_ENV, raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert default_conf_dir() == PACKAGE_CONF_DIR == CONF_DIR
+    assert load_config("local").storage.root == str(tmp_path / "segmentation-data")
+    (tmp_path / "conf").mkdir()  # a conf/ without base.yaml (the repository's, say) is not a configuration
+    assert default_conf_dir() == PACKAGE_CONF_DIR
+    own = _conf_dir(tmp_path / "conf")
+    assert default_conf_dir() == own
+    monkeypatch.setenv(CONF_DIR_ENV, str(tmp_path / "elsewhere"))
+    assert default_conf_dir() == tmp_path / "elsewhere"
+
+    package_data = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    shipped = {p for pattern in package_data["segmentation"] for p in (REPO / "segmentation").glob(pattern)}
+    assert shipped == set(PACKAGE_CONF_DIR.glob("*.yaml")) and {p.name for p in shipped} >= {
+        "base.yaml", "local.yaml", "cluster.yaml", "databricks.yaml"
+    }
+    names = {p.name for p in shipped}
+    found = [*REPO.glob("*.yaml"), *(p for top in ("conf", "jobs", "notebooks", "segmentation", "tests")
+                                     for p in (REPO / top).glob("**/*.yaml"))]
+    copies = [p for p in found if p.name in names and p.parent != PACKAGE_CONF_DIR]
+    assert copies == [], "a second copy of a configuration file can drift from the package's"
+
+
+def test_a_relative_key_file_is_read_from_the_configuration_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "deployment").mkdir()
+    conf = _conf_dir(tmp_path / "deployment", local="privacy:\n  key_file: secrets/key\n")
+    assert load_config("local", conf).privacy.key_file == str(conf / "secrets" / "key")
+    # the package's own folder is no place for a key: the current directory instead
+    assert load_config("local", CONF_DIR, ["privacy.key_file=key"]).privacy.key_file == str(tmp_path / "key")
