@@ -236,3 +236,21 @@ def test_a_relative_key_file_is_read_from_the_configuration_folder(tmp_path, mon
     assert load_config("local", conf).privacy.key_file == str(conf / "secrets" / "key")
     # the package's own folder is no place for a key: the current directory instead
     assert load_config("local", CONF_DIR, ["privacy.key_file=key"]).privacy.key_file == str(tmp_path / "key")
+
+
+def test_notebooks_resolve_relative_paths_against_the_project_folder(tmp_path, monkeypatch):
+    """A notebook opened from notebooks/ sees the tables of `segmentation run` started in the
+    project folder: the folder above a configuration folder, or the checkout of the package's."""
+    import segmentation.spark
+    from segmentation.config import CONF_DIR_ENV
+    from segmentation.stages.context import notebook_context
+    from tests.conftest import REPO
+
+    monkeypatch.setattr(segmentation.spark, "get_spark", lambda settings: None)
+    for name in (CONF_DIR_ENV, "SEGMENTATION_ENV", "SEGMENTATION_SET"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(REPO / "notebooks")
+    assert notebook_context("local").config.storage.root == str(REPO / "segmentation-data")
+    (tmp_path / "project" / "conf").mkdir(parents=True)
+    monkeypatch.setenv(CONF_DIR_ENV, str(_conf_dir(tmp_path / "project" / "conf", local="")))
+    assert notebook_context("local").config.storage.root == str(tmp_path / "project" / "segmentation-data")
