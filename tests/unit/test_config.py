@@ -179,7 +179,7 @@ def test_no_configuration_key_has_a_default_in_code():
         for cls in sections if not issubclass(cls, module._Row)
         for name, field in cls.model_fields.items() if not field.is_required()
     ]
-    assert with_default == [], f"set these in conf/base.yaml, not in the model: {with_default}"
+    assert with_default == [], f"set these in segmentation/conf/base.yaml, not in the model: {with_default}"
 
     def rows_outside_lists(model: type[BaseModel], path: str) -> list[str]:
         found = []
