@@ -29,8 +29,8 @@ STAGES = {
 
 DESCRIPTION = """Customer tiering on Spark, Delta Lake and MLflow.
 
-Stages read and write Delta tables whose locations come from conf/ (base.yaml, then the
---env overlay, then --set overrides). Typical first run:
+Stages read and write Delta tables whose locations come from the configuration (base.yaml,
+then the --env overlay, then --set overrides; the package ships its own). Typical first run:
 
   segmentation setup          check Java, cache Delta's jars (once per machine)
   segmentation run            generate a demo feed if none exists, then run every stage
@@ -46,8 +46,12 @@ class _Parser(argparse.ArgumentParser):
 
 def _common_options() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--env", default="local", help="configuration overlay: conf/<env>.yaml (default: local)")
-    common.add_argument("--conf-dir", help="configuration folder (default: ./conf, or $SEGMENTATION_CONF_DIR)")
+    common.add_argument("--env", default="local", help="configuration overlay: <conf-dir>/<env>.yaml (default: local)")
+    common.add_argument(
+        "--conf-dir",
+        help="configuration folder with base.yaml and the overlays (default: $SEGMENTATION_CONF_DIR, else ./conf, "
+        "else the package's own)",
+    )
     common.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
         help="override one configuration value, e.g. --set ingest.max_rejected_share=0.1 (repeatable)",

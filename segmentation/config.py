@@ -1,7 +1,12 @@
-"""Configuration: YAML files in `conf/` loaded into typed, validated objects.
+"""Configuration: YAML files in a configuration folder loaded into typed, validated objects.
+
+The package ships its own folder, `segmentation/conf/` (base.yaml and the overlays), which
+is the one copy in the repository and the wheel's package data; a deployment can point
+`--conf-dir` or $SEGMENTATION_CONF_DIR at a folder of its own (a copy it edits).
 
 Layers, later wins: `base.yaml` (every default), `<env>.yaml` (local, cluster, databricks),
-then `--set key.path=value` overrides from the command line. Every leaf remembers the file
+then `--set key.path=value` overrides from the command line. The models below hold types and
+validation only: a default lives in base.yaml and nowhere else. Every leaf remembers the file
 (or override) it came from, so an unknown key or a bad value is reported as
 `conf/local.yaml: ingest.max_rejected_share: Input should be less than or equal to 1`.
 """
@@ -22,6 +27,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from segmentation.errors import ConfigError
 
 CONF_DIR_ENV = "SEGMENTATION_CONF_DIR"
+# The package's own configuration: base.yaml and the environment overlays (package data).
+PACKAGE_CONF_DIR = Path(__file__).resolve().parent / "conf"
 # Free-form mappings whose keys contain dots themselves (Spark settings, reader options):
 # in `--set spark.conf.spark.sql.shuffle.partitions=8` everything after the prefix is one key.
 _FREEFORM_MAPPINGS = [("spark", "conf"), ("ingest", "source", "options")]
@@ -32,7 +39,15 @@ _SCORE_RANGE = re.compile(r"^\s*([1-5])\s*(?:-\s*([1-5])\s*)?$")
 
 
 class _Section(BaseModel):
+    """A section of the configuration: types and validation only. Every value, defaults
+    included, comes from the YAML files (base.yaml sets every key), so no field has a default."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class _Row(_Section):
+    """One row of a configured list (a rule, a tier, an event). base.yaml sets whole lists,
+    not rows, so a row's optional fields keep their defaults here."""
 
 
 class _KeysError(ValueError):
@@ -64,7 +79,7 @@ class TableLocations(_Section):
 
 class StorageConfig(_Section):
     root: str
-    catalog: Literal["path", "metastore"] = "path"
+    catalog: Literal["path", "metastore"]
     tables: TableLocations
 
     @model_validator(mode="after")
@@ -80,40 +95,40 @@ class StorageConfig(_Section):
 
 
 class SparkConfig(_Section):
-    master: str | None = "local[2]"
-    app_name: str = "segmentation"
+    master: str | None
+    app_name: str
     # auto: use an existing session (Databricks, notebooks) or local Delta jars from
     # `segmentation setup`, else let Spark resolve them from Maven Central (needs network).
-    delta: Literal["auto", "local-jars", "packages", "provided"] = "auto"
-    jars_dir: str | None = None
-    log_level: Literal["ERROR", "WARN", "INFO", "DEBUG"] = "WARN"
-    conf: dict[str, str | int | float | bool] = Field(default_factory=dict)
+    delta: Literal["auto", "local-jars", "packages", "provided"]
+    jars_dir: str | None
+    log_level: Literal["ERROR", "WARN", "INFO", "DEBUG"]
+    conf: dict[str, str | int | float | bool]
 
 
 class MlflowConfig(_Section):
-    tracking_uri: str | None = None  # default: sqlite:///<storage.root>/mlflow.db
-    registry_uri: str | None = None
-    artifact_location: str | None = None  # default: <storage.root>/mlartifacts
-    experiment: str = "segmentation"
+    tracking_uri: str | None  # null: sqlite:///<storage.root>/mlflow.db
+    registry_uri: str | None
+    artifact_location: str | None  # null: <storage.root>/mlartifacts
+    experiment: str
 
 
 class PrivacyConfig(_Section):
-    pseudonymise: bool = True
-    key_env: str = "SEGMENTATION_PSEUDONYMISATION_KEY"
-    key_file: str | None = None
+    pseudonymise: bool
+    key_env: str
+    key_file: str | None
     # Only for demos and tests: a fixed, publicly known key. Never for real customer data.
-    allow_demo_key: bool = False
+    allow_demo_key: bool
 
 
 class GenerateConfig(_Section):
-    dataset: Literal["synthetic", "cdnow_sample", "cdnow_master"] = "synthetic"
-    customers: int = Field(20_000, gt=0)
-    seed: int = 42
-    start_date: dt.date = dt.date(2023, 1, 1)
-    end_date: dt.date = dt.date(2025, 12, 31)
-    defect_share: float = Field(0.01, ge=0.0, le=0.5)
-    partitions: int | None = Field(None, gt=0)
-    cdnow_path: str | None = None
+    dataset: Literal["synthetic", "cdnow_sample", "cdnow_master"]
+    customers: int = Field(gt=0)
+    seed: int
+    start_date: dt.date
+    end_date: dt.date
+    defect_share: float = Field(ge=0.0, le=0.5)
+    partitions: int | None = Field(gt=0)
+    cdnow_path: str | None
 
     @model_validator(mode="after")
     def _dates_ordered(self) -> "GenerateConfig":
@@ -128,10 +143,10 @@ class GenerateConfig(_Section):
 class SourceConfig(_Section):
     """An ingest source: a configured table key, or a path with its format."""
 
-    table: str | None = "raw_transactions"
-    path: str | None = None
-    format: Literal["delta", "parquet", "csv"] = "delta"
-    options: dict[str, str | int | float | bool] = Field(default_factory=dict)
+    table: str | None
+    path: str | None
+    format: Literal["delta", "parquet", "csv"]
+    options: dict[str, str | int | float | bool]
 
     @model_validator(mode="after")
     def _one_location(self) -> "SourceConfig":
@@ -141,20 +156,20 @@ class SourceConfig(_Section):
 
 
 class IngestConfig(_Section):
-    source: SourceConfig = Field(default_factory=SourceConfig)
+    source: SourceConfig
     channels: list[str]
-    min_timestamp: dt.date = dt.date(1990, 1, 1)
+    min_timestamp: dt.date
     # Rows stamped later than the ingest time plus this tolerance are "timestamp_in_future".
-    future_tolerance_days: int = Field(1, ge=0)
+    future_tolerance_days: int = Field(ge=0)
     # Overrides the ingest time as the reference for the future check (reproducible runs).
-    reference_time: dt.datetime | None = None
-    max_abs_amount: float = Field(50_000.0, gt=0)
-    max_abs_quantity: int = Field(1_000, gt=0)
-    max_rejected_share: float = Field(0.05, ge=0.0, le=1.0)
+    reference_time: dt.datetime | None
+    max_abs_amount: float = Field(gt=0)
+    max_abs_quantity: int = Field(gt=0)
+    max_rejected_share: float = Field(ge=0.0, le=1.0)
     # Reject a row whose quantity's sign contradicts its amount's (quantity -2 on a sale).
-    quantity_sign_mismatch: bool = True
+    quantity_sign_mismatch: bool
     # Values that mean "no value" in a feed, in any case (as an empty field does).
-    missing_values: list[str] = Field(default_factory=lambda: ["NULL", "N/A", "#N/A", "None", "nil"])
+    missing_values: list[str]
 
     @model_validator(mode="after")
     def _reference_after_min_timestamp(self) -> "IngestConfig":
@@ -183,14 +198,14 @@ class IngestConfig(_Section):
         return normalised
 
 
-class ExpressionRule(_Section):
+class ExpressionRule(_Row):
     """One row of a first-match rule table: a name and a Spark SQL condition over feature columns."""
 
     name: str = Field(min_length=1)
     when: str = Field(min_length=1)
 
 
-class SegmentRule(_Section):
+class SegmentRule(_Row):
     """One row of the RFM segment map: score ranges such as "5", "4-5" or "any"."""
 
     name: str = Field(min_length=1)
@@ -223,9 +238,9 @@ class SegmentRule(_Section):
 
 class RfmConfig(_Section):
     # The feature columns scored 1-5 (recency inverted: fewest days = 5).
-    recency: str = "recency_days"
-    frequency: str = "frequency_orders"
-    monetary: str = "monetary"
+    recency: str
+    frequency: str
+    monetary: str
     segments: list[SegmentRule]
 
     @field_validator("segments")
@@ -234,13 +249,13 @@ class RfmConfig(_Section):
         return _unique_names(value, "segment")
 
 
-class ValueTier(_Section):
+class ValueTier(_Row):
     name: str = Field(min_length=1)
     share: float | None = Field(None, gt=0.0, lt=1.0)  # share of customers; the last tier takes the rest
 
 
 class ValuePyramidConfig(_Section):
-    rank_by: str = "revenue_365d"
+    rank_by: str
     tiers: list[ValueTier]
 
     @field_validator("tiers")
@@ -255,11 +270,11 @@ class ValuePyramidConfig(_Section):
 
 class FeaturesConfig(_Section):
     # Relative error of the approximate quantiles behind RFM scores and value tiers (0 = exact, slow).
-    quantile_relative_error: float = Field(0.001, ge=0.0, lt=0.5)
+    quantile_relative_error: float = Field(ge=0.0, lt=0.5)
     rfm: RfmConfig
     value_pyramid: ValuePyramidConfig
     lifecycle: list[ExpressionRule]
-    business_rules: list[ExpressionRule] = Field(default_factory=list)
+    business_rules: list[ExpressionRule]
 
     @field_validator("lifecycle", "business_rules")
     @classmethod
@@ -285,53 +300,53 @@ def _unique_names(items: list[Any], kind: str) -> list[Any]:
 
 
 class LoggingConfig(_Section):
-    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"]
 
 
 class ClvConfig(_Section):
     """BG/NBD + Gamma-Gamma lifetime value: the fit, the scoring horizon and the holdout check."""
 
     # Purchases are counted per day; t_x and T are measured in this unit (FHL 2005 use weeks).
-    time_unit: Literal["day", "week"] = "week"
+    time_unit: Literal["day", "week"]
     # > 0: fit on the transactions up to as_of minus this many days, and compare the
     # predictions with what customers actually bought in those days.
-    holdout_days: int = Field(0, ge=0)
-    horizon_days: int = Field(90, gt=0)  # expected purchases over the next N days
-    months: int = Field(12, gt=0)  # discounted CLV over this many months
-    monthly_discount_rate: float = Field(0.01, ge=0.0, lt=1.0)
-    penalizer: float = Field(0.0, ge=0.0)  # L2 penalty of the BG/NBD fit (lifetimes' penalizer_coef)
-    spend_penalizer: float = Field(0.0, ge=0.0)  # the same for Gamma-Gamma
+    holdout_days: int = Field(ge=0)
+    horizon_days: int = Field(gt=0)  # expected purchases over the next N days
+    months: int = Field(gt=0)  # discounted CLV over this many months
+    monthly_discount_rate: float = Field(ge=0.0, lt=1.0)
+    penalizer: float = Field(ge=0.0)  # L2 penalty of the BG/NBD fit (lifetimes' penalizer_coef)
+    spend_penalizer: float = Field(ge=0.0)  # the same for Gamma-Gamma
     # Up to this many distinct triples (or spend groups) are fitted on the driver; beyond,
     # each optimiser step sums the likelihood in Spark instead of collecting the rows.
-    max_driver_rows: int = Field(1_000_000, gt=0)
+    max_driver_rows: int = Field(gt=0)
 
 
 class ClusterConfig(_Section):
     """K-means segmentation over customer features (see segmentation/clustering)."""
 
-    algorithm: Literal["kmeans", "bisecting_kmeans"] = "kmeans"
+    algorithm: Literal["kmeans", "bisecting_kmeans"]
     features: list[str]
     # Skewed amounts and counts enter as log(1 + max(value, 0)).
-    log_features: list[str] = Field(default_factory=list)
-    k: int | None = Field(None, ge=2)  # a fixed k; default: the best silhouette in k_min..k_max
-    k_min: int = Field(3, ge=2)
-    k_max: int = Field(8, ge=2)
+    log_features: list[str]
+    k: int | None = Field(ge=2)  # a fixed k; null: the best silhouette in k_min..k_max
+    k_min: int = Field(ge=2)
+    k_max: int = Field(ge=2)
     # K-means is fitted on a seeded sample of at most this many customers (null: all of
     # them); every customer is assigned to a cluster.
-    fit_sample: int | None = Field(100_000, ge=100)
+    fit_sample: int | None = Field(ge=100)
     # Silhouette is computed on a sample of at most this many customers, whatever their number.
-    silhouette_sample: int = Field(20_000, ge=100)
-    seed: int = 42
+    silhouette_sample: int = Field(ge=100)
+    seed: int
     # K-means finds a local optimum: fit this many times (seeds seed, seed+1, ...) per k and
     # keep the lowest cost, so a retrain on barely changed data lands on the same clusters.
-    restarts: int = Field(3, ge=1)
-    max_iterations: int = Field(40, gt=0)
-    registered_model: str = "customer_segments"
+    restarts: int = Field(ge=1)
+    max_iterations: int = Field(gt=0)
+    registered_model: str
     # The new model becomes champion when its silhouette is at least the champion's minus this.
-    promote_tolerance: float = Field(0.02, ge=0.0)
+    promote_tolerance: float = Field(ge=0.0)
     # Clusters whose centroids lie within this distance (in standardised units) of a champion
     # cluster keep that cluster's id and name; farther ones get new ids.
-    max_match_distance: float = Field(1.0, gt=0.0)
+    max_match_distance: float = Field(gt=0.0)
 
     @model_validator(mode="after")
     def _consistent(self) -> "ClusterConfig":
@@ -345,7 +360,7 @@ class ClusterConfig(_Section):
         return self
 
 
-class RiskTier(_Section):
+class RiskTier(_Row):
     name: str = Field(min_length=1)
     # Customers with a churn probability at or above this; the last tier takes the rest.
     min_probability: float | None = Field(None, gt=0.0, lt=1.0)
@@ -356,43 +371,43 @@ class ChurnConfig(_Section):
 
     # Label at a cutoff C: no purchase in (C, C + horizon_days]. Eligible at C: a purchase in
     # the lookback_days ending on C.
-    horizon_days: int = Field(90, gt=0)
-    lookback_days: int = Field(365, gt=0)
-    # Evaluation cutoff; default: as_of minus horizon_days (the latest whose window is observed).
-    evaluation_cutoff: dt.date | None = None
+    horizon_days: int = Field(gt=0)
+    lookback_days: int = Field(gt=0)
+    # Evaluation cutoff; null: as_of minus horizon_days (the latest whose window is observed).
+    evaluation_cutoff: dt.date | None
     # Training cutoffs: a number of cutoffs horizon_days apart before the evaluation cutoff,
     # or a list of dates.
-    training_cutoffs: int | list[dt.date] = 4
+    training_cutoffs: int | list[dt.date]
     # Training label windows must end on or before the evaluation cutoff (out of time). Only
     # turn off for short histories, and say so: the evaluation is then not fully out of time.
-    require_out_of_time: bool = True
-    model: Literal["gbt", "logistic_regression"] = "gbt"
+    require_out_of_time: bool
+    model: Literal["gbt", "logistic_regression"]
     # Training and evaluation rows come from a seeded sample of at most this many customers
     # (null: all of them); every eligible customer is scored.
-    sample_customers: int | None = Field(100_000, ge=100)
+    sample_customers: int | None = Field(ge=100)
     features: list[str]
     # balanced: each class weighs half of the training rows; the probabilities are corrected
     # back to the observed churn rate, so they stay calibrated. none: no weights.
-    class_weight: Literal["balanced", "none"] = "balanced"
-    seed: int = 42
+    class_weight: Literal["balanced", "none"]
+    seed: int
     # Spark ML parameters of the classifier (GBTClassifier / LogisticRegression names).
-    gbt: dict[str, int | float | str] = Field(default_factory=dict)
-    logistic_regression: dict[str, int | float | str] = Field(default_factory=dict)
+    gbt: dict[str, int | float | str]
+    logistic_regression: dict[str, int | float | str]
     # Optional search: parameter -> candidate values, chosen by TrainValidationSplit on the
-    # training rows by PR AUC (the evaluation cutoff stays unseen).
-    search: dict[str, list[int | float | str]] = Field(default_factory=dict)
-    search_train_ratio: float = Field(0.8, gt=0.0, lt=1.0)
+    # training rows by PR AUC (the evaluation cutoff stays unseen); {} for none.
+    search: dict[str, list[int | float | str]]
+    search_train_ratio: float = Field(gt=0.0, lt=1.0)
     # The non-learned recency baseline ranks customers by this feature (larger = riskier).
-    recency_baseline: str = "recency_days"
+    recency_baseline: str
     # Operating threshold for the confusion matrix: the top contact_budget share of customers,
     # or the threshold of best F1.
-    operating_point: Literal["budget", "best_f1"] = "budget"
-    contact_budget: float = Field(0.2, gt=0.0, lt=1.0)
-    registered_model: str = "churn_classifier"
+    operating_point: Literal["budget", "best_f1"]
+    contact_budget: float = Field(gt=0.0, lt=1.0)
+    registered_model: str
     # A new model becomes champion when it beats the champion on the same evaluation rows by
     # more than min_improvement in this metric.
-    promote_metric: Literal["pr_auc", "roc_auc", "lift_10", "lift_20", "brier"] = "pr_auc"
-    min_improvement: float = Field(0.0, ge=0.0)
+    promote_metric: Literal["pr_auc", "roc_auc", "lift_10", "lift_20", "brier"]
+    min_improvement: float = Field(ge=0.0)
     risk_tiers: list[RiskTier]
 
     @field_validator("risk_tiers")
@@ -415,7 +430,7 @@ class ChurnConfig(_Section):
         return self
 
 
-class PlaybookRule(_Section):
+class PlaybookRule(_Row):
     """One row of the treatment playbook: the first row whose condition holds gives the
     customer's recommended action, channel and priority (1 = most urgent)."""
 
@@ -427,7 +442,7 @@ class PlaybookRule(_Section):
     priority: int = Field(3, ge=1, le=9)
 
 
-class TierEvent(_Section):
+class TierEvent(_Row):
     """A movement between two snapshots that triggers an action, e.g. an upgrade invitation
     when value_tier moves up, or a win-back when lifecycle_stage enters lapsed."""
 
@@ -445,14 +460,14 @@ class TiersConfig(_Section):
 
     # The value pyramid of the tier table ranks by this column: clv (predicted lifetime
     # value) or a feature such as revenue_365d (trailing revenue). Shares from features.value_pyramid.
-    value_rank_by: str = "clv"
+    value_rank_by: str
     stickiness: list[ExpressionRule]
     playbook: list[PlaybookRule]
-    default_channel: str = "web"
+    default_channel: str
     # Tier columns whose changes open a new row of customer_tier_history, and the
     # dimensions of tier_migrations.
     tracked: list[str]
-    events: list[TierEvent] = Field(default_factory=list)
+    events: list[TierEvent]
 
     @field_validator("stickiness", "playbook", "events")
     @classmethod
@@ -470,20 +485,20 @@ class TiersConfig(_Section):
 class Config(_Section):
     environment: str
     # The snapshot date of every stage: only transactions on or before it are used.
-    # Default: the date of the latest transaction.
-    as_of: dt.date | None = None
+    # Null: the date of the latest transaction.
+    as_of: dt.date | None
     storage: StorageConfig
-    spark: SparkConfig = Field(default_factory=SparkConfig)
-    mlflow: MlflowConfig = Field(default_factory=MlflowConfig)
-    privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
-    generate: GenerateConfig = Field(default_factory=GenerateConfig)
+    spark: SparkConfig
+    mlflow: MlflowConfig
+    privacy: PrivacyConfig
+    generate: GenerateConfig
     ingest: IngestConfig
     features: FeaturesConfig
-    clv: ClvConfig = Field(default_factory=ClvConfig)
+    clv: ClvConfig
     cluster: ClusterConfig
     churn: ChurnConfig
     tiers: TiersConfig
-    logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    logging: LoggingConfig
 
     @model_validator(mode="after")
     def _source_table_known(self) -> "Config":
@@ -516,13 +531,13 @@ class Config(_Section):
 
 
 def default_conf_dir() -> Path:
-    """`$SEGMENTATION_CONF_DIR`, else `./conf`, else the `conf/` of this source checkout."""
+    """`$SEGMENTATION_CONF_DIR`, else `./conf` if it holds a base.yaml, else the package's own."""
     if os.environ.get(CONF_DIR_ENV):
         return Path(os.environ[CONF_DIR_ENV])
     cwd_conf = Path.cwd() / "conf"
     if (cwd_conf / "base.yaml").is_file():
         return cwd_conf
-    return Path(__file__).resolve().parent.parent / "conf"
+    return PACKAGE_CONF_DIR
 
 
 def load_config(
@@ -636,7 +651,9 @@ def _origin_of(path: tuple[str, ...], origin: dict[tuple[str, ...], str]) -> str
 
 
 def _resolved(config: Config, conf_dir: Path) -> Config:
-    """Make relative paths absolute once, so every stage sees the same locations."""
+    """Make relative paths absolute once, so every stage sees the same locations: storage.root
+    against the current directory, privacy.key_file against the configuration folder (the
+    current directory with the package's own configuration: nobody keeps a key in there)."""
     root = Path(config.storage.root).expanduser()
     if not root.is_absolute():
         root = (Path.cwd() / root).resolve()
@@ -644,6 +661,7 @@ def _resolved(config: Config, conf_dir: Path) -> Config:
     if config.privacy.key_file:
         key_file = Path(config.privacy.key_file).expanduser()
         if not key_file.is_absolute():
-            key_file = (conf_dir / key_file).resolve()
+            folder = Path.cwd() if conf_dir.resolve() == PACKAGE_CONF_DIR else conf_dir
+            key_file = (folder / key_file).resolve()
         update["privacy"] = config.privacy.model_copy(update={"key_file": str(key_file)})
     return config.model_copy(update=update)

@@ -10,7 +10,9 @@ import pytest
 from segmentation.config import Config, load_config
 
 REPO = Path(__file__).resolve().parent.parent
-CONF_DIR = REPO / "conf"
+# The package's own configuration (segmentation/conf/, shipped in the wheel); conf/ at the
+# top holds the Databricks bundle.
+CONF_DIR = REPO / "segmentation" / "conf"
 
 TEST_SPARK_SETTINGS = [
     "spark.master=local[2]",
@@ -27,6 +29,13 @@ TEST_SPARK_SETTINGS = [
 def make_config(root: Path, *overrides: str, env: str = "local") -> Config:
     """The local configuration with storage under `root`, plus test overrides."""
     return load_config(env, CONF_DIR, [f"storage.root={root}", *TEST_SPARK_SETTINGS, *overrides])
+
+
+def base_section(key: str, **values):
+    """A section as base.yaml sets it, with `values` replaced, validated as a loaded one is
+    (the models have no defaults of their own)."""
+    section = getattr(load_config("base", CONF_DIR), key)
+    return type(section).model_validate({**section.model_dump(), **values})
 
 
 @pytest.fixture(scope="session")

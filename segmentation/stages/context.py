@@ -68,23 +68,30 @@ def notebook_context(env: str | None = None, overrides: list[str] | tuple[str, .
 
     The environment is `env`, else $SEGMENTATION_ENV, else "databricks" on Databricks and
     "local" elsewhere; the configuration folder is $SEGMENTATION_CONF_DIR, else ./conf, else
-    the checkout's. `overrides` come first, then the key=value settings of $SEGMENTATION_SET
+    the package's own. `overrides` come first, then the key=value settings of $SEGMENTATION_SET
     (one per line, or separated by semicolons), so whoever starts the kernel has the last
-    word. Relative paths resolve against the folder above conf/, as for a command started
-    there: a notebook opened from notebooks/ sees the tables of `segmentation run`.
+    word. Relative paths resolve against the project folder, as for a command started there:
+    the folder above the configuration folder, or, with the package's own configuration, the
+    source checkout it belongs to (else the current directory). So a notebook opened from
+    notebooks/ sees the tables of `segmentation run`.
     """
     import contextlib
     import os
     import re
+    from pathlib import Path
 
-    from segmentation.config import default_conf_dir, load_config
+    from segmentation.config import PACKAGE_CONF_DIR, default_conf_dir, load_config
     from segmentation.logs import configure_logging
     from segmentation.spark import get_spark, running_on_databricks
 
     env = env or os.environ.get(NOTEBOOK_ENV) or ("databricks" if running_on_databricks() else "local")
     settings = [item.strip() for item in re.split(r"[;\n]", os.environ.get(NOTEBOOK_SETTINGS, "")) if item.strip()]
     conf_dir = default_conf_dir().resolve()
-    with contextlib.chdir(conf_dir.parent) if conf_dir.parent.is_dir() else contextlib.nullcontext():
+    project = conf_dir.parent
+    if conf_dir == PACKAGE_CONF_DIR:
+        checkout = PACKAGE_CONF_DIR.parents[1]
+        project = checkout if (checkout / "pyproject.toml").is_file() else Path.cwd()
+    with contextlib.chdir(project) if project.is_dir() else contextlib.nullcontext():
         config = load_config(env, conf_dir, [*overrides, *settings])
     configure_logging(config.logging.level)
     return StageContext(config, get_spark(config.spark))

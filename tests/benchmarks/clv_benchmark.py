@@ -58,7 +58,7 @@ def run_benchmark(args) -> None:
         f"storage.root={args.root}", f"generate.customers={args.customers}",
         f"spark.conf.spark.driver.memory={args.driver_memory}", "spark.conf.spark.sql.shuffle.partitions=16",
     ]
-    config = load_config("local", REPO / "conf", overrides)
+    config = load_config("local", REPO / "segmentation" / "conf", overrides)
     configure_logging("INFO")
     spark = get_spark(config.spark)
     ctx = StageContext(config, spark)
@@ -68,7 +68,7 @@ def run_benchmark(args) -> None:
         ingest.run(ctx)
     transactions = tables.read(spark, source)
     as_of = args.as_of or latest_transaction_date(transactions).isoformat()
-    ctx = StageContext(load_config("local", REPO / "conf", [*overrides, f"as_of={as_of}"]), spark)
+    ctx = StageContext(load_config("local", REPO / "segmentation" / "conf", [*overrides, f"as_of={as_of}"]), spark)
 
     started = time.perf_counter()
     ours = clv.run(ctx)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import CONF_DIR, REPO
 
 BIN = Path(sys.executable).parent
 
@@ -52,7 +52,7 @@ def test_bad_configuration_exits_1_naming_the_source_and_key(tmp_path):
 
 def test_spark_submit_without_delta_jars_says_what_to_pass(tmp_path):
     result = run(
-        str(BIN / "spark-submit"), "--master", "local[1]", str(REPO / "jobs" / "ingest.py"), "--conf-dir", str(REPO / "conf"),
+        str(BIN / "spark-submit"), "--master", "local[1]", str(REPO / "jobs" / "ingest.py"), "--conf-dir", str(CONF_DIR),
         "--set", f"storage.root={tmp_path}", cwd=tmp_path, env={"PYSPARK_PYTHON": sys.executable},
     )
     assert result.returncode == 1

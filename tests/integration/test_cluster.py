@@ -26,7 +26,7 @@ from pyspark.sql import functions as F
 from segmentation import tables
 from segmentation.spark import configured_jars_dir, local_delta_jars
 from segmentation.tiers.snapshot import TIER_COLUMNS
-from tests.conftest import REPO, TEST_SPARK_SETTINGS, make_config
+from tests.conftest import CONF_DIR, REPO, TEST_SPARK_SETTINGS, make_config
 from tests.integration.conftest import FIRST, SETTINGS
 
 pytestmark = pytest.mark.slow
@@ -124,7 +124,7 @@ def spark_submit(cluster: StandaloneCluster, root: Path, log_path: Path, on_line
         str(Path(sys.executable).parent / "spark-submit"), "--master", cluster.url, "--jars", jars,
         "--driver-memory", "1g", "--executor-memory", "1g", "--conf", "spark.executor.cores=1",
         "--conf", "spark.driver.host=127.0.0.1", "--conf", "spark.ui.enabled=false",
-        str(REPO / "jobs" / "run.py"), "--env", "cluster", "--conf-dir", str(REPO / "conf"),
+        str(REPO / "jobs" / "run.py"), "--env", "cluster", "--conf-dir", str(CONF_DIR),
         "--as-of", FIRST.isoformat(),
         # The settings of the local run, and its (demo) pseudonymisation key, so the same ids come out.
         *[a for s in [f"storage.root={root}", *SETTINGS, *SPARK_SETTINGS, "privacy.allow_demo_key=true"] for a in ("--set", s)],

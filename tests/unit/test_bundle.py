@@ -21,7 +21,7 @@ from segmentation.cli import STAGES, build_parser
 from segmentation.config import TableLocations, load_config
 from tests.conftest import CONF_DIR, REPO
 
-BUNDLE = CONF_DIR / "bundle"
+BUNDLE = REPO / "conf" / "bundle"
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))
 # The tables each stage reads; a task must run after the tasks that write them.
 READS = {

@@ -12,10 +12,10 @@ from sklearn.metrics import adjusted_rand_score
 
 from segmentation.clustering.model import SCALED, assign_clusters, choose_k, fit_candidate, model_space, preparation
 from segmentation.clustering.profiles import ReferenceClusters, cluster_name, match_to_reference, unique_names
-from segmentation.config import ClusterConfig
+from tests.conftest import base_section
 
 CENTRES = np.array([[0.0, 0.0, 0.0], [8.0, 0.0, 2.0], [0.0, 8.0, -2.0], [8.0, 8.0, 6.0]])
-CONFIG = ClusterConfig(features=["f1", "f2", "f3"], k_min=2, k_max=6, seed=7, max_iterations=50)
+CONFIG = base_section("cluster", features=["f1", "f2", "f3"], log_features=[], k_min=2, k_max=6, seed=7, max_iterations=50)
 
 
 def planted(spark, scale=1.0, shift=0.0, seed=0, per_group=150):
@@ -80,7 +80,7 @@ def test_ids_and_names_survive_a_retrain_on_perturbed_data(spark, data, candidat
     before = dict(assign_clusters(best.model, data, space, stable).join(data, "customer_id").groupBy("label").agg(F.first("cluster_id")).collect())
 
     perturbed = planted(spark, scale=1.02, shift=0.1, seed=1).cache()
-    (retrained,) = fit(perturbed, ClusterConfig(**{**CONFIG.model_dump(), "seed": 99}), 4)
+    (retrained,) = fit(perturbed, CONFIG.model_validate({**CONFIG.model_dump(), "seed": 99}), 4)
     new_space = model_space(retrained.model, CONFIG)
     matching = match_to_reference(new_space, reference, max_distance=1.0)
     assert sorted(matching.ids) == stable and set(matching.inherited_names.values()) == {"a", "b", "c", "d"}
@@ -121,7 +121,7 @@ def test_names_read_from_the_profile():
 def test_a_missing_value_of_a_log_feature_gets_the_median_not_zero(spark):
     """A customer with only returns has no recency: imputed with the median in log space,
     not taken as 0 (the most recent of all)."""
-    config = ClusterConfig(features=["f1", "f2"], log_features=["f1"], k=2)
+    config = base_section("cluster", features=["f1", "f2"], log_features=["f1"], k=2)
     rows = [("a", 0.0, 1.0), ("b", np.e - 1, 2.0), ("c", np.e ** 2 - 1, 3.0), ("d", None, 4.0)]
     customers = spark.createDataFrame(rows, "customer_id string, f1 double, f2 double")
     prepared = preparation(config).fit(customers).transform(customers)

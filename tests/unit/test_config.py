@@ -156,3 +156,101 @@ def test_segment_map_rows_read_as_conditions():
 def test_impossible_cut_offs_name_their_keys_and_where_they_were_set(overrides, message):
     with pytest.raises(ConfigError, match=message):
         load_config("local", CONF_DIR, overrides)
+
+
+def test_no_configuration_key_has_a_default_in_code():
+    """base.yaml is the one place a default is written: a default in a model would be a
+    second copy that can drift from it. Only rows of lists (rules, tiers, events) keep the
+    defaults of their optional fields, since base.yaml sets whole lists, not rows."""
+    import inspect
+    import types
+    import typing
+
+    from pydantic import BaseModel
+
+    from segmentation import config as module
+
+    sections = [
+        cls for cls in vars(module).values()
+        if inspect.isclass(cls) and issubclass(cls, module._Section) and cls not in (module._Section, module._Row)
+    ]
+    with_default = [
+        f"{cls.__name__}.{name}"
+        for cls in sections if not issubclass(cls, module._Row)
+        for name, field in cls.model_fields.items() if not field.is_required()
+    ]
+    assert with_default == [], f"set these in segmentation/conf/base.yaml, not in the model: {with_default}"
+
+    def rows_outside_lists(model: type[BaseModel], path: str) -> list[str]:
+        found = []
+        for name, field in model.model_fields.items():
+            annotation = field.annotation
+            is_union = typing.get_origin(annotation) in (typing.Union, types.UnionType)
+            for candidate in typing.get_args(annotation) if is_union else (annotation,):
+                if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+                    if issubclass(candidate, module._Row):
+                        found.append(f"{path}{name}")
+                    found.extend(rows_outside_lists(candidate, f"{path}{name}."))
+        return found
+
+    # a row's defaults are allowed only because a list holds it; a row as a section would hide one
+    assert rows_outside_lists(module.Config, "") == []
+
+
+def test_the_package_configuration_is_the_fallback_and_the_only_copy(tmp_path, monkeypatch):
+    """An installed wheel runs in an empty folder: with no --conf-dir, no $SEGMENTATION_CONF_DIR
+    and no ./conf/base.yaml, the package's own folder is used. It is the repository's only
+    copy of the YAML files, and the wheel ships all of them."""
+    import tomllib
+
+    from segmentation.config import CONF_DIR_ENV, PACKAGE_CONF_DIR, default_conf_dir
+    from tests.conftest import REPO
+
+    monkeypatch.delenv(CONF_DIR_ENV, raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert default_conf_dir() == PACKAGE_CONF_DIR == CONF_DIR
+    assert load_config("local").storage.root == str(tmp_path / "segmentation-data")
+    (tmp_path / "conf").mkdir()  # a conf/ without base.yaml (the repository's, say) is not a configuration
+    assert default_conf_dir() == PACKAGE_CONF_DIR
+    own = _conf_dir(tmp_path / "conf")
+    assert default_conf_dir() == own
+    monkeypatch.setenv(CONF_DIR_ENV, str(tmp_path / "elsewhere"))
+    assert default_conf_dir() == tmp_path / "elsewhere"
+
+    package_data = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    shipped = {p for pattern in package_data["segmentation"] for p in (REPO / "segmentation").glob(pattern)}
+    assert shipped == set(PACKAGE_CONF_DIR.glob("*.yaml")) and {p.name for p in shipped} >= {
+        "base.yaml", "local.yaml", "cluster.yaml", "databricks.yaml"
+    }
+    names = {p.name for p in shipped}
+    found = [*REPO.glob("*.yaml"), *(p for top in ("conf", "jobs", "notebooks", "segmentation", "tests")
+                                     for p in (REPO / top).glob("**/*.yaml"))]
+    copies = [p for p in found if p.name in names and p.parent != PACKAGE_CONF_DIR]
+    assert copies == [], "a second copy of a configuration file can drift from the package's"
+
+
+def test_a_relative_key_file_is_read_from_the_configuration_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "deployment").mkdir()
+    conf = _conf_dir(tmp_path / "deployment", local="privacy:\n  key_file: secrets/key\n")
+    assert load_config("local", conf).privacy.key_file == str(conf / "secrets" / "key")
+    # the package's own folder is no place for a key: the current directory instead
+    assert load_config("local", CONF_DIR, ["privacy.key_file=key"]).privacy.key_file == str(tmp_path / "key")
+
+
+def test_notebooks_resolve_relative_paths_against_the_project_folder(tmp_path, monkeypatch):
+    """A notebook opened from notebooks/ sees the tables of `segmentation run` started in the
+    project folder: the folder above a configuration folder, or the checkout of the package's."""
+    import segmentation.spark
+    from segmentation.config import CONF_DIR_ENV
+    from segmentation.stages.context import notebook_context
+    from tests.conftest import REPO
+
+    monkeypatch.setattr(segmentation.spark, "get_spark", lambda settings: None)
+    for name in (CONF_DIR_ENV, "SEGMENTATION_ENV", "SEGMENTATION_SET"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(REPO / "notebooks")
+    assert notebook_context("local").config.storage.root == str(REPO / "segmentation-data")
+    (tmp_path / "project" / "conf").mkdir(parents=True)
+    monkeypatch.setenv(CONF_DIR_ENV, str(_conf_dir(tmp_path / "project" / "conf", local="")))
+    assert notebook_context("local").config.storage.root == str(tmp_path / "project" / "segmentation-data")

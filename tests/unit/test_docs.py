@@ -2,7 +2,7 @@
 
 from segmentation.features.customer import feature_markdown
 from segmentation.schema import schema_markdown
-from tests.conftest import REPO
+from tests.conftest import CONF_DIR, REPO
 
 README = (REPO / "README.md").read_text(encoding="utf-8")
 
@@ -63,8 +63,8 @@ def _present(data, path: str) -> bool:
 
 
 def test_readme_configuration_reference_is_base_yaml():
-    """The reference in the README is conf/base.yaml itself, comments and all."""
-    base = (REPO / "conf" / "base.yaml").read_text(encoding="utf-8")
+    """The reference in the README is segmentation/conf/base.yaml itself, comments and all."""
+    base = (CONF_DIR / "base.yaml").read_text(encoding="utf-8")
     assert f"```yaml\n{base}```" in README
 
 
@@ -76,7 +76,7 @@ def test_base_yaml_sets_every_configuration_key():
 
     from segmentation.config import Config
 
-    base_text = (REPO / "conf" / "base.yaml").read_text(encoding="utf-8")
+    base_text = (CONF_DIR / "base.yaml").read_text(encoding="utf-8")
     base = yaml.safe_load(base_text)
     missing = [p for p in _field_paths(Config) if p != "environment" and not _present(base, p)]
     undocumented = [p for p in missing if p.rsplit(".", 1)[-1] + ":" not in base_text]

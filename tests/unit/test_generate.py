@@ -4,11 +4,10 @@ import pytest
 from pyspark.sql import Window
 from pyspark.sql import functions as F
 
-from segmentation.config import GenerateConfig
 from segmentation.generate import generate_customers, generate_transactions
 from segmentation.quality.validation import conform_source, validate_transactions
 from segmentation.schema import RAW_SCHEMA
-from tests.conftest import CONF_DIR, columns
+from tests.conftest import CONF_DIR, base_section, columns
 from segmentation.config import load_config
 
 RULES = load_config("local", CONF_DIR).ingest
@@ -16,7 +15,7 @@ AFTER_END = dt.datetime(2026, 1, 2)
 
 
 def feed(spark, **settings):
-    config = GenerateConfig(**{"customers": 1500, "seed": 7, **settings})
+    config = base_section("generate", **{"customers": 1500, "seed": 7, **settings})
     return generate_transactions(generate_customers(spark, config), config)
 
 

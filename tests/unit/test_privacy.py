@@ -5,7 +5,6 @@ import hmac
 import pytest
 from pyspark.sql import functions as F
 
-from segmentation.config import PrivacyConfig
 from segmentation.errors import ConfigError
 from segmentation.privacy import (
     DEMO_KEY,
@@ -23,6 +22,7 @@ from segmentation.quality.validation import (
     validate_transactions,
 )
 from segmentation.schema import RAW_COLUMNS, RAW_SCHEMA
+from tests.conftest import base_section
 
 KEY = b"a-test-key-of-sufficient-length"
 
@@ -51,24 +51,24 @@ def test_key_never_appears_in_query_plan(spark):
 
 def test_key_from_environment_file_or_demo(tmp_path, monkeypatch):
     monkeypatch.setenv("MY_KEY", "k" * 20)
-    assert load_key(PrivacyConfig(key_env="MY_KEY")) == b"k" * 20
+    assert load_key(base_section("privacy", key_env="MY_KEY")) == b"k" * 20
     monkeypatch.delenv("MY_KEY")
     key_file = tmp_path / "key"
     key_file.write_text("f" * 32 + "\n")
-    assert load_key(PrivacyConfig(key_env="MY_KEY", key_file=str(key_file))) == b"f" * 32
-    assert load_key(PrivacyConfig(key_env="MY_KEY", allow_demo_key=True)) == DEMO_KEY
+    assert load_key(base_section("privacy", key_env="MY_KEY", key_file=str(key_file))) == b"f" * 32
+    assert load_key(base_section("privacy", key_env="MY_KEY", allow_demo_key=True)) == DEMO_KEY
 
 
 def test_missing_or_short_key_fails_clearly(tmp_path, monkeypatch):
     monkeypatch.delenv("MY_KEY", raising=False)
     with pytest.raises(ConfigError, match="no pseudonymisation key. Set the environment variable MY_KEY"):
-        load_key(PrivacyConfig(key_env="MY_KEY"))
+        load_key(base_section("privacy", key_env="MY_KEY"))
     monkeypatch.setenv("MY_KEY", "short")
     with pytest.raises(ConfigError, match="shorter than 16 bytes"):
-        load_key(PrivacyConfig(key_env="MY_KEY"))
+        load_key(base_section("privacy", key_env="MY_KEY"))
     monkeypatch.delenv("MY_KEY")
     with pytest.raises(ConfigError, match="does not exist"):
-        load_key(PrivacyConfig(key_env="MY_KEY", key_file=str(tmp_path / "absent")))
+        load_key(base_section("privacy", key_env="MY_KEY", key_file=str(tmp_path / "absent")))
 
 
 def test_fingerprint_is_stable_and_not_the_key():
