@@ -31,7 +31,8 @@ def test_help_lists_every_stage():
     "args, message",
     [
         (["frobnicate"], "invalid choice: 'frobnicate'"),
-        (["generate", "--customers", "many"], "argument --customers: invalid int value: 'many'"),
+        (["generate", "--customers", "many"], "argument --customers: 'many' is not a whole number of at least 1"),
+        (["generate", "--customers", "0"], "argument --customers: '0' is not a whole number of at least 1"),
         (["ingest", "--format", "xml"], "argument --format: invalid choice: 'xml'"),
     ],
 )
@@ -42,7 +43,7 @@ def test_bad_arguments_exit_2_with_one_line(args, message):
 
 
 def test_bad_configuration_exits_1_naming_the_source_and_key(tmp_path):
-    result = run(str(BIN / "segmentation"), "generate", "--customers", "0", cwd=tmp_path)
+    result = run(str(BIN / "segmentation"), "generate", "--set", "generate.customers=0", cwd=tmp_path)
     assert result.returncode == 1
     assert "--set generate.customers=0: generate.customers: Input should be greater than 0" in result.stderr
     assert "Traceback" not in result.stderr
