@@ -1,5 +1,7 @@
 """The README's tables are generated from the code's own contracts and must not drift."""
 
+import re
+
 from segmentation.features.customer import feature_markdown
 from segmentation.schema import schema_markdown
 from tests.conftest import CONF_DIR, REPO
@@ -116,3 +118,19 @@ def test_readme_documents_every_table():
     documented = set(readme_table_schemas())
     bold = {key for key in TableLocations.model_fields if f"**`{key}`**" in README}
     assert documented | bold == set(TableLocations.model_fields)
+
+
+def _anchor(heading: str) -> str:
+    """The anchor GitHub gives a heading: lower case, punctuation dropped, spaces as hyphens."""
+    text = re.sub(r"[^\w\- ]", "", heading.strip().lower())
+    return text.replace(" ", "-")
+
+
+def test_every_link_of_the_readme_contents_reaches_a_heading():
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    headings = {_anchor(line.lstrip("#")) for line in readme.splitlines() if re.match(r"^#{1,4} ", line)}
+    links = re.findall(r"\]\(#([^)]+)\)", readme)
+    assert len(links) >= 20
+    assert sorted(set(links) - headings) == []
+    contents = readme[readme.index("## Contents"):readme.index("## What it does")]
+    assert "(#defining-tiers-and-rules-and-adding-one)" in contents and "(#tables)" in contents
