@@ -1,10 +1,16 @@
 """The promotion rule of both registered models, without Spark or an MLflow store: every
-branch, with the reasons the runs are tagged with."""
+branch, with the reasons the runs are tagged with; the alias lookup and the alias moves
+against a stand-in client."""
 
 from __future__ import annotations
 
-import pytest
+from types import SimpleNamespace
 
+import mlflow
+import pytest
+from mlflow.exceptions import MlflowException
+
+from segmentation import registry
 from segmentation.registry import ChampionMetric, Decision, PromotionRule, decide_promotion
 
 # The two rules the jobs configure (cluster.promote_tolerance, churn.min_improvement defaults).
@@ -106,3 +112,91 @@ def test_a_rule_takes_exactly_one_of_tolerance_and_min_improvement():
 
 def test_the_outcome_is_the_champion_decision_tag():
     assert (Decision(True, "x").outcome, Decision(False, "x").outcome) == ("promoted", "kept")
+
+
+# ------------------------------------------------------- the jobs' rules, wired to the registry
+
+
+class Client:
+    """What the registry asks of an MlflowClient, with one registered model in memory."""
+
+    def __init__(self, aliases: dict[str, str] | None = None, runs: dict[str, SimpleNamespace] | None = None):
+        self.aliases, self.runs = dict(aliases or {}), runs or {}
+
+    def get_model_version_by_alias(self, name, alias):
+        if alias not in self.aliases:
+            raise MlflowException(f"Registered model alias {alias} not found.")
+        return SimpleNamespace(version=int(self.aliases[alias]), run_id=f"run-{self.aliases[alias]}")
+
+    def get_run(self, run_id):
+        return self.runs[run_id]
+
+    def set_registered_model_alias(self, name, alias, version):
+        self.aliases[alias] = version
+
+
+def run(tags=None, metrics=None) -> SimpleNamespace:
+    return SimpleNamespace(data=SimpleNamespace(tags=tags or {}, metrics=metrics or {}))
+
+
+@pytest.fixture()
+def tags(monkeypatch) -> dict[str, str]:
+    """The tags the decision sets on the active run."""
+    recorded: dict[str, str] = {}
+    monkeypatch.setattr(mlflow, "set_tags", recorded.update)
+    return recorded
+
+
+def test_aliased_version_reads_the_run_behind_the_alias():
+    client = Client({"champion": "3"}, {"run-3": run({"horizon_days": "90"}, {"silhouette": 0.4})})
+    version = registry.aliased_version(client, "customer_segments")
+    assert version == registry.RegisteredVersion("customer_segments", "3", "run-3", {"horizon_days": "90"}, {"silhouette": 0.4})
+    assert version.uri == "models:/customer_segments/3"
+    assert registry.aliased_version(client, "customer_segments", registry.CHALLENGER) is None
+
+
+def test_cluster_decision_moves_the_alias_and_tags_the_run(tags):
+    from segmentation.stages import cluster
+
+    settings = SimpleNamespace(registered_model="customer_segments", promote_tolerance=0.02)
+    client = Client({"champion": "1"})
+    kept = cluster._decide(client, settings, "2", silhouette=0.1, champion=cluster.Champion("1", 0.4, None))
+    assert kept == {"model_version": "2", "promoted": False, "reason": "silhouette 0.1000 < champion's 0.4000 - 0.02",
+                    "champion_version": "1"}
+    assert client.aliases == {"champion": "1"}
+    assert tags == {"champion_decision": "kept", "champion_reason": "silhouette 0.1000 < champion's 0.4000 - 0.02"}
+    # A champion whose run logged no silhouette counts as none, as it always has.
+    promoted = cluster._decide(client, settings, "3", silhouette=0.1, champion=cluster.Champion("1", None, None))
+    assert promoted["promoted"] and promoted["reason"] == "no champion yet" and promoted["champion_version"] == "3"
+    assert client.aliases == {"champion": "3"} and tags["champion_decision"] == "promoted"
+
+
+@pytest.mark.parametrize(("champion_tags", "champion_metric", "promoted", "reason"), [
+    ({"horizon_days": "90"}, 0.5, False, "pr_auc 0.4000 does not beat champion version 1's 0.5000 on the same evaluation rows by more than 0.0"),
+    ({}, 0.3, True, "pr_auc 0.4000 beats champion version 1's 0.3000 on the same evaluation rows by more than 0.0"),
+    ({"horizon_days": "90"}, None, True, "champion version 1 cannot score the evaluation rows"),
+    ({"horizon_days": "60"}, None, True,
+     "champion version 1 predicts no purchase in 60 days, not the configured 90: the metrics are not comparable"),
+])
+def test_churn_decision_moves_the_alias_and_tags_the_run(tags, champion_tags, champion_metric, promoted, reason):
+    from segmentation.stages import churn
+
+    settings = SimpleNamespace(registered_model="churn_classifier", promote_metric="pr_auc", min_improvement=0.0, horizon_days=90)
+    client = Client({"champion": "1"}, {"run-1": run(champion_tags)})
+    champion = registry.aliased_version(client, "churn_classifier")
+    decision = churn._decide(client, settings, "2", 0.4, champion, champion_metric)
+    assert decision == {
+        "model_version": "2", "promoted": promoted, "reason": reason, "metric": "pr_auc", "value": 0.4,
+        "previous_champion": "1", "champion_value": champion_metric, "champion_version": "2" if promoted else "1",
+    }
+    assert client.aliases["champion"] == decision["champion_version"]
+    assert tags == {"champion_decision": "promoted" if promoted else "kept", "champion_reason": reason}
+
+
+def test_churn_brier_is_lower_is_better(tags):
+    from segmentation.stages import churn
+
+    settings = SimpleNamespace(registered_model="churn_classifier", promote_metric="brier", min_improvement=0.0, horizon_days=90)
+    client = Client({"champion": "1"}, {"run-1": run({"horizon_days": "90"})})
+    decision = churn._decide(client, settings, "2", 0.1, registry.aliased_version(client, "churn_classifier"), 0.2)
+    assert decision["promoted"] and decision["reason"].startswith("brier 0.1000 beats champion version 1's 0.2000")
