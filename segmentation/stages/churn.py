@@ -45,12 +45,11 @@ from segmentation.logs import stage
 from segmentation.plots import plt
 from segmentation.registry import CHALLENGER, CHAMPION, ChampionMetric, PromotionRule, RegisteredVersion, decide_promotion
 from segmentation.sampling import customer_sample, sample_fraction
-from segmentation.schema import require_numeric_columns
+from segmentation.schema import CHURN_COLUMNS, require_numeric_columns
 
 log = logging.getLogger(__name__)
 
 HELP = "train the churn classifier out of time and register it (train), or score customers with the champion (score)"
-CHURN_COLUMNS = ["customer_id", "as_of_date", "churn_probability", "churn_risk_tier", "model_version"]
 MODEL, RECENCY, DROPOUT, QUIET = "model", "recency rule", "1 - P(alive)", "BG/NBD purchases"
 BASELINE_PREFIXES = {RECENCY: "baseline_recency", DROPOUT: "baseline_p_alive", QUIET: "baseline_expected_purchases"}
 LOWER_IS_BETTER = {"brier"}

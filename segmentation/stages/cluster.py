@@ -50,13 +50,12 @@ from segmentation.logs import stage
 from segmentation.plots import plt
 from segmentation.registry import CHAMPION, ChampionMetric, PromotionRule, decide_promotion
 from segmentation.sampling import customer_sample, sample_fraction
-from segmentation.schema import require_numeric_columns
+from segmentation.schema import CLUSTER_COLUMNS, require_numeric_columns
 
 log = logging.getLogger(__name__)
 
 HELP = "segment customers with K-means on their features, register the model, write customer_clusters"
 CENTROIDS_ARTIFACT = "cluster/centroids.json"
-CLUSTER_COLUMNS = ["customer_id", "as_of_date", "cluster_id", "cluster_name", "distance_to_centroid", "model_version"]
 
 
 def add_arguments(parser) -> None:
