@@ -77,3 +77,24 @@ def require_numeric_columns(df: DataFrame, wanted: Mapping[str, Sequence[str]], 
             raise ConfigError(
                 f"{key}: {', '.join(unknown)} not numeric columns of {table} (numeric columns: {', '.join(sorted(numeric))})"
             )
+
+
+# The scored tables, one row per customer and as_of_date, in their column order: the stage
+# that writes a table selects exactly these columns, and the tiers stage takes its columns
+# from them by name (`columns_of`).
+CLV_SCORE_COLUMNS = ["probability_alive", "expected_purchases", "expected_average_value", "clv"]
+CLV_COLUMNS = [
+    "customer_id", "as_of_date", "first_purchase_date", "x", "t_x", "T", "m", *CLV_SCORE_COLUMNS,
+    "holdout_expected_purchases", "holdout_purchases",
+]
+CLUSTER_COLUMNS = ["customer_id", "as_of_date", "cluster_id", "cluster_name", "distance_to_centroid", "model_version"]
+CHURN_COLUMNS = ["customer_id", "as_of_date", "churn_probability", "churn_risk_tier", "model_version"]
+
+
+def columns_of(table: Sequence[str], *names: str) -> list[str]:
+    """`names`, in this order, each a column of the contract `table`: a reader that takes part
+    of a table fails on import, not in a Spark job, when the contract loses a column."""
+    unknown = [name for name in names if name not in table]
+    if unknown:
+        raise ValueError(f"{', '.join(unknown)} not in the table contract {list(table)}")
+    return list(names)

@@ -21,7 +21,6 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import mlflow
-from mlflow.exceptions import MlflowException
 from mlflow.data.delta_dataset_source import DeltaDatasetSource
 from mlflow.data.meta_dataset import MetaDataset
 
@@ -122,18 +121,6 @@ def stage_run(
     nested = mlflow.active_run() is not None
     with mlflow.start_run(experiment_id=experiment_id, run_name=run_name or stage, nested=nested, tags=all_tags) as run:
         yield run
-
-
-CHAMPION = "champion"
-
-
-def aliased_version(client, name: str, alias: str = CHAMPION):
-    """The registered model version an alias points at; None when the model or alias does not
-    exist yet (before the first promotion)."""
-    try:
-        return client.get_model_version_by_alias(name, alias)
-    except MlflowException:
-        return None
 
 
 def log_delta_input(ref: TableRef, version: int | None, context: str) -> None:

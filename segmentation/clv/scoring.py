@@ -17,9 +17,10 @@ from pyspark.sql.functions import pandas_udf
 
 from segmentation.clv.bgnbd import BgNbdParams, expected_purchases, probability_alive
 from segmentation.clv.gamma_gamma import GammaGammaParams, discounted_clv, expected_average_value
+from segmentation.schema import CLV_SCORE_COLUMNS
 
 DAYS_PER_MONTH = 365.25 / 12
-SCORE_FIELDS = ["probability_alive", "expected_purchases", "expected_average_value", "clv"]
+SCORE_FIELDS = CLV_SCORE_COLUMNS  # the scores, named and ordered as in customer_clv
 
 
 @dataclass(frozen=True)

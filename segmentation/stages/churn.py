@@ -20,11 +20,8 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import logging
-from dataclasses import dataclass
 
 import mlflow
-import pyspark
-from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
 from pyspark import StorageLevel
 from pyspark.ml import PipelineModel
@@ -34,7 +31,7 @@ from pyspark.sql import functions as F
 from segmentation.stages.clv import fit_purchases
 from segmentation.stages.context import StageContext
 from segmentation.arguments import add_as_of_argument, as_of_overrides, positive_int
-from segmentation import tables, tracking
+from segmentation import registry, tables, tracking
 from segmentation.churn.evaluation import ScoreEvaluation, confusion_matrix, evaluate_score, operating_threshold
 from segmentation.churn.labels import CUTOFF, LABEL, Cutoffs, churn_cutoffs, churn_examples, eligible_customers, training_examples
 from segmentation.churn.model import PROBABILITY, FittedChurn, class_weights, classifier, feature_importance, fit_churn_model, score_churn
@@ -46,14 +43,13 @@ from segmentation.errors import DataQualityError, ModelRegistryError
 from segmentation.features.customer import transactions_as_of
 from segmentation.logs import stage
 from segmentation.plots import plt
+from segmentation.registry import CHALLENGER, CHAMPION, ChampionMetric, PromotionRule, RegisteredVersion, decide_promotion
 from segmentation.sampling import customer_sample, sample_fraction
-from segmentation.schema import require_numeric_columns
+from segmentation.schema import CHURN_COLUMNS, require_numeric_columns
 
 log = logging.getLogger(__name__)
 
 HELP = "train the churn classifier out of time and register it (train), or score customers with the champion (score)"
-CHAMPION, CHALLENGER = tracking.CHAMPION, "challenger"
-CHURN_COLUMNS = ["customer_id", "as_of_date", "churn_probability", "churn_risk_tier", "model_version"]
 MODEL, RECENCY, DROPOUT, QUIET = "model", "recency rule", "1 - P(alive)", "BG/NBD purchases"
 BASELINE_PREFIXES = {RECENCY: "baseline_recency", DROPOUT: "baseline_p_alive", QUIET: "baseline_expected_purchases"}
 LOWER_IS_BETTER = {"brier"}
@@ -123,11 +119,11 @@ def train(ctx: StageContext) -> dict[str, object]:
             importance = feature_importance(fitted.model, settings.features)
 
             client = MlflowClient()
-            champion = _champion(client, settings.registered_model)
-            comparable = champion is not None and champion.horizon_days in (None, settings.horizon_days)
+            champion = registry.aliased_version(client, settings.registered_model, CHAMPION)
+            comparable = champion is not None and _other_horizon(champion, settings) is None
             champion_metric = _champion_metric(champion, evaluation, settings.promote_metric) if comparable else None
             model_version = _register(fitted, evaluation, settings)
-            client.set_registered_model_alias(settings.registered_model, CHALLENGER, model_version)
+            registry.set_challenger(client, settings.registered_model, model_version)
             decision = _decide(client, settings, model_version, evaluations[MODEL].metrics[settings.promote_metric], champion, champion_metric)
         finally:
             training.unpersist()
@@ -224,33 +220,21 @@ def _scored_evaluation(model: PipelineModel, evaluation: DataFrame, btyd: DataFr
     ).persist(StorageLevel.MEMORY_AND_DISK)
 
 
-@dataclass(frozen=True)
-class Champion:
-    name: str
-    version: str
-    run_id: str
-    horizon_days: int | None  # the label it predicts (None when its run does not say)
-
-    @property
-    def uri(self) -> str:
-        return f"models:/{self.name}/{self.version}"
+def _horizon_days(version: RegisteredVersion) -> int | None:
+    """The label a model version predicts (None when its run does not say)."""
+    horizon = version.tags.get("horizon_days")
+    return int(horizon) if horizon else None
 
 
-def _champion(client: MlflowClient, name: str) -> Champion | None:
-    version = tracking.aliased_version(client, name, CHAMPION)
-    if version is None:
+def _other_horizon(champion: RegisteredVersion, settings) -> str | None:
+    """Why the champion's metrics cannot be compared with a model for churn.horizon_days, if they cannot."""
+    horizon = _horizon_days(champion)
+    if horizon in (None, settings.horizon_days):
         return None
-    horizon = client.get_run(version.run_id).data.tags.get("horizon_days")
-    return Champion(name, str(version.version), version.run_id, int(horizon) if horizon else None)
+    return f"predicts no purchase in {horizon} days, not the configured {settings.horizon_days}"
 
 
-def champion_version(name: str) -> str | None:
-    """The registered model's champion version, None before the first promotion."""
-    champion = _champion(MlflowClient(), name)
-    return champion.version if champion else None
-
-
-def _champion_metric(champion: Champion, evaluation: DataFrame, metric: str) -> float | None:
+def _champion_metric(champion: RegisteredVersion, evaluation: DataFrame, metric: str) -> float | None:
     """The champion's metric on the new model's evaluation rows (None when it cannot score them)."""
     try:
         model = mlflow.spark.load_model(champion.uri)
@@ -269,42 +253,25 @@ def _register(fitted: FittedChurn, evaluation: DataFrame, settings) -> str:
     # Doubles: the pipeline casts every feature to double, and a double column accepts nulls.
     sample = evaluation.select(*[F.col(c).cast("double") for c in settings.features]).limit(5)
     output = score_churn(fitted.model, sample).select(PROBABILITY).toPandas()
-    signature = infer_signature(sample.toPandas(), output[PROBABILITY].rename(None))
-    info = mlflow.spark.log_model(
-        fitted.model, "model", registered_model_name=settings.registered_model, signature=signature,
-        pip_requirements=[f"pyspark=={pyspark.__version__}", f"mlflow=={mlflow.__version__}"],
-    )
-    return str(info.registered_model_version)
+    return registry.register_spark_model(fitted.model, settings.registered_model, sample.toPandas(), output[PROBABILITY].rename(None))
 
 
-def _decide(client: MlflowClient, settings, version: str, metric: float, champion: Champion | None, champion_metric: float | None) -> dict:
-    """The new version becomes champion when there is none, when the champion cannot score the
-    evaluation rows, or when it beats the champion's metric by more than min_improvement."""
-    name, margin = settings.promote_metric, settings.min_improvement
-    lower = name in LOWER_IS_BETTER
-    if champion is None:
-        promote, reason = True, "no champion yet"
-    elif champion.horizon_days not in (None, settings.horizon_days):
-        promote, reason = True, (f"champion version {champion.version} predicts no purchase in {champion.horizon_days} days, "
-                                 f"not the configured {settings.horizon_days}: the metrics are not comparable")
-    elif champion_metric is None:
-        promote, reason = True, f"champion version {champion.version} cannot score the evaluation rows"
-    else:
-        gain = (champion_metric - metric) if lower else (metric - champion_metric)
-        promote = gain > margin
-        relation = "beats" if promote else "does not beat"
-        reason = (f"{name} {metric:.4f} {relation} champion version {champion.version}'s {champion_metric:.4f} "
-                  f"on the same evaluation rows by more than {margin}")
-    if promote:
-        client.set_registered_model_alias(settings.registered_model, CHAMPION, version)
-    decision = {
-        "model_version": version, "promoted": promote, "reason": reason, "metric": name, "value": metric,
+def _decide(client: MlflowClient, settings, version: str, metric: float, champion: RegisteredVersion | None,
+            champion_metric: float | None) -> dict:
+    """The new version becomes champion when there is none, when the champion predicts another
+    horizon or cannot score the evaluation rows, or when it beats the champion's metric by
+    more than min_improvement."""
+    name = settings.promote_metric
+    rule = PromotionRule(name, higher_is_better=name not in LOWER_IS_BETTER, min_improvement=settings.min_improvement)
+    compared = None if champion is None else ChampionMetric(champion.version, champion_metric, _other_horizon(champion, settings))
+    decision = decide_promotion(metric, compared, rule)
+    registry.record_decision(client, settings.registered_model, version, decision)
+    log.info("churn model version %s %s: %s", version, "promoted to champion" if decision.promote else "stays challenger", decision.reason)
+    return {
+        "model_version": version, "promoted": decision.promote, "reason": decision.reason, "metric": name, "value": metric,
         "previous_champion": champion.version if champion else None, "champion_value": champion_metric,
-        "champion_version": version if promote else champion.version,  # type: ignore[union-attr]
+        "champion_version": version if decision.promote else champion.version,  # type: ignore[union-attr]
     }
-    mlflow.set_tags({"champion_decision": "promoted" if promote else "kept", "champion_reason": reason})
-    log.info("churn model version %s %s: %s", version, "promoted to champion" if promote else "stays challenger", reason)
-    return decision
 
 
 def _log_evaluation(evaluations: dict[str, ScoreEvaluation], point, confusion, importance, fitted: FittedChurn, labels, decision) -> None:
@@ -385,7 +352,7 @@ def score(ctx: StageContext) -> dict[str, object]:
         as_of = config.as_of or features.agg(F.max("as_of_date")).first()[0]
         if as_of is None:
             raise DataQualityError(f"{source} has no snapshots: run 'segmentation features' first")
-        champion = _champion(MlflowClient(), settings.registered_model)
+        champion = registry.aliased_version(MlflowClient(), settings.registered_model, CHAMPION)
         if champion is None:
             raise ModelRegistryError(
                 f"registered model '{settings.registered_model}' has no '{CHAMPION}' version in {tracking.tracking_uri(config)}: "
@@ -395,11 +362,12 @@ def score(ctx: StageContext) -> dict[str, object]:
         snapshot = features.where(F.col("as_of_date") == F.lit(as_of))
         customers = eligible_customers(snapshot, settings.lookback_days)
         tracking.log_delta_input(source, version, context="customer_features")
+        horizon = _horizon_days(champion)
         mlflow.set_tags({"as_of": as_of.isoformat(), "model_version": champion.version, "model_run_id": champion.run_id,
-                         "horizon_days": str(champion.horizon_days)})
-        if champion.horizon_days not in (None, settings.horizon_days):
+                         "horizon_days": str(horizon)})
+        if horizon not in (None, settings.horizon_days):
             log.warning("the champion predicts churn over %s days; churn.horizon_days is %d (train a new model to change it)",
-                        champion.horizon_days, settings.horizon_days)
+                        horizon, settings.horizon_days)
         mlflow.log_params({"as_of": as_of.isoformat(), "model_uri": champion.uri, "lookback_days": settings.lookback_days})
 
         probability = F.col(PROBABILITY)
@@ -429,7 +397,7 @@ def score(ctx: StageContext) -> dict[str, object]:
     return {**summary, "mlflow_run_id": active.info.run_id, "risk_tiers": counts}
 
 
-def score_report(as_of: dt.date, champion: Champion, counts: dict[str, int], scored: int, in_snapshot: int, lookback: int) -> str:
+def score_report(as_of: dt.date, champion: RegisteredVersion, counts: dict[str, int], scored: int, in_snapshot: int, lookback: int) -> str:
     lines = ["", f"Churn scores as of {as_of} by {champion.uri} ({CHAMPION}):"]
     lines += [f"  {name:<10}{count:>12,}  {count / scored if scored else 0:6.1%}" for name, count in counts.items()]
     lines.append(f"{scored:,} customers scored; {in_snapshot - scored:,} without a purchase in the last {lookback} days are not.")

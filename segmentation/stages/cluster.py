@@ -10,14 +10,11 @@ one-to-one assignment of centroids) so ids and names stay put across retrains, a
 from __future__ import annotations
 
 import logging
-import warnings
 from dataclasses import dataclass
 
 import mlflow
 import numpy as np
-import pyspark
 from mlflow.exceptions import MlflowException
-from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
 from pyspark import StorageLevel
 from pyspark.sql import DataFrame
@@ -25,7 +22,7 @@ from pyspark.sql import functions as F
 
 from segmentation.stages.context import StageContext
 from segmentation.arguments import add_as_of_argument, as_of_overrides
-from segmentation import tables, tracking
+from segmentation import registry, tables, tracking
 from segmentation.clustering.model import (
     PREDICTION,
     Candidate,
@@ -50,16 +47,15 @@ from segmentation.clustering.profiles import (
 )
 from segmentation.errors import DataQualityError
 from segmentation.logs import stage
-from segmentation.schema import require_numeric_columns
 from segmentation.plots import plt
+from segmentation.registry import CHAMPION, ChampionMetric, PromotionRule, decide_promotion
 from segmentation.sampling import customer_sample, sample_fraction
+from segmentation.schema import CLUSTER_COLUMNS, require_numeric_columns
 
 log = logging.getLogger(__name__)
 
 HELP = "segment customers with K-means on their features, register the model, write customer_clusters"
-CHAMPION = tracking.CHAMPION
 CENTROIDS_ARTIFACT = "cluster/centroids.json"
-CLUSTER_COLUMNS = ["customer_id", "as_of_date", "cluster_id", "cluster_name", "distance_to_centroid", "model_version"]
 
 
 def add_arguments(parser) -> None:
@@ -208,16 +204,15 @@ class Champion:
 
 def _champion(client: MlflowClient, name: str) -> Champion | None:
     """The model version the alias points at, read once per job (None before the first promotion)."""
-    version = tracking.aliased_version(client, name, CHAMPION)
+    version = registry.aliased_version(client, name, CHAMPION)
     if version is None:
         return None
-    silhouette = client.get_run(version.run_id).data.metrics.get("silhouette")
     try:
         reference = ReferenceClusters.from_dict(mlflow.artifacts.load_dict(f"runs:/{version.run_id}/{CENTROIDS_ARTIFACT}"))
     except (MlflowException, OSError, KeyError, ValueError) as error:
         log.warning("champion version %s has no readable %s (%s): clusters get new ids", version.version, CENTROIDS_ARTIFACT, error)
         reference = None
-    return Champion(str(version.version), silhouette, reference)
+    return Champion(version.version, version.metrics.get("silhouette"), reference)
 
 
 def _names(profiles: list[dict], inherited: dict[int, str], customers: DataFrame) -> dict[int, str]:
@@ -234,32 +229,21 @@ def _with_names(assigned: DataFrame, names: dict[int, str]) -> DataFrame:
 def _register(best: Candidate, customers: DataFrame, settings) -> str:
     sample = customers.select(*[F.col(c).cast("double") for c in settings.features]).limit(5)
     predictions = best.model.transform(sample).select(PREDICTION).toPandas()
-    with warnings.catch_warnings():  # the cluster index is an integer that is never missing
-        warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer")
-        signature = infer_signature(sample.toPandas(), predictions)
-    info = mlflow.spark.log_model(
-        best.model, "model", registered_model_name=settings.registered_model, signature=signature,
-        pip_requirements=[f"pyspark=={pyspark.__version__}", f"mlflow=={mlflow.__version__}"],
-    )
-    return str(info.registered_model_version)
+    return registry.register_spark_model(best.model, settings.registered_model, sample.toPandas(), predictions)
 
 
 def _decide(client: MlflowClient, settings, version: str, silhouette: float, champion: Champion | None) -> dict:
     """Move the champion alias only by the configured rule; the decision is logged either way."""
     current = champion.version if champion else None
-    champion_silhouette = champion.silhouette if champion else None
-    if champion_silhouette is None:
-        promote, reason = True, "no champion yet"
-    elif silhouette >= champion_silhouette - settings.promote_tolerance:
-        promote, reason = True, f"silhouette {silhouette:.4f} >= champion's {champion_silhouette:.4f} - {settings.promote_tolerance}"
-    else:
-        promote, reason = False, f"silhouette {silhouette:.4f} < champion's {champion_silhouette:.4f} - {settings.promote_tolerance}"
-    if promote:
-        client.set_registered_model_alias(settings.registered_model, CHAMPION, version)
-    decision = {"model_version": version, "promoted": promote, "reason": reason, "champion_version": version if promote else current}
-    mlflow.set_tags({"champion_decision": "promoted" if promote else "kept", "champion_reason": reason})
-    log.info("model version %s %s as %s: %s", version, "promoted" if promote else "not promoted", CHAMPION, reason)
-    return decision
+    # A champion whose run logged no silhouette (its job stopped after the promotion) is
+    # replaced as if there were none.
+    compared = ChampionMetric(champion.version, champion.silhouette) if champion and champion.silhouette is not None else None
+    rule = PromotionRule("silhouette", tolerance=settings.promote_tolerance)
+    decision = decide_promotion(silhouette, compared, rule)
+    registry.record_decision(client, settings.registered_model, version, decision)
+    log.info("model version %s %s as %s: %s", version, "promoted" if decision.promote else "not promoted", CHAMPION, decision.reason)
+    return {"model_version": version, "promoted": decision.promote, "reason": decision.reason,
+            "champion_version": version if decision.promote else current}
 
 
 def _log_parent(best: Candidate, candidates, space: Space, ids, names, profiles, decision) -> None:

@@ -43,14 +43,11 @@ from segmentation.clv.summary import (
 )
 from segmentation.errors import DataQualityError
 from segmentation.logs import stage
+from segmentation.schema import CLV_COLUMNS
 
 log = logging.getLogger(__name__)
 
 HELP = "fit BG/NBD + Gamma-Gamma lifetime value models and score every customer into customer_clv"
-CLV_COLUMNS = [
-    "customer_id", "as_of_date", "first_purchase_date", "x", "t_x", "T", "m", *SCORE_FIELDS,
-    "holdout_expected_purchases", "holdout_purchases",
-]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -25,7 +25,7 @@ from segmentation.stages import report
 from segmentation.stages import tiers
 from segmentation.stages.context import StageContext
 from segmentation.arguments import add_as_of_argument
-from segmentation import tables, tracking
+from segmentation import registry, tables, tracking
 from segmentation.errors import DataQualityError
 from segmentation.logs import stage
 from segmentation.sources import run_source
@@ -161,10 +161,11 @@ def _churn(ctx: StageContext, args) -> dict[str, object]:
     the champion already scored this snapshot of the features)."""
     results: dict[str, object] = {}
     name = ctx.config.churn.registered_model
-    if getattr(args, "train_churn", False) or churn.champion_version(name) is None:
+    if getattr(args, "train_churn", False) or registry.aliased_version(MlflowClient(), name) is None:
         results["train"] = churn.train(ctx)
     scored = _finished_run(ctx, "churn.score", ["customer_features"])
-    if scored is not None and MlflowClient().get_run(scored).data.tags.get("model_version") == churn.champion_version(name):
+    champion = registry.aliased_version(MlflowClient(), name) if scored is not None else None
+    if scored is not None and MlflowClient().get_run(scored).data.tags.get("model_version") == getattr(champion, "version", None):
         log.info("churn.score: the champion already scored these features in MLflow run %s: resumed past it", scored)
         results["score"] = {"resumed_from": scored}
     else:

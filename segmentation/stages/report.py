@@ -20,11 +20,11 @@ from mlflow.tracking import MlflowClient
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from segmentation.stages.churn import BASELINE_PREFIXES, CHAMPION, MODEL
+from segmentation.stages.churn import BASELINE_PREFIXES, MODEL
 from segmentation.stages.context import StageContext
 from segmentation.arguments import add_as_of_argument, as_of_overrides
 from segmentation import report as html_report
-from segmentation import tables, tracking
+from segmentation import registry, tables, tracking
 from segmentation.errors import DataQualityError
 from segmentation.features.tiers import value_pyramid_summary
 from segmentation.logs import stage
@@ -152,12 +152,10 @@ def report_data(ctx: StageContext, snapshot: DataFrame, rows: DataFrame, as_of: 
 
 def churn_summary(name: str) -> dict | None:
     """The churn champion's evaluation (model and baselines) from its MLflow run."""
-    client = MlflowClient()
-    version = tracking.aliased_version(client, name, CHAMPION)
+    version = registry.aliased_version(MlflowClient(), name)
     if version is None:
         return None
-    run = client.get_run(version.run_id)
-    metrics, tags = run.data.metrics, run.data.tags
+    metrics, tags = version.metrics, version.tags
     scores = {MODEL: {m: metrics.get(m) for m in CHURN_METRICS}}
     for baseline, prefix in BASELINE_PREFIXES.items():
         if f"{prefix}_pr_auc" in metrics:  # models trained before a baseline existed lack it

@@ -20,15 +20,16 @@ from segmentation.config import FeaturesConfig, TiersConfig
 from segmentation.features.quantiles import quantile_cuts
 from segmentation.features.rules import Rule, with_first_match
 from segmentation.features.tiers import TierCuts, expression_rules, value_tier_probabilities, with_value_tier
-from segmentation.schema import require_numeric_columns
+from segmentation.schema import CHURN_COLUMNS, CLUSTER_COLUMNS, CLV_COLUMNS, columns_of, require_numeric_columns
 
 FEATURE_COLUMNS = [
     "r_score", "f_score", "m_score", "rfm_segment", "lifecycle_stage", "business_tier",
     "recency_days", "frequency_orders", "monetary", "revenue_365d", "preferred_channel",
 ]
-CLV_COLUMNS = ["clv", "probability_alive", "expected_purchases"]
-CLUSTER_COLUMNS = ["cluster_id", "cluster_name"]
-CHURN_SCORE_COLUMNS = ["churn_probability", "churn_risk_tier"]
+# What a tier row takes from each scored table, named against the table's contract.
+CLV_TIER_COLUMNS = columns_of(CLV_COLUMNS, "clv", "probability_alive", "expected_purchases")
+CLUSTER_TIER_COLUMNS = columns_of(CLUSTER_COLUMNS, "cluster_id", "cluster_name")
+CHURN_TIER_COLUMNS = columns_of(CHURN_COLUMNS, "churn_probability", "churn_risk_tier")
 
 
 @dataclass(frozen=True)
@@ -57,8 +58,8 @@ class Lineage:
 
 
 TIER_COLUMNS = [
-    "customer_id", "as_of_date", "value_tier", "value_rank", *FEATURE_COLUMNS[:6], *CLUSTER_COLUMNS, *CLV_COLUMNS,
-    *CHURN_SCORE_COLUMNS, "stickiness", "treatment", "treatment_action", "treatment_channel", "treatment_priority",
+    "customer_id", "as_of_date", "value_tier", "value_rank", *FEATURE_COLUMNS[:6], *CLUSTER_TIER_COLUMNS, *CLV_TIER_COLUMNS,
+    *CHURN_TIER_COLUMNS, "stickiness", "treatment", "treatment_action", "treatment_channel", "treatment_priority",
     "revenue_365d", "monetary", "recency_days", "frequency_orders", "lineage",
 ]
 
@@ -69,9 +70,9 @@ def joined_inputs(features: DataFrame, clv: DataFrame, clusters: DataFrame, chur
     # own value tier gives way to the one ranked by tiers.value_rank_by.
     return (
         features.drop("as_of_date", "value_tier")
-        .join(clv.select("customer_id", *CLV_COLUMNS), on="customer_id", how="left")
-        .join(clusters.select("customer_id", *CLUSTER_COLUMNS), on="customer_id", how="left")
-        .join(churn.select("customer_id", *CHURN_SCORE_COLUMNS), on="customer_id", how="left")
+        .join(clv.select("customer_id", *CLV_TIER_COLUMNS), on="customer_id", how="left")
+        .join(clusters.select("customer_id", *CLUSTER_TIER_COLUMNS), on="customer_id", how="left")
+        .join(churn.select("customer_id", *CHURN_TIER_COLUMNS), on="customer_id", how="left")
     )
 
 
@@ -103,7 +104,7 @@ def customer_tiers(joined: DataFrame, cuts: TierCuts, tiers: TiersConfig, featur
         F.lit(as_of).alias("as_of_date"),
         "value_tier",
         F.element_at(F.create_map(*[v for name, r in rank.items() for v in (F.lit(name), F.lit(r))]), F.col("value_tier")).alias("value_rank"),
-        *FEATURE_COLUMNS[:6], *CLUSTER_COLUMNS, *CLV_COLUMNS, *CHURN_SCORE_COLUMNS, "stickiness", "treatment",
+        *FEATURE_COLUMNS[:6], *CLUSTER_TIER_COLUMNS, *CLV_TIER_COLUMNS, *CHURN_TIER_COLUMNS, "stickiness", "treatment",
         F.element_at(action, F.col("treatment")).alias("treatment_action"),
         F.when(configured_channel == "preferred", F.coalesce("preferred_channel", F.lit(tiers.default_channel)))
         .otherwise(configured_channel).alias("treatment_channel"),

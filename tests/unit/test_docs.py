@@ -18,7 +18,7 @@ def test_readme_lists_every_feature_column():
 
 
 def test_readme_names_every_churn_table_column_and_setting():
-    from segmentation.stages.churn import CHURN_COLUMNS
+    from segmentation.schema import CHURN_COLUMNS
     from segmentation.config import ChurnConfig
 
     section = README[README.index("## Churn risk"):]

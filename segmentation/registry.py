@@ -1,0 +1,152 @@
+"""The MLflow model registry of both registered models (`cluster.registered_model`,
+`churn.registered_model`): the version an alias points at, how a fitted Spark pipeline
+becomes a new version, and the promotion rule that moves the `champion` alias.
+
+Registry aliases (`champion`, `challenger`), not the deprecated stages. `decide_promotion`
+is a function of plain values (no Spark, no MLflow); `record_decision` applies what it
+decided: it moves the alias and tags the active run with `champion_decision` and
+`champion_reason`.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import mlflow
+import pandas as pd
+import pyspark
+from mlflow.exceptions import MlflowException
+from mlflow.models import infer_signature
+from mlflow.tracking import MlflowClient
+
+if TYPE_CHECKING:
+    from pyspark.ml import PipelineModel
+
+CHAMPION, CHALLENGER = "champion", "challenger"
+DECISION_TAG, REASON_TAG = "champion_decision", "champion_reason"
+# A Spark ML pipeline loads with the Spark and MLflow versions that saved it.
+PIP_REQUIREMENTS = [f"pyspark=={pyspark.__version__}", f"mlflow=={mlflow.__version__}"]
+
+
+@dataclass(frozen=True)
+class RegisteredVersion:
+    """A version of a registered model with the tags and metrics of the run that logged it."""
+
+    name: str
+    version: str
+    run_id: str
+    tags: Mapping[str, str] = field(default_factory=dict)
+    metrics: Mapping[str, float] = field(default_factory=dict)
+
+    @property
+    def uri(self) -> str:
+        return f"models:/{self.name}/{self.version}"
+
+
+def aliased_version(client: MlflowClient, name: str, alias: str = CHAMPION) -> RegisteredVersion | None:
+    """The version `alias` points at; None when the model or the alias does not exist yet
+    (before the first promotion)."""
+    try:
+        version = client.get_model_version_by_alias(name, alias)
+    except MlflowException:
+        return None
+    run = client.get_run(version.run_id)
+    return RegisteredVersion(name, str(version.version), version.run_id, dict(run.data.tags), dict(run.data.metrics))
+
+
+def register_spark_model(model: PipelineModel, name: str, inputs: pd.DataFrame, outputs: pd.DataFrame | pd.Series) -> str:
+    """Log `model` as the active run's `model` artifact, with the signature of a few input
+    rows and the model's output on them, and register it as a new version of `name`."""
+    with warnings.catch_warnings():  # an integer output (a cluster index) is never missing
+        warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer")
+        signature = infer_signature(inputs, outputs)
+    info = mlflow.spark.log_model(
+        model, "model", registered_model_name=name, signature=signature, pip_requirements=PIP_REQUIREMENTS,
+    )
+    return str(info.registered_model_version)
+
+
+def set_challenger(client: MlflowClient, name: str, version: str) -> None:
+    client.set_registered_model_alias(name, CHALLENGER, version)
+
+
+# ---------------------------------------------------------------------------- promotion
+
+
+@dataclass(frozen=True)
+class PromotionRule:
+    """When a new version replaces the champion, on one metric. Exactly one of:
+    `tolerance`: unless it is worse than the champion's metric by more than this (a tie
+    promotes; the cluster rule, against the silhouette the champion's run logged);
+    `min_improvement`: only when it is better by more than this (a tie keeps; the churn rule,
+    against the champion re-scored on the new version's evaluation rows)."""
+
+    metric: str
+    higher_is_better: bool = True
+    tolerance: float | None = None
+    min_improvement: float | None = None
+
+    def __post_init__(self) -> None:
+        if (self.tolerance is None) == (self.min_improvement is None):
+            raise ValueError("a promotion rule takes exactly one of tolerance and min_improvement")
+
+
+@dataclass(frozen=True)
+class ChampionMetric:
+    """The current champion as the rule sees it."""
+
+    version: str
+    value: float | None  # its value of the rule's metric; None when it could not be scored
+    incomparable: str | None = None  # why its metric says nothing about the new version's (it is then replaced)
+
+
+@dataclass(frozen=True)
+class Decision:
+    promote: bool
+    reason: str
+
+    @property
+    def outcome(self) -> str:
+        """The `champion_decision` tag."""
+        return "promoted" if self.promote else "kept"
+
+
+def decide_promotion(candidate: float, champion: ChampionMetric | None, rule: PromotionRule) -> Decision:
+    """Whether a new version whose metric is `candidate` replaces `champion`, and why.
+
+    No champion, a champion whose metric is not comparable, or one that could not be scored:
+    promote. Otherwise the rule's tolerance or required improvement decides; the reasons are
+    the runs' `champion_reason` tags and read by people and tests.
+    """
+    if champion is None:
+        return Decision(True, "no champion yet")
+    if champion.incomparable is not None:
+        return Decision(True, f"champion version {champion.version} {champion.incomparable}: the metrics are not comparable")
+    if champion.value is None:
+        return Decision(True, f"champion version {champion.version} cannot score the evaluation rows")
+    name, current = rule.metric, champion.value
+    if rule.tolerance is not None:
+        tolerance = rule.tolerance
+        if rule.higher_is_better:
+            promote = candidate >= current - tolerance
+            relation, sign = (">=" if promote else "<"), "-"
+        else:
+            promote = candidate <= current + tolerance
+            relation, sign = ("<=" if promote else ">"), "+"
+        return Decision(promote, f"{name} {candidate:.4f} {relation} champion's {current:.4f} {sign} {tolerance}")
+    gain = (candidate - current) if rule.higher_is_better else (current - candidate)
+    promote = gain > rule.min_improvement
+    relation = "beats" if promote else "does not beat"
+    return Decision(promote, (f"{name} {candidate:.4f} {relation} champion version {champion.version}'s {current:.4f} "
+                              f"on the same evaluation rows by more than {rule.min_improvement}"))
+
+
+def record_decision(client: MlflowClient, name: str, version: str, decision: Decision) -> None:
+    """Move the `champion` alias to `version` when the decision promotes it; tag the active
+    run with the decision either way."""
+    if decision.promote:
+        client.set_registered_model_alias(name, CHAMPION, version)
+    mlflow.set_tags({DECISION_TAG: decision.outcome, REASON_TAG: decision.reason})
