@@ -349,9 +349,7 @@ def score(ctx: StageContext) -> dict[str, object]:
     target = ctx.table("customer_churn")
     with tracking.stage_run(config, "churn.score", ctx.pipeline_run_id) as active, stage("churn.score") as summary:
         source, version, features = ctx.read_input("customer_features", "no customer features yet; run 'segmentation features' first")
-        as_of = config.as_of or features.agg(F.max("as_of_date")).first()[0]
-        if as_of is None:
-            raise DataQualityError(f"{source} has no snapshots: run 'segmentation features' first")
+        as_of = ctx.snapshot_as_of(features, source, "has no snapshots: run 'segmentation features' first")
         champion = registry.aliased_version(MlflowClient(), settings.registered_model, CHAMPION)
         if champion is None:
             raise ModelRegistryError(
@@ -376,10 +374,7 @@ def score(ctx: StageContext) -> dict[str, object]:
             risk_tier(probability, settings.risk_tiers).alias("churn_risk_tier"),
             F.lit(int(champion.version)).alias("model_version"),
         )
-        result = tables.write(
-            scored.select(*CHURN_COLUMNS), target, mode="overwrite", run_id=ctx.pipeline_run_id,
-            partition_by=["as_of_date"], replace_where=f"as_of_date = '{as_of.isoformat()}'",
-        )
+        result = tables.write_snapshot(scored.select(*CHURN_COLUMNS), target, as_of, run_id=ctx.pipeline_run_id)
         tracking.log_delta_output(target, result.version)
         written = tables.read(ctx.spark, target, result.version).where(F.col("as_of_date") == F.lit(as_of))
         tiers = {r.churn_risk_tier: int(r.customers) for r in written.groupBy("churn_risk_tier").agg(F.count(F.lit(1)).alias("customers")).collect()}

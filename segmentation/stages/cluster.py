@@ -76,9 +76,7 @@ def run(ctx: StageContext, args=None) -> dict[str, object]:
     with tracking.stage_run(config, "cluster", ctx.pipeline_run_id) as parent, stage("cluster") as summary:
         source, version, features = ctx.read_input("customer_features", "no customer features yet; run 'segmentation features' first")
         require_numeric_columns(features, {"cluster.features": settings.features}, "customer_features", booleans=True)
-        as_of = config.as_of or features.agg(F.max("as_of_date")).first()[0]
-        if as_of is None:
-            raise DataQualityError(f"{source} has no snapshots: run 'segmentation features' first")
+        as_of = ctx.snapshot_as_of(features, source, "has no snapshots: run 'segmentation features' first")
         columns = list(dict.fromkeys(["customer_id", *settings.features, *NAMING_COLUMNS, REVENUE]))
         customers = features.where(F.col("as_of_date") == F.lit(as_of)).select(*columns).persist(StorageLevel.MEMORY_AND_DISK)
         try:
@@ -109,10 +107,7 @@ def run(ctx: StageContext, args=None) -> dict[str, object]:
                 "customer_id", F.lit(as_of).alias("as_of_date"), "cluster_id", "cluster_name",
                 "distance_to_centroid", F.lit(int(model_version)).alias("model_version"),
             )
-            result = tables.write(
-                snapshot.select(*CLUSTER_COLUMNS), target, mode="overwrite", run_id=ctx.pipeline_run_id,
-                partition_by=["as_of_date"], replace_where=f"as_of_date = '{as_of.isoformat()}'",
-            )
+            result = tables.write_snapshot(snapshot.select(*CLUSTER_COLUMNS), target, as_of, run_id=ctx.pipeline_run_id)
             tracking.log_delta_output(target, result.version)
         finally:
             customers.unpersist()

@@ -95,10 +95,7 @@ def run(ctx: StageContext, args: argparse.Namespace | None = None) -> dict[str, 
             scored = with_clv_scores(customers, bgnbd.params, spend.params if spend else None, scoring)
             scored = _with_holdout(scored, transactions, settings, calibration_end, as_of, bgnbd, unit_days)
             snapshot = scored.select(*[F.col(c) for c in CLV_COLUMNS if c != "as_of_date"], F.lit(calibration_end).alias("as_of_date"))
-            result = tables.write(
-                snapshot.select(*CLV_COLUMNS), target, mode="overwrite", run_id=ctx.pipeline_run_id,
-                partition_by=["as_of_date"], replace_where=f"as_of_date = '{calibration_end.isoformat()}'",
-            )
+            result = tables.write_snapshot(snapshot.select(*CLV_COLUMNS), target, calibration_end, run_id=ctx.pipeline_run_id)
             tracking.log_delta_output(target, result.version)
             written = tables.read(spark, target, result.version).where(F.col("as_of_date") == F.lit(calibration_end))
             totals = _totals(written)

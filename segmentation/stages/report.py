@@ -48,9 +48,9 @@ def run(ctx: StageContext, args: argparse.Namespace | None = None) -> dict[str, 
     config = ctx.config
     with tracking.stage_run(config, "report", ctx.pipeline_run_id) as active, stage("report") as summary:
         ref, version, rows = ctx.read_input("customer_tiers", "does not exist yet; run 'segmentation tiers' first")
-        as_of = config.as_of or rows.agg(F.max("as_of_date")).first()[0]
+        as_of = ctx.snapshot_as_of(rows, ref, "has no snapshots: run 'segmentation tiers' first")
         snapshot = rows.where(F.col("as_of_date") == F.lit(as_of))
-        if as_of is None or snapshot.isEmpty():
+        if snapshot.isEmpty():
             raise DataQualityError(f"{ref} has no snapshot as of {as_of}; run 'segmentation tiers' first")
         previous_as_of = rows.where(F.col("as_of_date") < F.lit(as_of)).agg(F.max("as_of_date")).first()[0]
         tracking.log_delta_input(ref, version, context="customer_tiers")
