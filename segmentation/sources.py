@@ -64,7 +64,22 @@ class SourceBatch:
 
     @property
     def multiline(self) -> bool:
-        return self.format == "csv" and str(self.options.get("multiLine", "false")).lower() == "true"
+        return self.format == "csv" and (option(self.options, "multiLine") or "false").lower() == "true"
+
+    @property
+    def encoding(self) -> str:
+        return option(self.options, "encoding") or option(self.options, "charset") or "UTF-8"
+
+
+def option(options: Mapping[str, str], name: str) -> str | None:
+    """A reader option by name in any case, as Spark reads them (multiLine = multiline)."""
+    return next((value for key, value in options.items() if key.lower() == name.lower()), None)
+
+
+def with_defaults(options: Mapping[str, str], defaults: Mapping[str, str]) -> dict[str, str]:
+    """`options` over `defaults`, names compared in any case (Spark's options are)."""
+    given = {key.lower() for key in options}
+    return {**{key: value for key, value in defaults.items() if key.lower() not in given}, **options}
 
 
 def read_source(spark: SparkSession, config: Config, ingested_versions: Mapping[str, int] | None = None) -> SourceBatch:
@@ -95,7 +110,7 @@ def read_source(spark: SparkSession, config: Config, ingested_versions: Mapping[
         conformed, columns = conform_source(df, path)
         listing = _file_listing(spark, df, path)
     else:
-        options = {**CSV_DEFAULTS, **options}
+        options = with_defaults(options, CSV_DEFAULTS)
         conformed, columns, listing = _read_csv(spark, path, options)
     return SourceBatch(conformed, columns, path, _digest(listing), format=source.format, options=options)
 
@@ -145,7 +160,7 @@ def run_source(
         )
     options = dict(last.get("source_options") or {})
     source = SourceConfig(table=None, path=str(last["source"]), format=last["source_format"], options=options)
-    given = {name: value for name, value in sorted(options.items()) if CSV_DEFAULTS.get(name) != value}
+    given = {name: value for name, value in sorted(options.items()) if option(CSV_DEFAULTS, name) != value}
     shown = "".join(f" --set ingest.source.options.{name}={_as_yaml(value)}" for name, value in given.items())
     return RunSource(False, source, f"the feed ingested last: --source {source.path} --format {source.format}{shown}")
 
@@ -250,7 +265,7 @@ def _read_csv(spark: SparkSession, path: str, settings: dict[str, str]) -> tuple
             .csv(group)
             .select("*", F.col("_metadata.file_path").alias(SOURCE_FILE))
         )
-        conformed, columns = conform_source(df, path if len(by_header) == 1 else _file_name(group[0]))
+        conformed, columns = conform_source(df, path if len(by_header) == 1 else file_name(group[0]))
         parts.append(conformed)
         extra += [c for c in columns.extra if c not in extra]
         missing += [c for c in columns.missing_optional if c not in missing]
@@ -265,7 +280,7 @@ def _csv_headers(spark: SparkSession, files: list[str], settings: dict[str, str]
     raw_line = {
         # One field per line: no separator, no quoting. multiLine reads each file as one
         # stream, so that encodings such as UTF-16 decode whole.
-        "encoding": settings.get("encoding") or settings.get("charset") or "UTF-8",
+        "encoding": option(settings, "encoding") or option(settings, "charset") or "UTF-8",
         "sep": "\u0001", "quote": "", "multiLine": "true", "header": "false",
     }
     lines: dict[str, str | None] = {}
@@ -282,12 +297,14 @@ def _csv_headers(spark: SparkSession, files: list[str], settings: dict[str, str]
 
 
 def _header_names(file: str, line: str | None, settings: dict[str, str]) -> list[str]:
-    name = _file_name(file)
+    name = file_name(file)
     if line is None:
         raise DataQualityError(f"{name}: empty CSV input (no header line)")
-    sep = settings.get("sep") or settings.get("delimiter") or ","
-    quote = settings.get("quote", '"') or None
-    escape = settings.get("escape", "\\")
+    sep = option(settings, "sep") or option(settings, "delimiter") or ","
+    quote = option(settings, "quote")
+    quote = '"' if quote is None else (quote or None)
+    escape = option(settings, "escape")
+    escape = "\\" if escape is None else escape
     dialect = {"delimiter": sep, "quotechar": quote, "quoting": csv.QUOTE_MINIMAL if quote else csv.QUOTE_NONE}
     if quote and escape == quote:
         dialect["doublequote"] = True
@@ -310,7 +327,7 @@ def _header_names(file: str, line: str | None, settings: dict[str, str]) -> list
     return header
 
 
-def _file_name(file: str) -> str:
+def file_name(file: str) -> str:
     """A file as messages name it: its path without the file: scheme Spark adds."""
     return re.sub(r"^file:(//)?", "", file)
 

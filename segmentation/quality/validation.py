@@ -139,7 +139,7 @@ def checked_transactions(
     ts, amount, quantity = typed["transaction_ts"], typed["net_amount"], typed["quantity"]
     discount, margin, is_return = typed["discount_amount"], typed["gross_margin"], typed["is_return"]
     corrupt = F.col(CORRUPT_RECORD)
-    quote = str(rules.source.options.get("quote", '"')) or None
+    quote = next((str(v) for k, v in rules.source.options.items() if k.lower() == "quote"), '"') or None
     checks: list[tuple[str, Column]] = [
         ("malformed_record", corrupt.isNotNull()),
         # Bytes the reader could not decode became U+FFFD: the batch is refused (wrong

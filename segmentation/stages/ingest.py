@@ -11,7 +11,6 @@ import argparse
 import dataclasses
 import datetime as dt
 import logging
-import re
 from dataclasses import dataclass
 
 import mlflow
@@ -40,7 +39,7 @@ from segmentation.quality.validation import (
     with_repeats_marked,
 )
 from segmentation.schema import QUARANTINE_SCHEMA, TRANSACTIONS_SCHEMA
-from segmentation.sources import FEED, SourceBatch, read_source
+from segmentation.sources import FEED, SourceBatch, file_name, read_source
 
 log = logging.getLogger(__name__)
 
@@ -292,7 +291,7 @@ def _log_counts(batch: SourceBatch, counts: BatchCounts) -> None:
 def _refuse(validated: DataFrame, batch: SourceBatch, rule: str, rows: int) -> None:
     """Refuse the batch with one line naming its files (one small Spark job finds them)."""
     files = [
-        re.sub(r"^file:(//)?", "", row.source_file or batch.name)
+        file_name(row.source_file or batch.name)
         for row in validated.where(F.array_contains("reasons", rule)).select("source_file").distinct().limit(3).collect()
     ]
     where = ", ".join(sorted(files)) or batch.name
@@ -302,8 +301,7 @@ def _refuse(validated: DataFrame, batch: SourceBatch, rule: str, rows: int) -> N
             "remove ingest.source.options.multiLine=false (multi-line records need it on); nothing was written"
         )
     if batch.format == "csv":
-        encoding = batch.options.get("encoding") or batch.options.get("charset") or "UTF-8"
-        advice = (f"the file is not valid {encoding}: set ingest.source.options.encoding to its encoding "
+        advice = (f"the file is not valid {batch.encoding}: set ingest.source.options.encoding to its encoding "
                   "(e.g. ISO-8859-1, windows-1252, GB18030)")
     else:
         advice = "the text was damaged before it reached this source (U+FFFD replacement characters)"

@@ -44,3 +44,12 @@ def test_without_a_source_to_reuse_run_says_what_to_pass():
     own_table = {"source": RAW, "source_format": "delta", "source_options": {}}
     with pytest.raises(DataQualityError, match=r"pass --source PATH --format FORMAT"):
         run_source(asked_to_generate=False, raw_table=RAW, raw_exists=False, real=[own_table], batches=1)
+
+
+def test_reader_options_match_in_any_case_as_spark_reads_them():
+    from segmentation.sources import CSV_DEFAULTS, option, with_defaults
+
+    given = {"multiline": "false", "Encoding": "windows-1252"}
+    merged = with_defaults(given, CSV_DEFAULTS)
+    assert merged == {"header": "true", "escape": '"', "multiline": "false", "Encoding": "windows-1252"}
+    assert (option(merged, "multiLine"), option(merged, "encoding"), option(merged, "sep")) == ("false", "windows-1252", None)
