@@ -89,7 +89,7 @@ def run(ctx: StageContext, args: argparse.Namespace | None = None) -> dict[str, 
     timings = results["timings"]
     as_of = dt.date.fromisoformat(str(results["as_of"]))
     lines = results["ingest"].rows_clean
-    scored = int(results["features"]["customers"])
+    scored = results["features"].customers
     stages = []
     for name, window in timings.items():
         rows = lines if name in LINE_STAGES or name == "generate" else scored

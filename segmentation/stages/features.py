@@ -13,6 +13,7 @@ import argparse
 import datetime as dt
 import json
 import logging
+from dataclasses import dataclass
 
 import mlflow
 from pyspark import StorageLevel
@@ -45,7 +46,25 @@ def config_overrides(args: argparse.Namespace) -> list[str]:
     return as_of_overrides(args)
 
 
-def run(ctx: StageContext, args: argparse.Namespace | None = None) -> dict[str, object]:
+@dataclass(frozen=True)
+class FeaturesResult:
+    as_of: dt.date
+    transactions_version: int
+    customers: int
+    version: int | None  # the customer_features version written
+    table: str
+    unmatched: dict[str, int]  # customers no row of each rule table matched
+
+
+def unmatched_customers(counts: list[dict]) -> dict[str, int]:
+    """Customers per rule table that no row matched, from the tier counts."""
+    return {
+        scheme: sum(r["customers"] for r in counts if r["scheme"] == scheme and r["tier"] == UNMATCHED)
+        for scheme in RULE_TABLES
+    }
+
+
+def run(ctx: StageContext, args: argparse.Namespace | None = None) -> FeaturesResult:
     config, settings = ctx.config, ctx.config.features
     target = ctx.table("customer_features")
     with tracking.stage_run(config, "features", ctx.pipeline_run_id), stage("features") as summary:
@@ -77,17 +96,15 @@ def run(ctx: StageContext, args: argparse.Namespace | None = None) -> dict[str, 
             features.unpersist()
 
         customers = sum(row["customers"] for row in counts if row["scheme"] == "value_tier")
-        unmatched = {
-            scheme: sum(r["customers"] for r in counts if r["scheme"] == scheme and r["tier"] == UNMATCHED)
-            for scheme in RULE_TABLES
-        }
+        unmatched = unmatched_customers(counts)
         for scheme, count in unmatched.items():
             if count and scheme != "business_tier":
                 log.warning("%d customers match no row of %s: counted as '%s'", count, RULE_TABLES[scheme], UNMATCHED)
+        outcome = FeaturesResult(as_of, version, customers, result.version, target.location, unmatched)
         summary.update(customers=customers, version=result.version, table=target.location)
         _log_run(cuts, counts, pareto, customers, unmatched)
         print(report(as_of, customers, counts, pareto, settings.value_pyramid.rank_by), flush=True)
-    return summary
+    return outcome
 
 
 def report(as_of: dt.date, customers: int, counts: list[dict], pareto: list[dict], rank_by: str) -> str:

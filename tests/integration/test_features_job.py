@@ -48,7 +48,7 @@ def latest(spark, ingested):
     """The default snapshot (as of the latest transaction date) and what the job returned."""
     ctx = context(spark, ingested)
     summary = features.run(ctx)
-    snapshot = tables.read(spark, ctx.table("customer_features")).where(F.col("as_of_date") == summary["as_of"])
+    snapshot = tables.read(spark, ctx.table("customer_features")).where(F.col("as_of_date") == summary.as_of)
     return ctx, summary, snapshot
 
 
@@ -59,10 +59,10 @@ def own_table(spark, ingested, tmp_path, *overrides):
 def test_one_row_per_customer_with_every_feature_and_tier(latest):
     ctx, summary, snapshot = latest
     transactions = tables.read(ctx.spark, ctx.table("transactions"))
-    assert summary["as_of"] == transactions.agg(F.max(F.to_date("transaction_ts"))).first()[0].isoformat()
+    assert summary.as_of == transactions.agg(F.max(F.to_date("transaction_ts"))).first()[0]
     assert snapshot.columns == feature_columns(ctx.config.ingest.channels) + TIER_COLUMNS
-    assert snapshot.count() == summary["customers"] == transactions.select("customer_id").distinct().count()
-    assert snapshot.select("customer_id").distinct().count() == summary["customers"]
+    assert snapshot.count() == summary.customers == transactions.select("customer_id").distinct().count()
+    assert snapshot.select("customer_id").distinct().count() == summary.customers
     for column in ("r_score", "f_score", "m_score", "rfm_segment", "value_tier", "lifecycle_stage", "business_tier"):
         assert snapshot.where(F.col(column).isNull()).count() == 0, column
     assert snapshot.where(F.col("rfm_segment") == "Other").count() == 0  # the default map covers every cell
@@ -70,7 +70,7 @@ def test_one_row_per_customer_with_every_feature_and_tier(latest):
 
 def test_tiers_are_plausible_on_generated_data(latest):
     ctx, summary, snapshot = latest
-    n = summary["customers"]
+    n = summary.customers
     share = {
         (scheme, row["tier"]): row["count"] / n
         for scheme in ("value_tier", "rfm_segment", "lifecycle_stage")
@@ -114,21 +114,21 @@ def test_snapshots_coexist_and_a_rerun_replaces_only_its_own(spark, ingested, tm
     ref = own_table(spark, ingested, tmp_path).table("customer_features")
     after_two = tables.read(spark, ref)
     counts = {r["as_of_date"]: r["count"] for r in after_two.groupBy("as_of_date").count().collect()}
-    assert counts == {MID_YEAR: first["customers"], dt.date(2025, 12, 1): second["customers"]}
+    assert counts == {MID_YEAR: first.customers, dt.date(2025, 12, 1): second.customers}
 
     # Re-run mid-year with other value-tier cut-offs: that snapshot changes, the other does not.
     rerun = features.run(
         own_table(spark, ingested, tmp_path, at(MID_YEAR), "features.value_pyramid.tiers=[{name: top, share: 0.5}, {name: rest}]")
     )
-    assert rerun["version"] == second["version"] + 1
+    assert rerun.version == second.version + 1
     now = tables.read(spark, ref)
-    assert now.where(F.col("as_of_date") == MID_YEAR).count() == first["customers"]
+    assert now.where(F.col("as_of_date") == MID_YEAR).count() == first.customers
     assert {r[0] for r in now.where(F.col("as_of_date") == MID_YEAR).select("value_tier").distinct().collect()} == {"top", "rest"}
     december = F.col("as_of_date") == dt.date(2025, 12, 1)
-    before = tables.read(spark, ref, version=second["version"]).where(december)
+    before = tables.read(spark, ref, version=second.version).where(december)
     assert now.where(december).exceptAll(before).count() == 0 and before.exceptAll(now.where(december)).count() == 0
     # and the replaced snapshot is still there by time travel
-    assert tables.read(spark, ref, version=second["version"]).where(F.col("value_tier") == "diamond").count() > 0
+    assert tables.read(spark, ref, version=second.version).where(F.col("value_tier") == "diamond").count() > 0
 
 
 def test_transactions_after_as_of_change_nothing(spark, ingested, tmp_path):
@@ -154,9 +154,9 @@ def test_mlflow_run_records_inputs_metrics_and_the_pareto_table(latest):
     tracking.configure_mlflow(ctx.config)
     runs = mlflow.search_runs(experiment_names=["segmentation"], filter_string="tags.stage = 'features'", output_format="list")
     run = runs[-1]
-    assert run.data.params["as_of"] == summary["as_of"]
-    assert run.data.tags["input.transactions.version"] == str(summary["transactions_version"])
-    assert run.data.metrics["customers"] == summary["customers"]
+    assert run.data.params["as_of"] == summary.as_of.isoformat()
+    assert run.data.tags["input.transactions.version"] == str(summary.transactions_version)
+    assert run.data.metrics["customers"] == summary.customers
     assert run.data.metrics["value_tier.diamond"] > 0 and 0 < run.data.metrics["pareto.diamond.revenue_share"] < 1
     assert run.data.metrics["rfm_segment.Can_t Lose Them"] >= 0  # names made safe for MLflow
     artifacts = {a.path for a in mlflow.artifacts.list_artifacts(run_id=run.info.run_id, artifact_path="features")}

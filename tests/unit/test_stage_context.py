@@ -24,3 +24,14 @@ def test_without_a_configured_date_the_latest_one_is_used():
 def test_with_neither_the_error_says_what_is_missing():
     with pytest.raises(DataQualityError, match="^customer_features has no snapshots: run 'segmentation features' first$"):
         resolve_as_of(None, lambda: None, "customer_features has no snapshots: run 'segmentation features' first")
+
+
+def test_customers_no_rule_row_matched_are_counted_per_rule_table():
+    from segmentation.features.rules import UNMATCHED
+    from segmentation.stages.features import unmatched_customers
+
+    counts = [
+        {"scheme": "value_tier", "tier": "gold", "customers": 9}, {"scheme": "rfm_segment", "tier": UNMATCHED, "customers": 2},
+        {"scheme": "rfm_segment", "tier": "Loyal", "customers": 7}, {"scheme": "business_tier", "tier": UNMATCHED, "customers": 5},
+    ]
+    assert unmatched_customers(counts) == {"rfm_segment": 2, "lifecycle_stage": 0, "business_tier": 5}
