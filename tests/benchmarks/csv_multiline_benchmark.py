@@ -1,7 +1,7 @@
 """What `multiLine` costs when Spark parses one large CSV file: the same file parsed with the
 option on (one task per file) and off (split into tasks), alternating, each 3 times.
 
-    .venv/bin/python tests/benchmarks/csv_multiline_benchmark.py [ROWS]   (default 6,000,000: about 500 MB)
+    .venv/bin/python -m tests.benchmarks.csv_multiline_benchmark [ROWS]   (default 6,000,000: about 500 MB)
 
 A script, not a test: it prints the seconds of each run and the medians.
 """
