@@ -98,3 +98,30 @@ def columns_of(table: Sequence[str], *names: str) -> list[str]:
     if unknown:
         raise ValueError(f"{', '.join(unknown)} not in the table contract {list(table)}")
     return list(names)
+
+
+# ingest_log: one row per ingested (or rejected) batch.
+INGEST_LOG_SCHEMA = T.StructType(
+    [
+        T.StructField("batch_id", T.StringType(), False),
+        T.StructField("source", T.StringType(), False),
+        T.StructField("source_version", T.LongType(), True),
+        T.StructField("status", T.StringType(), False),
+        T.StructField("rows_in", T.LongType(), False),
+        T.StructField("rows_clean", T.LongType(), False),
+        T.StructField("rows_quarantined", T.LongType(), False),
+        T.StructField("rejected_share", T.DoubleType(), False),
+        T.StructField("rejections", T.MapType(T.StringType(), T.LongType(), False), False),
+        T.StructField("transactions_version", T.LongType(), True),
+        T.StructField("quarantine_version", T.LongType(), True),
+        T.StructField("key_fingerprint", T.StringType(), True),
+        T.StructField("pipeline_run_id", T.StringType(), False),
+        T.StructField("ingested_at", T.TimestampType(), False),
+        # Added later: null in the rows of older batches.
+        T.StructField("rows_already_loaded", T.LongType(), True),
+        T.StructField("source_from_version", T.LongType(), True),
+        T.StructField("source_kind", T.StringType(), True),
+        T.StructField("source_format", T.StringType(), True),
+        T.StructField("source_options", T.MapType(T.StringType(), T.StringType(), True), True),
+    ]
+)

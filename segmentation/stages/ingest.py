@@ -17,7 +17,6 @@ import mlflow
 from pyspark import StorageLevel
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
-from pyspark.sql import types as T
 
 from segmentation.stages.context import StageContext
 from segmentation.arguments import share
@@ -38,37 +37,13 @@ from segmentation.quality.validation import (
     row_counts,
     with_repeats_marked,
 )
-from segmentation.schema import QUARANTINE_SCHEMA, TRANSACTIONS_SCHEMA
+from segmentation.schema import INGEST_LOG_SCHEMA, QUARANTINE_SCHEMA, TRANSACTIONS_SCHEMA
 from segmentation.sources import FEED, SourceBatch, file_name, read_source
 
 log = logging.getLogger(__name__)
 
 HELP = "validate, deduplicate and pseudonymise a raw feed into the transactions table"
 
-INGEST_LOG_SCHEMA = T.StructType(
-    [
-        T.StructField("batch_id", T.StringType(), False),
-        T.StructField("source", T.StringType(), False),
-        T.StructField("source_version", T.LongType(), True),
-        T.StructField("status", T.StringType(), False),
-        T.StructField("rows_in", T.LongType(), False),
-        T.StructField("rows_clean", T.LongType(), False),
-        T.StructField("rows_quarantined", T.LongType(), False),
-        T.StructField("rejected_share", T.DoubleType(), False),
-        T.StructField("rejections", T.MapType(T.StringType(), T.LongType(), False), False),
-        T.StructField("transactions_version", T.LongType(), True),
-        T.StructField("quarantine_version", T.LongType(), True),
-        T.StructField("key_fingerprint", T.StringType(), True),
-        T.StructField("pipeline_run_id", T.StringType(), False),
-        T.StructField("ingested_at", T.TimestampType(), False),
-        # Added later: null in the rows of older batches.
-        T.StructField("rows_already_loaded", T.LongType(), True),
-        T.StructField("source_from_version", T.LongType(), True),
-        T.StructField("source_kind", T.StringType(), True),
-        T.StructField("source_format", T.StringType(), True),
-        T.StructField("source_options", T.MapType(T.StringType(), T.StringType(), True), True),
-    ]
-)
 COMMITTED, REJECTED = "committed", "rejected"
 # Up to this many repeated transaction ids are broadcast (about 64 bytes each on every executor).
 MAX_BROADCAST_IDS = 1_000_000
