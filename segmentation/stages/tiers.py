@@ -113,7 +113,7 @@ def run(ctx: StageContext, args: argparse.Namespace | None = None) -> dict[str, 
             cuts = value_cuts(joined, settings, config.features)
             rows = customer_tiers(joined, cuts, settings, config.features, as_of, lineage)
             if not tables.exists(spark, target):
-                tables.ensure_table(spark, target, rows.schema, partition_by=["as_of_date"])
+                tables.ensure_table(spark, target, rows.schema, partition_by=["as_of_date"], constraints=constraints(config))
             tables.add_constraints(spark, target, constraints(config))
             result = tables.write_snapshot(
                 rows, target, as_of, run_id=ctx.pipeline_run_id,
