@@ -17,6 +17,7 @@ import numpy as np
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from pyspark import StorageLevel
+from pyspark.ml import PipelineModel
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
@@ -24,7 +25,7 @@ from segmentation.stages.context import StageContext
 from segmentation.arguments import add_as_of_argument, as_of_overrides
 from segmentation import registry, tables, tracking
 from segmentation.clustering.model import (
-    PREDICTION,
+    CLUSTER_ID,
     Candidate,
     Space,
     assign_clusters,
@@ -35,6 +36,7 @@ from segmentation.clustering.model import (
     fit_candidate,
     preparation,
     model_space,
+    with_cluster_ids,
 )
 from segmentation.clustering.profiles import (
     NAMING_COLUMNS,
@@ -101,7 +103,7 @@ def run(ctx: StageContext, args=None) -> dict[str, object]:
             # Logged before the model can become champion: the next retrain matches against it.
             mlflow.log_dict(reference_now.as_dict(), CENTROIDS_ARTIFACT)
 
-            model_version = _register(best, customers, settings)
+            model_version = _register(with_cluster_ids(best.model, matching.ids), customers, settings)
             decision = _decide(client, settings, model_version, best.silhouette, champion)
             snapshot = _with_names(assigned, names).select(
                 "customer_id", F.lit(as_of).alias("as_of_date"), "cluster_id", "cluster_name",
@@ -221,10 +223,10 @@ def _with_names(assigned: DataFrame, names: dict[int, str]) -> DataFrame:
     return assigned.select("*", F.element_at(mapping, F.col("cluster_id")).alias("cluster_name"))
 
 
-def _register(best: Candidate, customers: DataFrame, settings) -> str:
+def _register(model: PipelineModel, customers: DataFrame, settings) -> str:
     sample = customers.select(*[F.col(c).cast("double") for c in settings.features]).limit(5)
-    predictions = best.model.transform(sample).select(PREDICTION).toPandas()
-    return registry.register_spark_model(best.model, settings.registered_model, sample.toPandas(), predictions)
+    predictions = model.transform(sample).select(CLUSTER_ID).toPandas()
+    return registry.register_spark_model(model, settings.registered_model, sample.toPandas(), predictions)
 
 
 def _decide(client: MlflowClient, settings, version: str, silhouette: float, champion: Champion | None) -> dict:
