@@ -42,10 +42,9 @@ from segmentation.clustering.profiles import (
     NAMING_COLUMNS,
     REVENUE,
     ReferenceClusters,
-    cluster_name,
+    cluster_names,
     cluster_profiles,
     match_to_reference,
-    unique_names,
 )
 from segmentation.errors import DataQualityError
 from segmentation.logs import stage
@@ -98,7 +97,7 @@ def run(ctx: StageContext, args=None) -> dict[str, object]:
             matching = match_to_reference(space, champion.reference if champion else None, settings.max_match_distance)
             assigned = assign_clusters(best.model, customers, space, matching.ids)
             profiles = [r.asDict() for r in cluster_profiles(customers.join(assigned, on="customer_id", how="inner"), settings.features).collect()]
-            names = _names(profiles, matching.inherited_names, customers)
+            names = cluster_names(profiles, matching.inherited_names)
             reference_now = ReferenceClusters(space.inputs, space.centroids, matching.ids, [names[i] for i in matching.ids])
             # Logged before the model can become champion: the next retrain matches against it.
             mlflow.log_dict(reference_now.as_dict(), CENTROIDS_ARTIFACT)
@@ -210,12 +209,6 @@ def _champion(client: MlflowClient, name: str) -> Champion | None:
         log.warning("champion version %s has no readable %s (%s): clusters get new ids", version.version, CENTROIDS_ARTIFACT, error)
         reference = None
     return Champion(version.version, version.metrics.get("silhouette"), reference)
-
-
-def _names(profiles: list[dict], inherited: dict[int, str], customers: DataFrame) -> dict[int, str]:
-    overall = customers.agg(F.avg("monetary")).first()[0] or 0.0
-    names = {p["cluster_id"]: inherited.get(p["cluster_id"]) or cluster_name(p, overall) for p in profiles}
-    return unique_names(names)
 
 
 def _with_names(assigned: DataFrame, names: dict[int, str]) -> DataFrame:
