@@ -287,9 +287,10 @@ def report(best: Candidate, candidates, profiles, names, decision) -> str:
     lines = ["", "K-means candidates:"]
     lines += [f"  k={c.k}: silhouette {c.silhouette:.4f}, cost {c.cost:,.1f}" for c in candidates]
     lines += [f"Chosen k={best.k}. Clusters:"]
+    width = max(34, *(len(name) + 2 for name in names.values()))
     for p in profiles:
         lines.append(
-            f"  {p['cluster_id']:>3}  {names[p['cluster_id']]:<34}{p['customers']:>10,}  "
+            f"  {p['cluster_id']:>3}  {names[p['cluster_id']]:<{width}}{p['customers']:>10,}  "
             f"{100 * p['customer_share']:5.1f}% of customers  {100 * (p['revenue_share'] or 0):5.1f}% of revenue"
         )
     lines.append(f"Model version {decision['model_version']}: {'promoted to champion' if decision['promoted'] else 'not promoted'} ({decision['reason']})")
