@@ -6,7 +6,9 @@ weight, which makes the learner attend to the rarer class but inflates its predi
 w_churn / w_stay. The last stage, `ChurnProbability`, multiplies the odds back by
 w_stay / w_churn (the prior correction), so `churn_probability` stays calibrated to the
 observed churn rate. The stage is part of the saved model, so every consumer of the
-registered model gets the same corrected probability.
+registered model gets the same corrected probability: `mlflow.spark.load_model` gives a
+pipeline whose `transform` adds `churn_probability`, and `mlflow.pyfunc.load_model(...)
+.predict` returns it per row.
 """
 
 from __future__ import annotations
@@ -48,6 +50,11 @@ class ChurnProbability(Transformer, HasInputCol, HasOutputCol, DefaultParamsRead
         super().__init__()
         self._setDefault(inputCol="probability", outputCol=PROBABILITY, oddsFactor=1.0)
         self._set(**self._input_kwargs)
+
+    # MLflow's pyfunc flavour reads a `prediction` column; it renames the last stage's output
+    # with setOutputCol when there is none, so `predict` returns the churn probability.
+    def setOutputCol(self, value: str) -> "ChurnProbability":
+        return self._set(outputCol=value)
 
     def _transform(self, dataset: DataFrame) -> DataFrame:
         raw = vector_to_array(F.col(self.getInputCol()))[1]

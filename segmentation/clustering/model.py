@@ -7,6 +7,10 @@ configuration or chosen by silhouette. K-means is fitted on a seeded sample of a
 `cluster.fit_sample` customers and the silhouette computed on one of at most
 `cluster.silhouette_sample`, so neither grows with the customer count; every customer is
 then assigned. The within-cluster cost of every candidate is kept for an elbow view.
+
+The registered model ends with `ClusterIds`, which maps K-means' cluster index to the stable
+cluster id of `customer_clusters`: loaded with `mlflow.spark`, its `transform` adds
+`cluster_id`; through `mlflow.pyfunc`, `predict` returns that id per row.
 """
 
 from __future__ import annotations
@@ -14,17 +18,22 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from pyspark.ml import Pipeline, PipelineModel
+from pyspark import keyword_only
+from pyspark.ml import Pipeline, PipelineModel, Transformer
 from pyspark.ml.clustering import BisectingKMeans, KMeans
 from pyspark.ml.evaluation import ClusteringEvaluator
 from pyspark.ml.feature import Imputer, SQLTransformer, StandardScaler, VectorAssembler
 from pyspark.ml.functions import vector_to_array
-from pyspark.sql import DataFrame
+from pyspark.ml.param import Param, Params, TypeConverters
+from pyspark.ml.param.shared import HasInputCol, HasOutputCol
+from pyspark.ml.util import DefaultParamsReadable, DefaultParamsWritable
+from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
 from segmentation.config import ClusterConfig
 
 VECTOR, SCALED, PREDICTION = "features_vector", "features_scaled", "cluster_index"
+CLUSTER_ID = "cluster_id"
 
 
 def model_input(name: str, log_features: list[str]) -> str:
@@ -138,19 +147,47 @@ def model_space(model: PipelineModel, config: ClusterConfig) -> Space:
     )
 
 
+def stable_cluster_id(index: Column, stable_ids: list[int]) -> Column:
+    """The stable id of the model's cluster `index` (0-based, as K-means numbers its clusters)."""
+    return F.element_at(F.array(*[F.lit(int(i)) for i in stable_ids]), index + 1)
+
+
+class ClusterIds(Transformer, HasInputCol, HasOutputCol, DefaultParamsReadable, DefaultParamsWritable):
+    """The stable cluster id of each row's cluster index."""
+
+    ids = Param(Params._dummy(), "ids", "stable cluster id per cluster index", TypeConverters.toListInt)
+
+    @keyword_only
+    def __init__(self, inputCol: str = PREDICTION, outputCol: str = CLUSTER_ID, ids: list[int] | None = None) -> None:
+        super().__init__()
+        self._setDefault(inputCol=PREDICTION, outputCol=CLUSTER_ID, ids=[])
+        self._set(**self._input_kwargs)
+
+    # MLflow's pyfunc flavour reads a `prediction` column; it renames the last stage's output
+    # with setOutputCol when there is none.
+    def setOutputCol(self, value: str) -> "ClusterIds":
+        return self._set(outputCol=value)
+
+    def _transform(self, dataset: DataFrame) -> DataFrame:
+        return dataset.withColumn(self.getOutputCol(), stable_cluster_id(F.col(self.getInputCol()), self.getOrDefault(self.ids)))
+
+
+def with_cluster_ids(model: PipelineModel, stable_ids: list[int]) -> PipelineModel:
+    """The model as it is registered: `model`, then its cluster index mapped to the stable id."""
+    return PipelineModel(stages=[*model.stages, ClusterIds(ids=stable_ids)])
+
+
 def assign_clusters(model: PipelineModel, customers: DataFrame, space: Space, stable_ids: list[int]) -> DataFrame:
     """customer_id, the stable cluster id and the (standardised) distance to its centroid."""
     scored = model.transform(customers)
     centroids = F.array(*[F.array(*[F.lit(float(v)) for v in row]) for row in space.centroids_scaled])
-    ids = F.array(*[F.lit(i) for i in stable_ids])
-    position = F.col(PREDICTION) + 1
-    centroid = F.element_at(centroids, position)
+    centroid = F.element_at(centroids, F.col(PREDICTION) + 1)
     squared = F.aggregate(
         F.zip_with(vector_to_array(SCALED), centroid, lambda a, b: (a - b) * (a - b)), F.lit(0.0), lambda acc, v: acc + v
     )
     return scored.select(
         "customer_id",
-        F.element_at(ids, position).alias("cluster_id"),
+        stable_cluster_id(F.col(PREDICTION), stable_ids).alias(CLUSTER_ID),
         F.sqrt(squared).alias("distance_to_centroid"),
         F.col(PREDICTION).alias("model_cluster_index"),
     )

@@ -17,6 +17,7 @@ import numpy as np
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from pyspark import StorageLevel
+from pyspark.ml import PipelineModel
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
@@ -24,7 +25,7 @@ from segmentation.stages.context import StageContext
 from segmentation.arguments import add_as_of_argument, as_of_overrides
 from segmentation import registry, tables, tracking
 from segmentation.clustering.model import (
-    PREDICTION,
+    CLUSTER_ID,
     Candidate,
     Space,
     assign_clusters,
@@ -35,15 +36,15 @@ from segmentation.clustering.model import (
     fit_candidate,
     preparation,
     model_space,
+    with_cluster_ids,
 )
 from segmentation.clustering.profiles import (
     NAMING_COLUMNS,
     REVENUE,
     ReferenceClusters,
-    cluster_name,
+    cluster_names,
     cluster_profiles,
     match_to_reference,
-    unique_names,
 )
 from segmentation.errors import DataQualityError
 from segmentation.logs import stage
@@ -96,12 +97,12 @@ def run(ctx: StageContext, args=None) -> dict[str, object]:
             matching = match_to_reference(space, champion.reference if champion else None, settings.max_match_distance)
             assigned = assign_clusters(best.model, customers, space, matching.ids)
             profiles = [r.asDict() for r in cluster_profiles(customers.join(assigned, on="customer_id", how="inner"), settings.features).collect()]
-            names = _names(profiles, matching.inherited_names, customers)
+            names = cluster_names(profiles, matching.inherited_names)
             reference_now = ReferenceClusters(space.inputs, space.centroids, matching.ids, [names[i] for i in matching.ids])
             # Logged before the model can become champion: the next retrain matches against it.
             mlflow.log_dict(reference_now.as_dict(), CENTROIDS_ARTIFACT)
 
-            model_version = _register(best, customers, settings)
+            model_version = _register(with_cluster_ids(best.model, matching.ids), customers, settings)
             decision = _decide(client, settings, model_version, best.silhouette, champion)
             snapshot = _with_names(assigned, names).select(
                 "customer_id", F.lit(as_of).alias("as_of_date"), "cluster_id", "cluster_name",
@@ -210,21 +211,15 @@ def _champion(client: MlflowClient, name: str) -> Champion | None:
     return Champion(version.version, version.metrics.get("silhouette"), reference)
 
 
-def _names(profiles: list[dict], inherited: dict[int, str], customers: DataFrame) -> dict[int, str]:
-    overall = customers.agg(F.avg("monetary")).first()[0] or 0.0
-    names = {p["cluster_id"]: inherited.get(p["cluster_id"]) or cluster_name(p, overall) for p in profiles}
-    return unique_names(names)
-
-
 def _with_names(assigned: DataFrame, names: dict[int, str]) -> DataFrame:
     mapping = F.create_map(*[v for cluster_id, name in sorted(names.items()) for v in (F.lit(cluster_id), F.lit(name))])
     return assigned.select("*", F.element_at(mapping, F.col("cluster_id")).alias("cluster_name"))
 
 
-def _register(best: Candidate, customers: DataFrame, settings) -> str:
+def _register(model: PipelineModel, customers: DataFrame, settings) -> str:
     sample = customers.select(*[F.col(c).cast("double") for c in settings.features]).limit(5)
-    predictions = best.model.transform(sample).select(PREDICTION).toPandas()
-    return registry.register_spark_model(best.model, settings.registered_model, sample.toPandas(), predictions)
+    predictions = model.transform(sample).select(CLUSTER_ID).toPandas()
+    return registry.register_spark_model(model, settings.registered_model, sample.toPandas(), predictions)
 
 
 def _decide(client: MlflowClient, settings, version: str, silhouette: float, champion: Champion | None) -> dict:
@@ -292,9 +287,10 @@ def report(best: Candidate, candidates, profiles, names, decision) -> str:
     lines = ["", "K-means candidates:"]
     lines += [f"  k={c.k}: silhouette {c.silhouette:.4f}, cost {c.cost:,.1f}" for c in candidates]
     lines += [f"Chosen k={best.k}. Clusters:"]
+    width = max(34, *(len(name) + 2 for name in names.values()))
     for p in profiles:
         lines.append(
-            f"  {p['cluster_id']:>3}  {names[p['cluster_id']]:<34}{p['customers']:>10,}  "
+            f"  {p['cluster_id']:>3}  {names[p['cluster_id']]:<{width}}{p['customers']:>10,}  "
             f"{100 * p['customer_share']:5.1f}% of customers  {100 * (p['revenue_share'] or 0):5.1f}% of revenue"
         )
     lines.append(f"Model version {decision['model_version']}: {'promoted to champion' if decision['promoted'] else 'not promoted'} ({decision['reason']})")

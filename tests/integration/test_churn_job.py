@@ -114,6 +114,14 @@ def test_score_uses_the_champion_and_replaces_its_snapshot(spark, trained):
     # The champion loads the same way for a reviewer, through the registry alias.
     model = mlflow.spark.load_model("models:/churn_classifier@champion")
     assert model.stages[-1].getOutputCol() == "churn_probability"
+    # ... and through MLflow's generic interface: 200 rows of customer_features as pandas get
+    # the probability customer_churn holds for them (the rows not eligible are scored too).
+    rows = snapshot.orderBy("customer_id").limit(200)
+    expected = dict(scored.join(rows, "customer_id", "inner").select("customer_id", "churn_probability").collect())
+    frame = rows.toPandas()
+    predicted = dict(zip(frame["customer_id"], mlflow.pyfunc.load_model("models:/churn_classifier@champion").predict(frame)))
+    assert len(predicted) == 200 and all(0.0 <= p <= 1.0 for p in predicted.values())
+    assert expected and {c: predicted[c] for c in expected} == pytest.approx(expected, abs=1e-9)
     churn.score(ctx)
     assert tables.read(spark, ctx.table("customer_churn")).count() == first["customers"]
 

@@ -69,6 +69,26 @@ def test_runs_registry_and_champion_read_back_through_the_client(first):
     assert model.metadata.get_input_schema().input_names() == ctx.config.cluster.features
 
 
+def test_the_champion_scores_feature_rows_through_pyfunc_and_spark(first):
+    """As a reviewer tries it: 200 rows of customer_features as pandas, through MLflow's generic
+    interface, give each customer's cluster id in customer_clusters; the Spark flavour too."""
+    ctx, result = first
+    tracking.configure_mlflow(ctx.config)
+    champion = MlflowClient().get_model_version_by_alias("customer_segments", "champion")
+    snapshot = tables.read(ctx.spark, ctx.table("customer_features")).where(F.col("as_of_date") == result["as_of"])
+    rows = snapshot.orderBy("customer_id").limit(200)
+    clusters = tables.read(ctx.spark, ctx.table("customer_clusters")).where(F.col("as_of_date") == result["as_of"])
+    assert {r[0] for r in clusters.select("model_version").distinct().collect()} == {int(champion.version)}
+    expected = dict(clusters.join(rows, "customer_id", "inner").select("customer_id", "cluster_id").collect())
+    frame = rows.toPandas()
+
+    predicted = mlflow.pyfunc.load_model("models:/customer_segments@champion").predict(frame)
+    assert len(predicted) == 200 and dict(zip(frame["customer_id"], predicted)) == expected
+
+    reviewed = mlflow.spark.load_model("models:/customer_segments@champion").transform(rows)
+    assert dict(reviewed.select("customer_id", "cluster_id").collect()) == expected
+
+
 def test_a_retrain_keeps_ids_and_names_and_moves_the_champion_by_the_rule(spark, first):
     """Retrain on the snapshot of the day before (the data barely changes): the clusters keep
     their ids and names, and the alias follows the silhouette rule."""

@@ -10,8 +10,26 @@ from pyspark.sql import functions as F
 from sklearn.cluster import KMeans as SkKMeans
 from sklearn.metrics import adjusted_rand_score
 
-from segmentation.clustering.model import SCALED, assign_clusters, choose_k, fit_candidate, model_space, preparation
-from segmentation.clustering.profiles import ReferenceClusters, cluster_name, match_to_reference, unique_names
+from pyspark.ml import PipelineModel
+
+from segmentation.clustering.model import (
+    SCALED,
+    assign_clusters,
+    choose_k,
+    fit_candidate,
+    model_space,
+    preparation,
+    with_cluster_ids,
+)
+from segmentation.clustering.profiles import (
+    ReferenceClusters,
+    cluster_name,
+    cluster_names,
+    distinguishing_feature,
+    match_to_reference,
+    population_spread,
+    qualifiers,
+)
 from tests.conftest import base_section
 
 CENTRES = np.array([[0.0, 0.0, 0.0], [8.0, 0.0, 2.0], [0.0, 8.0, -2.0], [8.0, 8.0, 6.0]])
@@ -115,7 +133,95 @@ def test_names_read_from_the_profile():
     assert cluster_name(profile, overall_mean_monetary=300.0) == "active high-value omnichannel"
     lapsed = {"median_recency_days": 400, "mean_monetary": 50.0, "mean_channels_used": 1.0}
     assert cluster_name(lapsed, overall_mean_monetary=300.0) == "lapsed low-spend"
-    assert unique_names({2: "x", 0: "x", 1: "y"}) == {0: "x", 1: "y", 2: "x 2"}
+
+
+# Within-cluster standard deviations of the hand-made profiles below.
+WITHIN = {"recency_days": 60.0, "frequency_orders": 1.0, "monetary": 40.0, "channels_used": 0.3, "return_rate": 0.1}
+
+
+def profile(cluster_id: int, customers: int, **means) -> dict:
+    """A profile as cluster_profiles gives it, with the means given and WITHIN's deviations."""
+    result = {"cluster_id": cluster_id, "customers": customers, "median_recency_days": means["recency_days"]}
+    for feature, std in WITHIN.items():
+        result[f"mean_{feature}"], result[f"std_{feature}"] = means[feature], std
+    return result
+
+
+def demo_like() -> list[dict]:
+    """One active high-value cluster and three that are all "lapsed low-spend" (recency over
+    180 days, spend under half the mean of 454): one returns most of what it buys, the other
+    two differ in how often they bought."""
+    return [
+        profile(0, 200, recency_days=20, frequency_orders=12, monetary=1000, channels_used=2.5, return_rate=0.02),
+        profile(1, 400, recency_days=600, frequency_orders=4, monetary=60, channels_used=1.0, return_rate=0.0),
+        profile(2, 100, recency_days=500, frequency_orders=1, monetary=50, channels_used=1.0, return_rate=0.6),
+        profile(3, 300, recency_days=550, frequency_orders=1, monetary=40, channels_used=1.0, return_rate=0.05),
+    ]
+
+
+def test_population_spread_is_the_standard_deviation_over_every_customer():
+    # Cluster 0 holds customers at -2 and 2 (mean 0, std 2), cluster 1 two at 4 (std 0).
+    profiles = [{"cluster_id": 0, "customers": 2, "mean_x": 0.0, "std_x": 2.0},
+                {"cluster_id": 1, "customers": 2, "mean_x": 4.0, "std_x": 0.0}]
+    assert population_spread(profiles)["x"] == pytest.approx(np.std([-2.0, 2.0, 4.0, 4.0]))
+
+
+def test_clusters_sharing_a_name_are_told_apart_by_what_differs_most():
+    """Among the three lapsed low-spend clusters the widest gap, in population standard
+    deviations, is in return rate: 0.05 to 0.6 over a spread of about 0.2 (frequency: 1 to 4
+    over about 4.2; recency: 50 days over about 230). Cluster 2 is above it; 1 and 3, below,
+    still share a name and then differ most in frequency (return rate is used up)."""
+    profiles = demo_like()
+    spread = population_spread(profiles)
+    lapsed = profiles[1:]
+    assert distinguishing_feature(lapsed, spread) == "return_rate"
+    assert distinguishing_feature([profiles[1], profiles[3]], spread, exclude={"return_rate"}) == "frequency_orders"
+    expected = {
+        0: "active high-value omnichannel",
+        1: "lapsed low-spend, low-return, frequent",
+        2: "lapsed low-spend, high-return",
+        3: "lapsed low-spend, low-return, occasional",
+    }
+    assert cluster_names(profiles) == expected
+    assert cluster_names(profiles[::-1]) == expected  # the same profiles, the same names
+
+
+def test_inherited_names_are_kept_and_new_clusters_are_told_apart_from_them():
+    """Cluster 1 kept the champion's "lapsed low-spend", cluster 0 an old numbered name: both
+    stay. Clusters 2 and 3 would also be "lapsed low-spend": the return-rate gap puts 2 above
+    and 1 and 3 below, so 3 is the low-return one and 1 keeps its plain name."""
+    inherited = {1: "lapsed low-spend", 0: "active high-value omnichannel 2"}
+    assert cluster_names(demo_like(), inherited) == {
+        0: "active high-value omnichannel 2",
+        1: "lapsed low-spend",
+        2: "lapsed low-spend, high-return",
+        3: "lapsed low-spend, low-return",
+    }
+
+
+def test_only_identical_profiles_get_a_number():
+    same = dict(recency_days=400, frequency_orders=2, monetary=50, channels_used=1.0, return_rate=0.0)
+    twins = [profile(2, 100, **same), profile(0, 100, **same), profile(1, 50, **{**same, "recency_days": 10})]
+    assert cluster_names(twins) == {0: "lapsed mid-value", 1: "active mid-value", 2: "lapsed mid-value 2"}
+    assert cluster_names(twins, {2: "lapsed mid-value"}) == {0: "lapsed mid-value 2", 1: "active mid-value", 2: "lapsed mid-value"}
+
+
+def test_the_words_of_a_feature():
+    assert qualifiers("return_rate") == ("high-return", "low-return")
+    assert qualifiers("order_share_web") == ("web-first", "little web")
+    assert qualifiers("basket_size") == ("high basket size", "low basket size")
+
+
+def test_the_registered_model_maps_cluster_indexes_to_stable_ids(data, candidates, tmp_path):
+    """The registered pipeline's last stage gives customer_clusters' cluster id, also once
+    saved and loaded (as MLflow's Spark flavour does)."""
+    best = next(c for c in candidates if c.k == 4)
+    stable = [13, 10, 12, 11]
+    expected = dict(assign_clusters(best.model, data, model_space(best.model, CONFIG), stable).select("customer_id", "cluster_id").collect())
+    with_cluster_ids(best.model, stable).write().save(str(tmp_path / "model"))
+    loaded = PipelineModel.load(str(tmp_path / "model"))
+    assert dict(loaded.transform(data).select("customer_id", "cluster_id").collect()) == expected
+    assert set(expected.values()) == set(stable)
 
 
 def test_a_missing_value_of_a_log_feature_gets_the_median_not_zero(spark):
