@@ -8,6 +8,7 @@ PYTHON ?= python3.11
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 ARGS   ?=
+TEST_WORKERS ?= 2
 MLFLOW_DIR  ?= segmentation-data/mlflow-server
 MLFLOW_PORT ?= 5000
 MLFLOW_HOST ?= 127.0.0.1
@@ -34,8 +35,10 @@ $(VENV)/.installed: pyproject.toml | java-check
 demo: setup
 	$(BIN)/segmentation run --env local $(ARGS)
 
+# Two pytest workers (pytest-xdist), each with its own Spark session; a test file runs whole
+# in one worker (tests/conftest.py groups them). TEST_WORKERS=0 runs the suite in one process.
 test: setup
-	$(BIN)/pytest $(ARGS)
+	$(BIN)/pytest $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadgroup) $(ARGS)
 
 # MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false: no pool of GenAI job workers (this project runs none).
 mlflow-server: $(VENV)/.installed

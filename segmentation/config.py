@@ -440,6 +440,8 @@ class PlaybookRule(_Row):
     # A channel name, or "preferred": the customer's preferred channel (default_channel if none).
     channel: str = "preferred"
     priority: int = Field(3, ge=1, le=9)
+    # The share of this treatment's customers held out as a control group; null: tiers.holdout_share.
+    holdout_share: float | None = Field(None, ge=0.0, lt=1.0)
 
 
 class TierEvent(_Row):
@@ -464,6 +466,10 @@ class TiersConfig(_Section):
     stickiness: list[ExpressionRule]
     playbook: list[PlaybookRule]
     default_channel: str
+    # Per treatment, this share of its customers is a control group that gets no action
+    # (0: none), drawn by a hash of holdout_seed, the treatment and the customer.
+    holdout_share: float = Field(ge=0.0, lt=1.0)
+    holdout_seed: int
     # Tier columns whose changes open a new row of customer_tier_history, and the
     # dimensions of tier_migrations.
     tracked: list[str]
@@ -482,6 +488,16 @@ class TiersConfig(_Section):
         return value
 
 
+class OutcomesConfig(_Section):
+    """Measured uplift: the treated against the control customers of a snapshot S over
+    (S, S + window_days] (see segmentation/treatments)."""
+
+    window_days: int = Field(gt=0)
+    # A group with fewer customers makes every metric of its treatment "too small to tell".
+    min_group_customers: int = Field(ge=2)
+    confidence: float = Field(gt=0.5, lt=1.0)  # of the uplift intervals
+
+
 class Config(_Section):
     environment: str
     # The snapshot date of every stage: only transactions on or before it are used.
@@ -498,6 +514,7 @@ class Config(_Section):
     cluster: ClusterConfig
     churn: ChurnConfig
     tiers: TiersConfig
+    outcomes: OutcomesConfig
     logging: LoggingConfig
 
     @model_validator(mode="after")

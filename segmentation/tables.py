@@ -134,18 +134,33 @@ def set_properties(spark: SparkSession, ref: TableRef, settings: dict[str, str])
 
 
 def ensure_table(
-    spark: SparkSession, ref: TableRef, schema: T.StructType, partition_by: list[str] | None = None
+    spark: SparkSession, ref: TableRef, schema: T.StructType, partition_by: list[str] | None = None,
+    constraints: dict[str, str] | None = None,
 ) -> None:
-    """Create the table empty with its schema (NOT NULL columns enforced by Delta) if absent."""
+    """Create the table empty with its schema (NOT NULL columns enforced by Delta) if absent,
+    with `constraints` (name -> SQL condition) as Delta CHECK constraints from its first
+    commit: one commit, where adding them to the empty table costs one commit each."""
+    checks = {f"delta.constraints.{name.lower()}": expression for name, expression in (constraints or {}).items()}
     if not ref.is_path:
         # Delta's table builder takes at most database.table; Unity Catalog names have three parts.
         partitioned = f" PARTITIONED BY ({', '.join(partition_by)})" if partition_by else ""
-        spark.sql(f"CREATE TABLE IF NOT EXISTS {ref.location} ({schema.toDDL()}) USING DELTA{partitioned}")
+        properties = ", ".join(f"'{key}' = '{_sql_text(value)}'" for key, value in checks.items())
+        spark.sql(
+            f"CREATE TABLE IF NOT EXISTS {ref.location} ({schema.toDDL()}) USING DELTA{partitioned}"
+            + (f" TBLPROPERTIES ({properties})" if properties else "")
+        )
         return
     builder = DeltaTable.createIfNotExists(spark).location(ref.location).addColumns(schema)
     if partition_by:
         builder = builder.partitionedBy(*partition_by)
+    for key, value in checks.items():
+        builder = builder.property(key, value)
     builder.execute()
+
+
+def _sql_text(value: str) -> str:
+    """`value` inside a single-quoted SQL string literal."""
+    return value.replace("\\", "\\\\").replace("'", "\\'")
 
 
 def write(

@@ -38,6 +38,33 @@ def base_section(key: str, **values):
     return type(section).model_validate({**section.model_dump(), **values})
 
 
+# Files that share a session fixture, so one worker builds it (three_dates, tests/integration/conftest.py).
+SHARED_FIXTURE_GROUPS = {"test_cluster": "three_dates", "test_faults": "three_dates"}
+# The longest groups (minutes each, measured by `pytest --durations`) start first, so no
+# worker is left with one of them at the end while the other idles.
+LONGEST_FIRST = ["test_notebooks", "three_dates", "test_privacy_pipeline", "test_mlflow_server", "test_tiers_job",
+                 "test_real_feeds", "test_pipeline", "test_metastore_tables", "test_churn_job"]
+
+
+def pytest_collection_modifyitems(config, items):
+    """With pytest-xdist's `--dist loadgroup` (what `make test` runs), each test file runs
+    whole in one worker, so its module fixtures are built once, and files sharing a session
+    fixture run in the same worker; the longest groups are handed out first."""
+    if getattr(config.option, "dist", "no") != "loadgroup":
+        return
+    groups = {}
+    for item in items:
+        module = Path(str(item.path)).stem
+        groups[id(item)] = SHARED_FIXTURE_GROUPS.get(module, module)
+        item.add_marker(pytest.mark.xdist_group(groups[id(item)]))
+
+    def rank(item) -> int:
+        group = groups[id(item)]
+        return LONGEST_FIRST.index(group) if group in LONGEST_FIRST else len(LONGEST_FIRST)
+
+    items.sort(key=rank)  # stable: the order within a group stays as collected
+
+
 @pytest.fixture(scope="session")
 def spark(tmp_path_factory):
     from segmentation.logs import configure_logging

@@ -18,7 +18,7 @@ from pyspark.sql import functions as F
 
 from segmentation.config import ChurnConfig
 from segmentation.errors import ConfigError
-from segmentation.features.customer import customer_features
+from segmentation.features.customer import customer_features, transactions_between
 
 LABEL = "churned"
 CUTOFF = "cutoff_date"
@@ -70,9 +70,7 @@ def churn_cutoffs(as_of: dt.date, settings: ChurnConfig) -> Cutoffs:
 
 def purchasers_between(transactions: DataFrame, after: dt.date, until: dt.date) -> DataFrame:
     """Customers with a purchase (not a return) on a day in (after, until]."""
-    start = F.to_timestamp(F.lit((after + dt.timedelta(days=1)).isoformat()))
-    end = F.to_timestamp(F.lit((until + dt.timedelta(days=1)).isoformat()))
-    lines = transactions.where((F.col("transaction_ts") >= start) & (F.col("transaction_ts") < end) & ~F.col("is_return"))
+    lines = transactions_between(transactions, after, until).where(~F.col("is_return"))
     return lines.select("customer_id").distinct()
 
 

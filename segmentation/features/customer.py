@@ -88,10 +88,19 @@ def _in_channel(channel: str) -> Callable[[Column], Column]:
     return lambda o: o["channel"] == channel
 
 
+def _start_of_next_day(day: dt.date) -> Column:
+    return F.to_timestamp(F.lit((day + dt.timedelta(days=1)).isoformat()))
+
+
 def transactions_as_of(transactions: DataFrame, as_of: dt.date) -> DataFrame:
     """Lines stamped on or before `as_of` (a range on the timestamp, so Delta can skip files)."""
-    next_day = F.to_timestamp(F.lit((as_of + dt.timedelta(days=1)).isoformat()))
-    return transactions.where(F.col("transaction_ts") < next_day)
+    return transactions.where(F.col("transaction_ts") < _start_of_next_day(as_of))
+
+
+def transactions_between(transactions: DataFrame, after: dt.date, until: dt.date) -> DataFrame:
+    """Lines stamped on a day in (after, until]: a window that follows a snapshot."""
+    stamped = F.col("transaction_ts")
+    return transactions.where((stamped >= _start_of_next_day(after)) & (stamped < _start_of_next_day(until)))
 
 
 def customer_features(transactions: DataFrame, as_of: dt.date, channels: list[str]) -> DataFrame:

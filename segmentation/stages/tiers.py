@@ -178,7 +178,7 @@ def _write_snapshot(ctx: StageContext, inputs: _Inputs, lineage: Lineage) -> tab
         cuts = value_cuts(joined, config.tiers, config.features)
         rows = customer_tiers(joined, cuts, config.tiers, config.features, inputs.as_of, lineage)
         if not tables.exists(spark, target):
-            tables.ensure_table(spark, target, rows.schema, partition_by=["as_of_date"])
+            tables.ensure_table(spark, target, rows.schema, partition_by=["as_of_date"], constraints=constraints(config))
         tables.add_constraints(spark, target, constraints(config))
         return tables.write_snapshot(
             rows, target, inputs.as_of, run_id=ctx.pipeline_run_id,

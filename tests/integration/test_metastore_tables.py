@@ -95,6 +95,7 @@ def test_time_travel_by_name(spark, staged):
     assert spark.sql(f"SELECT count(*) FROM {name('customer_tiers')} VERSION AS OF {history[-1].version}").first()[0] == current
     # the table was created empty with its schema and constraints before the first snapshot
     assert spark.sql(f"SELECT count(*) FROM {name('customer_tiers')} VERSION AS OF {history[0].version}").first()[0] == 0
+    assert "ADD CONSTRAINT" not in {row.operation for row in history}  # they came with the CREATE TABLE
     # the DataFrame reader the stages use travels the same way
     _, _, config = staged
     ref = tables.table_ref(config, "transactions")

@@ -83,6 +83,9 @@ def test_constraints_guard_the_table(spark, tiered):
     properties = spark.sql(f"DESCRIBE DETAIL delta.`{ref.location}`").first().properties
     assert {"delta.constraints.churn_probability_range", "delta.constraints.value_tier_domain",
             "delta.constraints.customer_id_not_null"} <= set(properties)
+    # they came with the table's first commit, not one ALTER TABLE ... ADD CONSTRAINT commit each
+    operations = [row.operation for row in spark.sql(f"DESCRIBE HISTORY delta.`{ref.location}`").collect()]
+    assert "ADD CONSTRAINT" not in operations and operations[-1].startswith("CREATE"), operations
     bad = read(spark, root, "customer_tiers").limit(1).withColumn("churn_probability", F.lit(1.5))
     with pytest.raises(Exception, match="churn_probability_range"):
         bad.write.format("delta").mode("append").save(ref.location)

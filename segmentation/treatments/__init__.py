@@ -1,0 +1,5 @@
+"""Treatments: holdout groups per treatment, and the uplift of treated over control customers."""
+
+# The values of customer_tiers.treatment_group.
+TREATED = "treated"
+CONTROL = "control"
