@@ -28,6 +28,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from segmentation.stages.context import StageContext
@@ -65,7 +66,15 @@ def missing_modules(names: tuple[str, ...] = BENCH_MODULES) -> list[str]:
     return [name for name in names if importlib.util.find_spec(name) is None]
 
 
-def run(ctx: StageContext, args: argparse.Namespace | None = None) -> dict[str, object]:
+@dataclass(frozen=True)
+class BenchResult:
+    customers: int  # generated
+    json_path: Path
+    markdown_path: Path
+    report: dict[str, object]  # the measurements, as written to json_path
+
+
+def run(ctx: StageContext, args: argparse.Namespace | None = None) -> BenchResult:
     from segmentation.stages import pipeline
 
     missing = missing_modules()
@@ -73,58 +82,91 @@ def run(ctx: StageContext, args: argparse.Namespace | None = None) -> dict[str, 
         raise SetupError(f"bench needs {', '.join(missing)}: pip install 'segmentation[bench]'")
     customers = ctx.config.generate.customers
     bench_root = Path(ctx.config.storage.root) / "bench"
-    work = bench_root / str(customers)
     if ctx.config.storage.catalog != "path":
         raise ConfigError("bench writes its own Delta directories under storage.root: run it with storage.catalog: path")
+    bench_ctx = _bench_context(ctx, bench_root / str(customers))
+    pipeline_args = argparse.Namespace(generate=True, train_churn=False, until=pipeline.STAGES[-1])
+    with ProcessTreeMemory() as memory:
+        results = pipeline.run(bench_ctx, pipeline_args)
+    report = pipeline_report(ctx, bench_ctx.config, results, memory)
+    if not getattr(args, "no_baselines", False):
+        report.update(_baselines(bench_ctx, results, report["stages"]))
+    result = _write(bench_root, customers, report)
+    print("\n" + bench_markdown(report), flush=True)
+    log.info("bench: results in %s and %s", result.json_path, result.markdown_path)
+    return result
+
+
+def _bench_context(ctx: StageContext, work: Path) -> StageContext:
+    """The context of a bench size: its own tables and MLflow store under `work`, cleared first."""
     if work.exists():
         shutil.rmtree(work)
     config = ctx.config.model_copy(update={
         "storage": ctx.config.storage.model_copy(update={"root": str(work)}),
         "mlflow": ctx.config.mlflow.model_copy(update={"tracking_uri": None, "registry_uri": None, "artifact_location": None}),
     })
-    bench_ctx = StageContext(config, ctx.spark, ctx.pipeline_run_id)
-    pipeline_args = argparse.Namespace(generate=True, train_churn=False, until=pipeline.STAGES[-1])
-    with ProcessTreeMemory() as memory:
-        results = pipeline.run(bench_ctx, pipeline_args)
-    timings = results["timings"]
-    as_of = dt.date.fromisoformat(str(results["as_of"]))
-    lines = results["ingest"].rows_clean
-    scored = results["features"].customers
+    return StageContext(config, ctx.spark, ctx.pipeline_run_id)
+
+
+def stage_rows(timings: dict, lines: int, customers: int, peak_mb) -> list[dict[str, object]]:
+    """One row per stage timed: seconds, the rows it works through (transaction lines for the
+    stages that grow with them, customers for the others), their rate, and `peak_mb(started,
+    ended)` of its window."""
     stages = []
     for name, window in timings.items():
-        rows = lines if name in LINE_STAGES or name == "generate" else scored
+        rows = lines if name in LINE_STAGES or name == "generate" else customers
         stages.append({
-            "stage": name, "seconds": round(window["seconds"], 2), "rows": rows,
-            "rows_per_second": round(rows / window["seconds"]) if window["seconds"] > 0 else None,
-            "peak_memory_mb": round(memory.peak_between(window["started"], window["ended"])),
+            "stage": name, "seconds": round(window.seconds, 2), "rows": rows,
+            "rows_per_second": round(rows / window.seconds) if window.seconds > 0 else None,
+            "peak_memory_mb": round(peak_mb(window.started, window.ended)),
         })
+    return stages
+
+
+def pipeline_report(ctx: StageContext, config, results, memory: "ProcessTreeMemory") -> dict[str, object]:
+    """The pipeline's measurements: time and peak memory per stage and in all, on this machine."""
+    timings = results.timings
+    lines, scored = results.ingest.rows_clean, results.features.customers
+    stages = stage_rows(timings, lines, scored, memory.peak_between)
     pipeline_seconds = sum(s["seconds"] for s in stages if s["stage"] != "generate")
-    report = {
-        "customers_generated": customers,
+    return {
+        "customers_generated": config.generate.customers,
         "customers": scored,
         "transactions": lines,
-        "as_of": as_of.isoformat(),
+        "as_of": results.as_of.isoformat(),
         "machine": _machine(),
         "spark": {"master": ctx.spark.sparkContext.master, **{k: v for k, v in config.spark.conf.items() if "memory" in k or "partitions" in k}},
         "command": " ".join(["segmentation", *sys.argv[1:]]) if sys.argv else "segmentation bench",
         "stages": stages,
         "pipeline_seconds": round(pipeline_seconds, 1),
-        "peak_memory_mb": round(memory.peak_between(timings["ingest"]["started"], timings["report"]["ended"])),
+        "peak_memory_mb": round(memory.peak_between(timings["ingest"].started, timings["report"].ended)),
         "targets": TARGETS,
     }
-    if not getattr(args, "no_baselines", False):
-        transactions_ref = bench_ctx.table("transactions")
-        version = tables.current_version(ctx.spark, transactions_ref)
-        report["rfm"] = rfm_comparison(bench_ctx, transactions_ref, version, as_of, features_seconds=_seconds(stages, "features"))
-        ours = {**results["clv"]["bgnbd"], **(results["clv"]["gamma_gamma"] or {})}
-        report["clv"] = clv_comparison(bench_ctx, transactions_ref, version, as_of, clv_seconds=_seconds(stages, "clv"), ours=ours)
+
+
+def clv_parameters(clv_result) -> dict[str, float]:
+    """The BG/NBD and Gamma-Gamma estimates of the clv stage's result: the one place the bench reads them."""
+    return {**clv_result["bgnbd"], **(clv_result["gamma_gamma"] or {})}
+
+
+def _baselines(bench_ctx: StageContext, results, stages: list[dict]) -> dict[str, object]:
+    """DuckDB's RFM and lifetimes' CLV on the same snapshot of `transactions` as the pipeline's."""
+    as_of = results.as_of
+    transactions_ref = bench_ctx.table("transactions")
+    version = tables.current_version(bench_ctx.spark, transactions_ref)
+    return {
+        "rfm": rfm_comparison(bench_ctx, transactions_ref, version, as_of, features_seconds=_seconds(stages, "features")),
+        "clv": clv_comparison(bench_ctx, transactions_ref, version, as_of, clv_seconds=_seconds(stages, "clv"),
+                              ours=clv_parameters(results.clv)),
+    }
+
+
+def _write(bench_root: Path, customers: int, report: dict[str, object]) -> BenchResult:
     json_path, md_path = bench_root / f"bench_{customers}.json", bench_root / f"bench_{customers}.md"
     json_path.write_text(json.dumps(report, indent=2, default=str))
     md_path.write_text(bench_markdown(report))
     (bench_root / "bench_summary.md").write_text(summary_markdown(_reports(bench_root)))
-    print("\n" + bench_markdown(report), flush=True)
-    log.info("bench: results in %s and %s", json_path, md_path)
-    return report
+    return BenchResult(customers, json_path, md_path, report)
 
 
 def _seconds(stages: list[dict], name: str) -> float:

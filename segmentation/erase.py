@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import logging
 import uuid
+from dataclasses import dataclass
 
 import mlflow
 from delta.tables import DeltaTable
@@ -78,36 +79,72 @@ def config_overrides(args: argparse.Namespace) -> list[str]:
     return []
 
 
-def run(ctx: StageContext, args: argparse.Namespace) -> dict[str, object]:
-    config, spark = ctx.config, ctx.spark
+@dataclass(frozen=True)
+class Deletion:
+    rows: int
+    version: int | None  # None when nothing matched: Delta commits nothing then
+
+
+@dataclass(frozen=True)
+class EraseResult:
+    erase_id: str
+    key_fingerprint: str | None
+    retention_hours: float | None  # the vacuum's retention; None: each table's own
+    customers: int | None  # distinct ids asked for; None: none named (a vacuum alone)
+    deleted: dict[str, Deletion]  # table key -> what was deleted
+    vacuumed: list[str]  # table keys
+    without_customer_column: list[str]  # table keys holding aggregates only
+    other_key_fingerprints: list[str]  # keys other batches were hashed with
+
+    @property
+    def rows_deleted(self) -> int | None:
+        return None if self.customers is None else sum(d.rows for d in self.deleted.values())
+
+    def summary(self) -> dict[str, object]:
+        """What the stage logs: counts only, never an id."""
+        counts = {} if self.customers is None else {"customers": self.customers, "rows_deleted": self.rows_deleted}
+        return {"erase_id": self.erase_id, "key_fingerprint": self.key_fingerprint, **counts}
+
+
+def run(ctx: StageContext, args: argparse.Namespace) -> EraseResult:
+    config = ctx.config
     retention = _vacuum_retention(args)
     raw_ids = _requested_ids(ctx, args)
     if raw_ids is None and not args.vacuum:
         raise ConfigError("erase: name the customers with --customer ID or --customers-file PATH (or run --vacuum alone)")
     key = load_key(config.privacy) if config.privacy.pseudonymise else None
     erase_id = uuid.uuid4().hex
-    deleted: dict[str, tuple[int, int | None]] = {}  # table -> rows deleted, Delta version
     with tracking.stage_run(config, "erase", ctx.pipeline_run_id), stage("erase") as summary:
-        summary.update(erase_id=erase_id, key_fingerprint=key_fingerprint(key) if key else None)
         customer_tables, without_customers = _customer_tables(ctx)
         other_keys = _other_ingest_keys(ctx, key)
+        customers, deleted = None, {}
         if raw_ids is not None:
-            ids = erasure_ids(raw_ids, key).persist(StorageLevel.MEMORY_AND_DISK)
-            try:
-                summary.update(customers=ids.count())
-                if summary["customers"] == 0:
-                    raise DataQualityError("erase: the given customer ids are all empty")
-                for ref, condition in customer_tables:
-                    deleted[ref.key] = _delete_matching(spark, ref, ids, condition, f"segmentation-erase-{erase_id}")
-                    log.info("%s: %d rows deleted", ref, deleted[ref.key][0])
-            finally:
-                ids.unpersist()
-            summary.update(rows_deleted=sum(rows for rows, _ in deleted.values()))
+            customers, deleted = _delete_customers(ctx, raw_ids, key, customer_tables, f"segmentation-erase-{erase_id}")
         vacuumed = [_vacuum(ctx, ref, retention, args.allow_short_retention) for ref, _ in customer_tables] if args.vacuum else []
-        _record(config, summary, deleted, args, retention)
-    _print_outcome(ctx, summary, deleted, vacuumed, without_customers, other_keys, retention)
-    return {**summary, "deleted": {key: rows for key, (rows, _) in deleted.items()}, "vacuumed": vacuumed,
-            "without_customer_column": without_customers}
+        result = EraseResult(erase_id, key_fingerprint(key) if key else None, retention, customers, deleted, vacuumed,
+                             without_customers, other_keys)
+        _record(config, result, args.vacuum)
+        summary.update(result.summary())
+    print(outcome(result, config.ingest.source.path), flush=True)
+    return result
+
+
+def _delete_customers(
+    ctx: StageContext, raw_ids: DataFrame, key: bytes | None, customer_tables: list[tuple[TableRef, str]], marker: str
+) -> tuple[int, dict[str, Deletion]]:
+    """Delete the customers from every table holding customer rows: the distinct ids asked for and what went per table."""
+    deleted: dict[str, Deletion] = {}
+    ids = erasure_ids(raw_ids, key).persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        customers = ids.count()
+        if customers == 0:
+            raise DataQualityError("erase: the given customer ids are all empty")
+        for ref, condition in customer_tables:
+            deleted[ref.key] = _delete_matching(ctx.spark, ref, ids, condition, marker)
+            log.info("%s: %d rows deleted", ref, deleted[ref.key].rows)
+    finally:
+        ids.unpersist()
+    return customers, deleted
 
 
 def _vacuum_retention(args: argparse.Namespace) -> float | None:
@@ -182,9 +219,8 @@ def _other_ingest_keys(ctx: StageContext, key: bytes | None) -> list[str]:
     return others
 
 
-def _delete_matching(spark, ref: TableRef, ids: DataFrame, condition: str, marker: str) -> tuple[int, int | None]:
-    """Delete the table's rows matching `ids`: rows deleted and the version committed (None
-    when nothing matched: Delta commits nothing then)."""
+def _delete_matching(spark, ref: TableRef, ids: DataFrame, condition: str, marker: str) -> Deletion:
+    """Delete the table's rows matching `ids`: rows deleted and the version committed."""
     result = tables.delete_matching(ids, ref, condition, run_id=marker)
     rows = result.rows or 0
     if rows and _has_deletion_vectors(tables.delta_table(spark, ref)):
@@ -192,7 +228,7 @@ def _delete_matching(spark, ref: TableRef, ids: DataFrame, condition: str, marke
         # VACUUM would never remove them. PURGE rewrites those files without the rows.
         spark.sql(f"REORG TABLE {tables.sql_name(ref)} APPLY (PURGE)")
         log.info("%s: files with deleted rows rewritten (deletion vectors purged)", ref)
-    return rows, result.version
+    return Deletion(rows, result.version)
 
 
 def _has_deletion_vectors(table: DeltaTable) -> bool:
@@ -223,40 +259,42 @@ def _vacuum(ctx: StageContext, ref: TableRef, retention: float | None, allow_sho
     return ref.key
 
 
-def _record(config, summary: dict[str, object], deleted: dict[str, tuple[int, int | None]], args, retention) -> None:
+def _record(config, result: EraseResult, vacuum: bool) -> None:
     """The erase in MLflow: how many customers and rows, per table; never an id."""
     mlflow.log_params({
-        "customers": summary.get("customers", 0),
-        "vacuum": bool(args.vacuum),
-        "retention_hours": retention if retention is not None else "table default",
+        "customers": result.customers or 0,
+        "vacuum": bool(vacuum),
+        "retention_hours": result.retention_hours if result.retention_hours is not None else "table default",
         "pseudonymise": config.privacy.pseudonymise,
     })
-    if summary.get("key_fingerprint"):
-        mlflow.set_tag("key_fingerprint", summary["key_fingerprint"])
-    mlflow.log_metrics({tracking.metric_name(f"rows_deleted.{key}"): float(rows) for key, (rows, _) in deleted.items()})
+    if result.key_fingerprint:
+        mlflow.set_tag("key_fingerprint", result.key_fingerprint)
+    mlflow.log_metrics({tracking.metric_name(f"rows_deleted.{key}"): float(d.rows) for key, d in result.deleted.items()})
 
 
-def _print_outcome(ctx: StageContext, summary, deleted, vacuumed: list[str], without: list[str], other_keys: list[str], retention) -> None:
-    """Counts per table, and what is still to do: old versions hold the rows until a vacuum."""
+def outcome(result: EraseResult, source_path: str | None) -> str:
+    """The printed outcome: counts per table, and what is still to do (old versions hold the
+    rows until a vacuum; a source outside the tables is erased there)."""
     lines = [""]
-    if "customers" in summary:
-        lines.append(f"Erase of {summary['customers']} customer id(s), rows deleted:")
-        for key, (rows, version) in deleted.items():
-            lines.append(f"  {key:<24} {rows:>9}" + (f"  (Delta version {version})" if version is not None else ""))
-    if without:
-        lines.append(f"  no customer column, nothing to erase (aggregates): {', '.join(without)}")
-    if other_keys:
+    if result.customers is not None:
+        lines.append(f"Erase of {result.customers} customer id(s), rows deleted:")
+        for key, deletion in result.deleted.items():
+            version = f"  (Delta version {deletion.version})" if deletion.version is not None else ""
+            lines.append(f"  {key:<24} {deletion.rows:>9}" + version)
+    if result.without_customer_column:
+        lines.append(f"  no customer column, nothing to erase (aggregates): {', '.join(result.without_customer_column)}")
+    if result.other_key_fingerprints:
         lines.append(
-            f"  some batches were hashed with other keys (fingerprints {', '.join(other_keys)}, see ingest_log): "
+            f"  some batches were hashed with other keys (fingerprints {', '.join(result.other_key_fingerprints)}, see ingest_log): "
             "erase again with each of those keys"
         )
-    source = ctx.config.ingest.source
-    if source.path:
-        lines.append(f"  the ingest source {source.path} is not one of these tables: erase the customers there too")
+    if source_path:
+        lines.append(f"  the ingest source {source_path} is not one of these tables: erase the customers there too")
+    retention = result.retention_hours
     period = f"{retention:g} hours" if retention is not None else "each table's retention (7 days by default)"
-    if vacuumed:
+    if result.vacuumed:
         lines += [
-            f"Vacuumed {', '.join(vacuumed)}: files removed longer ago than {period} are deleted.",
+            f"Vacuumed {', '.join(result.vacuumed)}: files removed longer ago than {period} are deleted.",
             "Rows deleted more recently stay readable in older versions until a vacuum after that period.",
         ]
     else:
@@ -270,4 +308,4 @@ def _print_outcome(ctx: StageContext, summary, deleted, vacuumed: list[str], wit
         "up (delta.logRetentionDuration, 30 days by default).",
         "",
     ]
-    print("\n".join(lines), flush=True)
+    return "\n".join(lines)

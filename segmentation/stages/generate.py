@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+from dataclasses import dataclass
 
 from segmentation.stages.context import StageContext
 from segmentation.arguments import positive_int, share
@@ -39,22 +40,39 @@ def config_overrides(args: argparse.Namespace) -> list[str]:
     return [f"{key}={value}" for key, value in pairs.items() if value is not None]
 
 
-def run(ctx: StageContext, args: argparse.Namespace | None = None) -> dict[str, object]:
+@dataclass(frozen=True)
+class GenerateResult:
+    dataset: str  # synthetic, cdnow_sample or cdnow_master
+    rows: int | None
+    table: str
+    version: int | None
+    customers: int | None = None  # synthetic only
+    seed: int | None = None  # synthetic only
+    file: str | None = None  # CDNOW only: the file read
+
+    def summary(self) -> dict[str, object]:
+        """What the stage logs, in its order: the dataset and its origin, then the write."""
+        origin = {"customers": self.customers, "seed": self.seed} if self.dataset == "synthetic" else {"file": self.file}
+        return {"dataset": self.dataset, **origin, "rows": self.rows, "table": self.table, "version": self.version}
+
+
+def run(ctx: StageContext, args: argparse.Namespace | None = None) -> GenerateResult:
     config = ctx.config.generate
     target = ctx.table("raw_transactions")
     with stage("generate") as summary:
         if config.dataset == "synthetic":
             raw = generate_transactions(generate_customers(ctx.spark, config), config)
-            summary.update(dataset="synthetic", customers=config.customers, seed=config.seed)
+            origin = {"customers": config.customers, "seed": config.seed}
         else:
             path = cdnow_path(config.dataset, config.cdnow_path)
             raw = cdnow_transactions(ctx.spark, path, config.dataset)
-            summary.update(dataset=config.dataset, file=path.name)
+            origin = {"file": path.name}
         _check_overwritable(ctx, target)
-        result = tables.write(raw, target, mode="overwrite", run_id=ctx.pipeline_run_id, overwrite_schema=True)
+        written = tables.write(raw, target, mode="overwrite", run_id=ctx.pipeline_run_id, overwrite_schema=True)
         tables.set_properties(ctx.spark, target, {GENERATED_PROPERTY: config.dataset})
-        summary.update(rows=result.rows, table=target.location, version=result.version)
-    return summary
+        result = GenerateResult(config.dataset, written.rows, target.location, written.version, **origin)
+        summary.update(result.summary())
+    return result
 
 
 def _check_overwritable(ctx: StageContext, target: tables.TableRef) -> None:

@@ -9,8 +9,10 @@ latest transaction date) and every later stage uses it. --until stops after a st
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import logging
 import time
+from dataclasses import dataclass
 
 import mlflow
 from mlflow.tracking import MlflowClient
@@ -24,6 +26,11 @@ from segmentation.stages import ingest
 from segmentation.stages import report
 from segmentation.stages import tiers
 from segmentation.stages.context import StageContext
+from segmentation.stages.features import FeaturesResult
+from segmentation.stages.generate import GenerateResult
+from segmentation.stages.ingest import IngestResult
+from segmentation.stages.report import ReportResult
+from segmentation.stages.tiers import TiersResult
 from segmentation.arguments import add_as_of_argument
 from segmentation import registry, tables, tracking
 from segmentation.errors import DataQualityError
@@ -54,11 +61,53 @@ def config_overrides(args: argparse.Namespace) -> list[str]:
     return generate.config_overrides(args) + ingest.config_overrides(args) + clv.config_overrides(args)
 
 
-def run(ctx: StageContext, args: argparse.Namespace | None = None) -> dict[str, object]:
+@dataclass(frozen=True)
+class Resumed:
+    """A stage not run again: the finished MLflow run that already did it for these inputs."""
+
+    run_id: str
+
+
+@dataclass(frozen=True)
+class Timing:
+    """A stage's wall-clock window (perf_counter seconds)."""
+
+    started: float
+    ended: float
+
+    @property
+    def seconds(self) -> float:
+        return self.ended - self.started
+
+
+@dataclass(frozen=True)
+class ChurnSteps:
+    train: object | None  # churn.train's result; None: not trained in this run
+    score: object  # churn.score's result, or Resumed
+
+
+@dataclass(frozen=True)
+class PipelineResult:
+    """What each stage returned (None: not run, e.g. after --until), or Resumed when a
+    finished run had already done it. clv, cluster and churn results are their stages' own."""
+
+    as_of: dt.date | None  # None when the run stopped after ingest
+    timings: dict[str, Timing]  # by stage, in the order they ran
+    generate: GenerateResult | None = None
+    ingest: IngestResult | None = None
+    features: FeaturesResult | Resumed | None = None
+    clv: object | Resumed | None = None
+    cluster: object | Resumed | None = None
+    churn: ChurnSteps | None = None
+    tiers: TiersResult | Resumed | None = None  # None also with clv.holdout_days
+    report: ReportResult | Resumed | None = None  # None also with clv.holdout_days
+
+
+def run(ctx: StageContext, args: argparse.Namespace | None = None) -> PipelineResult:
     config = ctx.config
     until = STAGES.index(getattr(args, "until", None) or STAGES[-1])
-    timings: dict[str, dict[str, float]] = {}
-    results: dict[str, object] = {"timings": timings}
+    timings: dict[str, Timing] = {}
+    results: dict[str, object] = {}
     with tracking.stage_run(config, "pipeline", ctx.pipeline_run_id) as parent, stage("pipeline") as summary:
         if config.ingest.source.table == "raw_transactions":
             ctx = _with_run_source(ctx, args, timings, results)
@@ -71,7 +120,6 @@ def run(ctx: StageContext, args: argparse.Namespace | None = None) -> dict[str, 
             ctx = _at_as_of(ctx)
             mlflow.set_tag("as_of", ctx.config.as_of.isoformat())
             summary.update(as_of=ctx.config.as_of.isoformat())
-            results["as_of"] = ctx.config.as_of.isoformat()
         steps = [
             ("features", ["transactions"], lambda: features.run(ctx, args)),
             ("clv", ["transactions"], lambda: clv.run(ctx, args)),
@@ -84,13 +132,13 @@ def run(ctx: StageContext, args: argparse.Namespace | None = None) -> dict[str, 
             done = _finished_run(ctx, name, inputs) if inputs else None
             if done is not None:
                 log.info("%s: already done for these inputs in MLflow run %s: resumed past it", name, done)
-                results[name] = {"resumed_from": done}
+                results[name] = Resumed(done)
                 continue
             results[name] = _timed(timings, name, step)
         summary.update(pipeline_run_id=ctx.pipeline_run_id, mlflow_run_id=parent.info.run_id)
         mlflow.set_tag("status", "finished")
     _print_where(ctx, parent.info.run_id, until)
-    return results
+    return PipelineResult(ctx.config.as_of if until > 0 else None, timings, **results)
 
 
 INPUTS_OF_TIERS = list(tiers.INPUTS)
@@ -116,14 +164,39 @@ def _with_run_source(ctx: StageContext, args, timings, results) -> StageContext:
     return StageContext(config.model_copy(update={"ingest": ingest_config}), ctx.spark, ctx.pipeline_run_id)
 
 
-def _timed(timings: dict[str, dict[str, float]], name: str, step):
+def _timed(timings: dict[str, Timing], name: str, step):
     """Run a stage and record its wall-clock window (perf_counter), also when it fails."""
     started = time.perf_counter()
     try:
         return step()
     finally:
-        ended = time.perf_counter()
-        timings[name] = {"started": started, "ended": ended, "seconds": ended - started}
+        timings[name] = Timing(started, time.perf_counter())
+
+
+def resume_filter(stage_name: str, as_of: dt.date, config_hash: str, versions: dict[str, int | None]) -> str | None:
+    """The MLflow filter of a finished run of this stage for the same as-of date and
+    configuration that read its inputs at these Delta versions; None when an input table
+    does not exist yet (nothing can have read it)."""
+    if any(v is None for v in versions.values()):
+        return None
+    return " AND ".join([
+        f"tags.stage = '{stage_name}'", f"tags.as_of = '{as_of.isoformat()}'",
+        f"tags.config_hash = '{config_hash}'", "attributes.status = 'FINISHED'",
+        *[f"tags.`{tracking.input_tag(key)}` = '{version}'" for key, version in versions.items()],
+    ])
+
+
+def resume_outputs(stage_name: str) -> list[str]:
+    """The tables a finished run must have left for the stage to be resumed past: its primary
+    output (migrations and events only exist once there are two snapshots)."""
+    return OUTPUTS.get(stage_name, [])[:1]
+
+
+def resumed_from(run_id: str | None, outputs_exist: dict[str, bool]) -> str | None:
+    """The run to resume past: the finished run found, provided its outputs still exist."""
+    if run_id is None or not all(outputs_exist.values()):
+        return None
+    return run_id
 
 
 def _finished_run(ctx: StageContext, stage_name: str, inputs: list[str]) -> str | None:
@@ -132,21 +205,15 @@ def _finished_run(ctx: StageContext, stage_name: str, inputs: list[str]) -> str 
     a re-run after a failure resumes instead of redoing it; its id, else None."""
     config = ctx.config
     versions = {key: tables.current_version(ctx.spark, ctx.table(key)) for key in inputs}
-    if any(v is None for v in versions.values()):
+    conditions = resume_filter(stage_name, config.as_of, config.fingerprint(), versions)
+    if conditions is None:
         return None
-    conditions = [
-        f"tags.stage = '{stage_name}'", f"tags.as_of = '{config.as_of.isoformat()}'",
-        f"tags.config_hash = '{config.fingerprint()}'", "attributes.status = 'FINISHED'",
-        *[f"tags.`{tracking.input_tag(key)}` = '{version}'" for key, version in versions.items()],
-    ]
     experiment_id = mlflow.active_run().info.experiment_id
-    runs = MlflowClient().search_runs([experiment_id], " AND ".join(conditions), max_results=1)
+    runs = MlflowClient().search_runs([experiment_id], conditions, max_results=1)
     if not runs:
         return None
-    primary = OUTPUTS.get(stage_name, [])[:1]  # migrations and events only exist once there are two snapshots
-    if any(not tables.exists(ctx.spark, ctx.table(key)) for key in primary):
-        return None
-    return runs[0].info.run_id
+    outputs = {key: tables.exists(ctx.spark, ctx.table(key)) for key in resume_outputs(stage_name)}
+    return resumed_from(runs[0].info.run_id, outputs)
 
 
 def _at_as_of(ctx: StageContext) -> StageContext:
@@ -156,24 +223,28 @@ def _at_as_of(ctx: StageContext) -> StageContext:
     return StageContext(ctx.config.model_copy(update={"as_of": as_of}), ctx.spark, ctx.pipeline_run_id)
 
 
-def _churn(ctx: StageContext, args) -> dict[str, object]:
+def champion_scored(scored_run_id: str | None, scored_model_version: str | None, champion_version: str | None) -> bool:
+    """Whether the finished churn.score run found scored these features with today's champion."""
+    return scored_run_id is not None and scored_model_version == champion_version
+
+
+def _churn(ctx: StageContext, args) -> ChurnSteps:
     """Train when asked or when no champion exists yet, then score with the champion (unless
     the champion already scored this snapshot of the features)."""
-    results: dict[str, object] = {}
     name = ctx.config.churn.registered_model
+    trained = None
     if getattr(args, "train_churn", False) or registry.aliased_version(MlflowClient(), name) is None:
-        results["train"] = churn.train(ctx)
+        trained = churn.train(ctx)
     scored = _finished_run(ctx, "churn.score", ["customer_features"])
     champion = registry.aliased_version(MlflowClient(), name) if scored is not None else None
-    if scored is not None and MlflowClient().get_run(scored).data.tags.get("model_version") == getattr(champion, "version", None):
+    scored_with = MlflowClient().get_run(scored).data.tags.get("model_version") if scored is not None else None
+    if champion_scored(scored, scored_with, getattr(champion, "version", None)):
         log.info("churn.score: the champion already scored these features in MLflow run %s: resumed past it", scored)
-        results["score"] = {"resumed_from": scored}
-    else:
-        results["score"] = churn.score(ctx)
-    return results
+        return ChurnSteps(trained, Resumed(scored))
+    return ChurnSteps(trained, churn.score(ctx))
 
 
-def _tiers(ctx: StageContext, args) -> dict[str, object] | None:
+def _tiers(ctx: StageContext, args) -> TiersResult | None:
     if ctx.config.clv.holdout_days:
         log.warning("tiers skipped: with clv.holdout_days the CLV snapshot is at the calibration end, not the as-of date")
         return None

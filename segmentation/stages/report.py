@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
@@ -44,7 +45,16 @@ def config_overrides(args: argparse.Namespace) -> list[str]:
     return as_of_overrides(args)
 
 
-def run(ctx: StageContext, args: argparse.Namespace | None = None) -> dict[str, object]:
+@dataclass(frozen=True)
+class ReportResult:
+    as_of: dt.date
+    path: Path  # the HTML report written
+    bytes: int
+    data: dict  # every number of the report, as logged to MLflow (report/data.json)
+    mlflow_run_id: str
+
+
+def run(ctx: StageContext, args: argparse.Namespace | None = None) -> ReportResult:
     config = ctx.config
     with tracking.stage_run(config, "report", ctx.pipeline_run_id) as active, stage("report") as summary:
         ref, version, rows = ctx.read_input("customer_tiers", "does not exist yet; run 'segmentation tiers' first")
@@ -56,25 +66,39 @@ def run(ctx: StageContext, args: argparse.Namespace | None = None) -> dict[str, 
         tracking.log_delta_input(ref, version, context="customer_tiers")
         mlflow.set_tag("as_of", as_of.isoformat())
         data = report_data(ctx, snapshot, rows, as_of, previous_as_of, version)
-        figures = {
-            "pareto": html_report.data_uri(html_report.pareto_figure(data["value_tiers"])),
-            "clv": html_report.data_uri(html_report.clv_figure(data["clv_by_tier"])),
-        }
-        if data["migration"]:
-            order = [t.name for t in config.features.value_pyramid.tiers]
-            figures["migration"] = html_report.data_uri(html_report.migration_figure(data["migration"], order))
-        if data["churn"]:
-            figures["lift"] = html_report.data_uri(html_report.lift_figure(data["churn"]))
-        document = html_report.render(data, figures)
-        path = report_path(config, as_of)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(document, encoding="utf-8")
-        mlflow.log_artifact(str(path), "report")
-        mlflow.log_dict(data, "report/data.json")
-        mlflow.log_metrics({f"kpi.{k}": float(v) for k, v in data["kpis"].items() if v is not None})
-        summary.update(as_of=as_of.isoformat(), path=str(path), bytes=len(document))
+        document = render(config, data)
+        path = _write(report_path(config, as_of), document)
+        result = ReportResult(as_of, path, len(document), data, active.info.run_id)
+        _record(result)
+        summary.update(as_of=as_of.isoformat(), path=str(path), bytes=result.bytes)
         print(f"\nReport as of {as_of}: {path}\n", flush=True)
-    return {**summary, "mlflow_run_id": active.info.run_id, "data": data, "path": str(path)}
+    return result
+
+
+def render(config, data: dict) -> str:
+    """The self-contained HTML document: the report's data with its figures inlined."""
+    figures = {
+        "pareto": html_report.data_uri(html_report.pareto_figure(data["value_tiers"])),
+        "clv": html_report.data_uri(html_report.clv_figure(data["clv_by_tier"])),
+    }
+    if data["migration"]:
+        order = [t.name for t in config.features.value_pyramid.tiers]
+        figures["migration"] = html_report.data_uri(html_report.migration_figure(data["migration"], order))
+    if data["churn"]:
+        figures["lift"] = html_report.data_uri(html_report.lift_figure(data["churn"]))
+    return html_report.render(data, figures)
+
+
+def _write(path: Path, document: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(document, encoding="utf-8")
+    return path
+
+
+def _record(result: ReportResult) -> None:
+    mlflow.log_artifact(str(result.path), "report")
+    mlflow.log_dict(result.data, "report/data.json")
+    mlflow.log_metrics({f"kpi.{k}": float(v) for k, v in result.data["kpis"].items() if v is not None})
 
 
 def report_path(config, as_of: dt.date) -> Path:
@@ -82,6 +106,7 @@ def report_path(config, as_of: dt.date) -> Path:
 
 
 def kpis(snapshot: DataFrame) -> dict[str, float | None]:
+    """The report's KPIs of a snapshot: Spark aggregates, then `kpi_values`."""
     active = F.col("recency_days") < ACTIVE_DAYS
     row = snapshot.agg(
         F.count(F.lit(1)).alias("customers"),
@@ -92,15 +117,24 @@ def kpis(snapshot: DataFrame) -> dict[str, float | None]:
         F.sum("revenue_365d").alias("revenue_365d"),
         F.sum("clv").alias("total_clv"),
     ).first()
-    customers, active_customers = int(row.customers), int(row.active_customers)
+    return kpi_values(row.asDict())
+
+
+def kpi_values(totals: dict[str, object]) -> dict[str, float | None]:
+    """The KPIs from a snapshot's totals (customers, active_customers, repeat_active, churned,
+    mean_churn_probability, revenue_365d, total_clv): active customers bought in the last
+    ACTIVE_DAYS days, the repurchase rate is the share of them with two or more orders, the
+    churn rate the share of customers in lifecycle stage churned; a rate is None where its
+    base is zero."""
+    customers, active_customers = int(totals["customers"]), int(totals["active_customers"])
     return {
         "customers": customers,
         "active_customers": active_customers,
-        "repurchase_rate": row.repeat_active / active_customers if active_customers else None,
-        "churn_rate": row.churned / customers if customers else None,
-        "mean_churn_probability": row.mean_churn_probability,
-        "revenue_365d": row.revenue_365d,
-        "total_clv": row.total_clv,
+        "repurchase_rate": totals["repeat_active"] / active_customers if active_customers else None,
+        "churn_rate": totals["churned"] / customers if customers else None,
+        "mean_churn_probability": totals["mean_churn_probability"],
+        "revenue_365d": totals["revenue_365d"],
+        "total_clv": totals["total_clv"],
     }
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import logging
+from dataclasses import dataclass
 
 import mlflow
 from mlflow.exceptions import MlflowException
@@ -93,45 +94,104 @@ def constraints(config: Config) -> dict[str, str]:
     }
 
 
-def run(ctx: StageContext, args: argparse.Namespace | None = None) -> dict[str, object]:
-    config, spark, settings = ctx.config, ctx.spark, ctx.config.tiers
+@dataclass(frozen=True)
+class Movement:
+    """The snapshots next to this one and the events recorded into it."""
+
+    previous_as_of: dt.date | None
+    next_as_of: dt.date | None
+    events: int
+
+    def as_dict(self) -> dict[str, object]:
+        return {"previous_as_of": self.previous_as_of.isoformat() if self.previous_as_of else None,
+                "next_as_of": self.next_as_of.isoformat() if self.next_as_of else None, "events": self.events}
+
+
+@dataclass(frozen=True)
+class TiersResult:
+    as_of: dt.date
+    customers: int
+    version: int | None  # the customer_tiers version written; None: a retry Delta skipped
+    history_version: int | None
+    table: str
+    movement: Movement
+    counts: dict[str, dict[str, int]]  # customers per tier of each dimension
+    lineage: Lineage
+    mlflow_run_id: str
+
+    @property
+    def skipped(self) -> bool:
+        return self.version is None
+
+
+@dataclass(frozen=True)
+class _Inputs:
+    as_of: dt.date
+    read: dict[str, tuple[tables.TableRef, int, DataFrame]]  # key -> table, version read, rows
+    snapshots: dict[str, DataFrame]  # key -> its rows as of `as_of`
+
+
+def run(ctx: StageContext, args: argparse.Namespace | None = None) -> TiersResult:
+    config = ctx.config
     target = ctx.table("customer_tiers")
     with tracking.stage_run(config, "tiers", ctx.pipeline_run_id) as active, stage("tiers") as summary:
-        check_events(settings.events, TIER_COLUMNS, tier_orders(config), tier_names(config))
-        read = {key: ctx.read_input(key, f"does not exist yet; run '{command}' first") for key, command in INPUTS.items()}
-        features_ref, _, features = read["customer_features"]
-        as_of = ctx.snapshot_as_of(features, features_ref, "has no snapshots: run 'segmentation features' first")
-        snapshots = {key: _snapshot(ref, df, as_of, INPUTS[key]) for key, (ref, _, df) in read.items()}
-        for key, (ref, version, _) in read.items():
-            tracking.log_delta_input(ref, version, context=key)
-        lineage = _lineage(ctx, read, snapshots, as_of)
-        mlflow.set_tags({"as_of": as_of.isoformat()})
-        mlflow.log_params({"as_of": as_of.isoformat(), "value_rank_by": settings.value_rank_by})
-
-        joined = joined_inputs(*snapshots.values()).persist(StorageLevel.MEMORY_AND_DISK)
-        try:
-            cuts = value_cuts(joined, settings, config.features)
-            rows = customer_tiers(joined, cuts, settings, config.features, as_of, lineage)
-            if not tables.exists(spark, target):
-                tables.ensure_table(spark, target, rows.schema, partition_by=["as_of_date"], constraints=constraints(config))
-            tables.add_constraints(spark, target, constraints(config))
-            result = tables.write_snapshot(
-                rows, target, as_of, run_id=ctx.pipeline_run_id,
-                idempotency_key=(f"customer_tiers:{ctx.pipeline_run_id}:{as_of.isoformat()}", 0),
-            )
-        finally:
-            joined.unpersist()
-        history = _update_history(ctx, settings.tracked)
-        tracking.log_delta_output(target, result.version)
+        check_events(config.tiers.events, TIER_COLUMNS, tier_orders(config), tier_names(config))
+        inputs = _read_inputs(ctx)
+        _record_inputs(config, inputs)
+        lineage = _lineage(ctx, inputs.read, inputs.snapshots, inputs.as_of)
+        written = _write_snapshot(ctx, inputs, lineage)
+        history = _update_history(ctx, config.tiers.tracked)
+        tracking.log_delta_output(target, written.version)
         tracking.log_delta_output(ctx.table("customer_tier_history"), history.version)
-        movement = _record_movement(ctx, as_of)
-        counts = _tier_counts(ctx, as_of)
-        mlflow.log_dict({"lineage": lineage.as_dict(), "tier_counts": counts, **movement}, "tiers/snapshot.json")
-        mlflow.log_metrics({tracking.metric_name(f"{dim}.{tier}"): n for dim, tiers in counts.items() for tier, n in tiers.items()})
-        summary.update(as_of=as_of.isoformat(), customers=sum(counts["value_tier"].values()), version=result.version,
-                       skipped=result.skipped, history_version=history.version, table=target.location, **movement)
-        print(report(as_of, counts, movement), flush=True)
-    return {**summary, "mlflow_run_id": active.info.run_id, "counts": counts, "lineage": lineage.as_dict()}
+        movement = _write_movement(ctx, inputs.as_of)
+        counts = _tier_counts(ctx, inputs.as_of)
+        result = TiersResult(inputs.as_of, sum(counts["value_tier"].values()), written.version, history.version,
+                             target.location, movement, counts, lineage, active.info.run_id)
+        _record_outcome(result)
+        summary.update(as_of=result.as_of.isoformat(), customers=result.customers, version=result.version,
+                       skipped=result.skipped, history_version=result.history_version, table=result.table,
+                       **movement.as_dict())
+        print(report(result.as_of, counts, movement), flush=True)
+    return result
+
+
+def _read_inputs(ctx: StageContext) -> _Inputs:
+    """The four input tables at their current versions, and their snapshots of the as-of date."""
+    read = {key: ctx.read_input(key, f"does not exist yet; run '{command}' first") for key, command in INPUTS.items()}
+    features_ref, _, features = read["customer_features"]
+    as_of = ctx.snapshot_as_of(features, features_ref, "has no snapshots: run 'segmentation features' first")
+    return _Inputs(as_of, read, {key: _snapshot(ref, df, as_of, INPUTS[key]) for key, (ref, _, df) in read.items()})
+
+
+def _record_inputs(config: Config, inputs: _Inputs) -> None:
+    for key, (ref, version, _) in inputs.read.items():
+        tracking.log_delta_input(ref, version, context=key)
+    mlflow.set_tags({"as_of": inputs.as_of.isoformat()})
+    mlflow.log_params({"as_of": inputs.as_of.isoformat(), "value_rank_by": config.tiers.value_rank_by})
+
+
+def _write_snapshot(ctx: StageContext, inputs: _Inputs, lineage: Lineage) -> tables.WriteResult:
+    """Compute the tier rows of the as-of date and replace its snapshot, under the table's constraints."""
+    config, spark, target = ctx.config, ctx.spark, ctx.table("customer_tiers")
+    joined = joined_inputs(*inputs.snapshots.values()).persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        cuts = value_cuts(joined, config.tiers, config.features)
+        rows = customer_tiers(joined, cuts, config.tiers, config.features, inputs.as_of, lineage)
+        if not tables.exists(spark, target):
+            tables.ensure_table(spark, target, rows.schema, partition_by=["as_of_date"], constraints=constraints(config))
+        tables.add_constraints(spark, target, constraints(config))
+        return tables.write_snapshot(
+            rows, target, inputs.as_of, run_id=ctx.pipeline_run_id,
+            idempotency_key=(f"customer_tiers:{ctx.pipeline_run_id}:{inputs.as_of.isoformat()}", 0),
+        )
+    finally:
+        joined.unpersist()
+
+
+def _record_outcome(result: TiersResult) -> None:
+    counts = result.counts
+    mlflow.log_dict({"lineage": result.lineage.as_dict(), "tier_counts": counts, **result.movement.as_dict()}, "tiers/snapshot.json")
+    mlflow.log_metrics({tracking.metric_name(f"{dim}.{tier}"): n for dim, tiers in counts.items() for tier, n in tiers.items()})
 
 
 def _snapshot(ref, df: DataFrame, as_of: dt.date, command: str) -> DataFrame:
@@ -201,23 +261,27 @@ def _update_history(ctx: StageContext, tracked: list[str]) -> tables.WriteResult
     )
 
 
-def _record_movement(ctx: StageContext, as_of: dt.date) -> dict[str, object]:
-    """Migrations and events into `as_of` from the snapshot before it and, when a snapshot
-    arrives out of order, also from `as_of` into the snapshot after it."""
+def movement_pairs(previous: dt.date | None, as_of: dt.date, following: dt.date | None) -> list[tuple[dt.date, dt.date]]:
+    """The (from, to) snapshot pairs whose movement a new snapshot changes: from the snapshot
+    before it into it and, when it arrives out of order, from it into the snapshot after it."""
+    return [(b, a) for b, a in ((previous, as_of), (as_of, following)) if b is not None and a is not None]
+
+
+def _write_movement(ctx: StageContext, as_of: dt.date) -> Movement:
+    """Migrations and events of every pair `movement_pairs` names; the events counted are those into `as_of`."""
     tiers = tables.read(ctx.spark, ctx.table("customer_tiers"))
     bounds = tiers.agg(
         F.max(F.when(F.col("as_of_date") < F.lit(as_of), F.col("as_of_date"))).alias("before"),
         F.min(F.when(F.col("as_of_date") > F.lit(as_of), F.col("as_of_date"))).alias("after"),
     ).first()
-    pairs = [(b, a) for b, a in ((bounds.before, as_of), (as_of, bounds.after)) if b is not None and a is not None]
+    pairs = movement_pairs(bounds.before, as_of, bounds.after)
     if not pairs:
         log.info("no other snapshot than %s: no migrations yet", as_of)
     events = 0
     for before, after in pairs:
         written = _movement_between(ctx, tiers, before, after)
         events += written if after == as_of else 0
-    return {"previous_as_of": bounds.before.isoformat() if bounds.before else None,
-            "next_as_of": bounds.after.isoformat() if bounds.after else None, "events": events}
+    return Movement(bounds.before, bounds.after, events)
 
 
 def _movement_between(ctx: StageContext, tiers: DataFrame, before: dt.date, after: dt.date) -> int:
@@ -245,11 +309,11 @@ def _tier_counts(ctx: StageContext, as_of: dt.date) -> dict[str, dict[str, int]]
     return counts
 
 
-def report(as_of: dt.date, counts: dict[str, dict[str, int]], movement: dict[str, object]) -> str:
+def report(as_of: dt.date, counts: dict[str, dict[str, int]], movement: Movement) -> str:
     lines = ["", f"Customer tiers as of {as_of}:"]
     for dimension, tiers in counts.items():
         total = sum(tiers.values()) or 1
         lines.append(f"  {dimension}: " + ", ".join(f"{t} {n:,} ({n / total:.1%})" for t, n in sorted(tiers.items(), key=lambda p: -p[1])))
-    if movement["previous_as_of"]:
-        lines.append(f"Movement since {movement['previous_as_of']}: {movement['events']:,} events in tier_events")
+    if movement.previous_as_of:
+        lines.append(f"Movement since {movement.previous_as_of.isoformat()}: {movement.events:,} events in tier_events")
     return "\n".join(lines) + "\n"

@@ -59,10 +59,10 @@ def pipeline_run(spark, tmp_path_factory):
 def test_every_raw_row_is_clean_or_quarantined(pipeline_run):
     ctx, results = pipeline_run
     raw, clean, quarantined = count(ctx, "raw_transactions"), count(ctx, "transactions"), count(ctx, "transactions_quarantine")
-    assert raw == results["ingest"].rows_in > 3000
+    assert raw == results.ingest.rows_in > 3000
     assert clean + quarantined == raw
     assert 0 < quarantined < 0.02 * raw
-    assert results["ingest"].status == "committed"
+    assert results.ingest.status == "committed"
 
 
 def test_clean_table_keeps_the_contract(pipeline_run):
@@ -89,7 +89,7 @@ def test_ingest_log_and_mlflow_record_the_batch(pipeline_run):
     runs = mlflow.search_runs(experiment_names=["segmentation"], filter_string="tags.stage = 'ingest'", output_format="list")
     assert len(runs) == 1
     run = runs[0]
-    assert run.data.metrics["rows_in"] == results["ingest"].rows_in
+    assert run.data.metrics["rows_in"] == results.ingest.rows_in
     assert run.data.tags["pipeline_run_id"] == ctx.pipeline_run_id
     assert run.data.tags["config_hash"] == ctx.config.fingerprint()
     raw_version = tables.current_version(ctx.spark, ctx.table("raw_transactions"))  # the write, then the generated mark
@@ -139,7 +139,7 @@ def test_retry_after_a_crash_does_not_apply_writes_twice(spark, tmp_path, monkey
 
 def test_new_batch_appends_and_time_travel_reads_the_previous_version(spark, tmp_path):
     ctx = context(spark, tmp_path)
-    first = pipeline.run(ctx, NO_ARGS)["ingest"]
+    first = pipeline.run(ctx, NO_ARGS).ingest
     before = tables.current_version(spark, ctx.table("transactions"))
     loaded_id = tables.read(spark, ctx.table("transactions")).select("transaction_id").first()[0]
     late = write_csv(tmp_path / "late.csv", [csv_row("NEW-1"), csv_row("NEW-2", amount="-5", quantity="-1", is_return="true"), csv_row(loaded_id)])
@@ -177,7 +177,7 @@ def test_too_many_rejections_fail_and_add_nothing_then_pass_with_a_higher_limit(
 def test_cdnow_sample_ingests_completely(spark, tmp_path):
     ctx = context(spark, tmp_path, "generate.dataset=cdnow_sample")
     results = pipeline.run(ctx, NO_ARGS)
-    assert results["generate"]["rows"] == 6919
-    assert (results["ingest"].rows_clean, results["ingest"].rows_quarantined) == (6919, 0)
+    assert results.generate.rows == 6919
+    assert (results.ingest.rows_clean, results.ingest.rows_quarantined) == (6919, 0)
     clean = tables.read(spark, ctx.table("transactions"))
     assert clean.select("customer_id").distinct().count() == 2357

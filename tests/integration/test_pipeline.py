@@ -33,16 +33,16 @@ def test_a_rerun_after_a_failure_resumes_past_committed_stages(spark, tmp_path, 
 
     results = pipeline.run(StageContext(config, spark), ARGS)
     for stage in ("features", "clv", "cluster"):
-        assert "resumed_from" in results[stage], stage
-    assert "resumed_from" in results["churn"]["score"] and "train" not in results["churn"]
+        assert isinstance(getattr(results, stage), pipeline.Resumed), stage
+    assert isinstance(results.churn.score, pipeline.Resumed) and results.churn.train is None
     for key, version in versions.items():  # nothing committed again
         assert tables.current_version(spark, tables.table_ref(config, key)) == version, key
-    assert results["tiers"]["customers"] == results["report"]["data"]["kpis"]["customers"] > 0
+    assert results.tiers.customers == results.report.data["kpis"]["customers"] > 0
     out = capsys.readouterr().out
     assert "customer_tiers" in out and "tier_migrations" not in out.split("Results:")[-1]  # one snapshot: no movement yet
-    assert results["report"]["path"] in out
+    assert str(results.report.path) in out
 
     again = pipeline.run(StageContext(config, spark), ARGS)  # nothing new: every stage resumes
     for stage in ("features", "clv", "cluster", "tiers", "report"):
-        assert "resumed_from" in again[stage], stage
-    assert results["report"]["path"] in capsys.readouterr().out
+        assert isinstance(getattr(again, stage), pipeline.Resumed), stage
+    assert str(results.report.path) in capsys.readouterr().out

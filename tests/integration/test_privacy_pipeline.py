@@ -197,7 +197,7 @@ def test_planted_ids_appear_only_in_the_raw_table_and_erase_removes_customers(sp
     assert (batch.rows_clean, batch.rows_quarantined) == (1, 2)
 
     results = pipeline.run(StageContext(config, spark), ARGS)
-    assert results["tiers"]["customers"] > 150
+    assert results.tiers.customers > 150
     assert tables.read(spark, ctx.table("ingest_log")).where(F.col("key_fingerprint") != key_fingerprint(KEY.encode())).count() == 0
     assert "column(s) not in the transaction schema, ignored: email" in caplog.text
 

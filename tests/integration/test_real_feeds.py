@@ -231,8 +231,8 @@ def test_run_never_mixes_generated_rows_into_a_real_feed(spark, tmp_path, mlflow
     ctx = context(spark, root, mlflow_store)  # the default source: the generated raw table
     with caplog.at_level(logging.INFO, logger="segmentation"):
         results = pipeline.run(ctx, ONLY_INGEST)
-    assert "generate" not in results and not tables.exists(spark, ctx.table("raw_transactions"))
-    assert results["ingest"].status == "already_ingested"
+    assert results.generate is None and not tables.exists(spark, ctx.table("raw_transactions"))
+    assert results.ingest.status == "already_ingested"
     assert f"ingesting the feed ingested last: --source {path} --format csv --set ingest.source.options.nullValue=NA" in caplog.text
     assert read(ctx, "transactions").count() == 40
 

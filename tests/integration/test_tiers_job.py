@@ -61,7 +61,7 @@ def test_one_row_per_customer_and_snapshot_with_every_dimension(spark, tiered):
     for as_of, (ctx, result) in results.items():
         snapshot = rows.where(F.col("as_of_date") == F.lit(as_of))
         customers = tables.read(spark, ctx.table("customer_features")).where(F.col("as_of_date") == F.lit(as_of))
-        assert snapshot.count() == snapshot.select("customer_id").distinct().count() == customers.count() == result["customers"]
+        assert snapshot.count() == snapshot.select("customer_id").distinct().count() == customers.count() == result.customers
         scored = tables.read(spark, ctx.table("customer_churn")).where(F.col("as_of_date") == F.lit(as_of))
         assert snapshot.where(F.col("churn_probability").isNotNull()).count() == scored.count()
         for column in ("value_tier", "rfm_segment", "lifecycle_stage", "business_tier", "cluster_name", "stickiness",
@@ -135,15 +135,15 @@ def test_retry_rerun_and_time_travel(spark, tiered):
     ref = ctx.table("customer_tiers")
     before = tables.current_version(spark, ref)
     retried = tiers.run(ctx)  # the same pipeline run again: Delta skips the snapshot write
-    assert retried["skipped"] and tables.current_version(spark, ref) >= before
-    assert read(spark, root, "customer_tiers").where(F.col("as_of_date") == F.lit(LATE)).count() == retried["customers"]
+    assert retried.skipped and tables.current_version(spark, ref) >= before
+    assert read(spark, root, "customer_tiers").where(F.col("as_of_date") == F.lit(LATE)).count() == retried.customers
     rerun_ctx = context(spark, root, LATE, "tiers.value_rank_by=revenue_365d")  # a new run replaces the snapshot
     rerun = tiers.run(rerun_ctx)
-    assert not rerun["skipped"]
+    assert not rerun.skipped
     now = read(spark, root, "customer_tiers")
     late_now = now.where(F.col("as_of_date") == F.lit(LATE))
-    assert late_now.count() == rerun["customers"] and {r[0] for r in late_now.select("lineage.value_rank_by").distinct().collect()} == {"revenue_365d"}
-    assert now.where(F.col("as_of_date") == F.lit(EARLY)).count() == results[EARLY][1]["customers"]  # untouched
+    assert late_now.count() == rerun.customers and {r[0] for r in late_now.select("lineage.value_rank_by").distinct().collect()} == {"revenue_365d"}
+    assert now.where(F.col("as_of_date") == F.lit(EARLY)).count() == results[EARLY][1].customers  # untouched
     commit = spark.sql(f"DESCRIBE HISTORY delta.`{ref.location}` LIMIT 1").first()
     assert commit.userMetadata == rerun_ctx.pipeline_run_id
     old = tables.read(spark, ref, before).where(F.col("as_of_date") == F.lit(LATE))
@@ -158,12 +158,12 @@ def test_report_is_self_contained_and_its_numbers_come_from_the_tables(spark, ti
     root, results = tiered
     ctx, _ = results[LATE]
     result = report.run(ctx)
-    document = open(result["path"], encoding="utf-8").read()
-    assert result["path"].startswith(str(root)) and document.startswith("<!DOCTYPE html>")
+    document = open(result.path, encoding="utf-8").read()
+    assert str(result.path).startswith(str(root)) and document.startswith("<!DOCTYPE html>")
     sources = re.findall(r'src="([^"]*)"', document)
     assert len(sources) == 4 and all(s.startswith("data:image/png;base64,") for s in sources)  # pareto, migration, clv, lift
     assert "http://" not in document and "https://" not in document
-    data = result["data"]
+    data = result.data
     snapshot = read(spark, root, "customer_tiers").where(F.col("as_of_date") == F.lit(LATE))
     kpis = data["kpis"]
     assert kpis["customers"] == snapshot.count()
