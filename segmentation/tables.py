@@ -203,13 +203,13 @@ def write(
 
 def write_snapshot(
     df: DataFrame, ref: TableRef, date: dt.date, *, run_id: str, column: str = "as_of_date",
-    idempotency_key: tuple[str, int] | None = None,
+    idempotency_key: tuple[str, int] | None = None, merge_schema: bool = False,
 ) -> WriteResult:
     """Replace exactly one date's snapshot (partition `column` = `date`) in one commit; the
     table's other dates stay as they are. Re-running a stage for a date does this."""
     return write(
         df, ref, mode="overwrite", run_id=run_id, partition_by=[column],
-        replace_where=f"{column} = '{date.isoformat()}'", idempotency_key=idempotency_key,
+        replace_where=f"{column} = '{date.isoformat()}'", idempotency_key=idempotency_key, merge_schema=merge_schema,
     )
 
 

@@ -91,6 +91,7 @@ def constraints(config: Config) -> dict[str, str]:
         "churn_risk_tier_domain": f"churn_risk_tier IS NULL OR churn_risk_tier IN ({domain(t.name for t in config.churn.risk_tiers)})",
         "stickiness_domain": f"stickiness IN ({domain(tier_names(config)['stickiness'])})",
         "treatment_priority_range": "treatment_priority IS NULL OR (treatment_priority >= 1 AND treatment_priority <= 9)",
+        "treatment_group_domain": "treatment_group IS NULL OR treatment_group IN ('treated', 'control')",
     }
 
 
@@ -183,6 +184,7 @@ def _write_snapshot(ctx: StageContext, inputs: _Inputs, lineage: Lineage) -> tab
         return tables.write_snapshot(
             rows, target, inputs.as_of, run_id=ctx.pipeline_run_id,
             idempotency_key=(f"customer_tiers:{ctx.pipeline_run_id}:{inputs.as_of.isoformat()}", 0),
+            merge_schema=True,  # a table written before a column was added (treatment_group) gains it
         )
     finally:
         joined.unpersist()

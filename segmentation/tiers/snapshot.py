@@ -6,7 +6,8 @@ churn columns are joined by customer id (left joins: a customer the churn model 
 score, because they have not bought within its look-back, keeps a null churn probability
 and risk tier). The value pyramid is re-ranked by `tiers.value_rank_by` (predicted CLV by
 default) with the pyramid's shares; stickiness and the treatment come from first-match
-rule tables in configuration.
+rule tables in configuration; each treated customer's `treatment_group` (treated, or control
+in the treatment's holdout) comes from `segmentation.treatments.holdout`.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from segmentation.features.quantiles import quantile_cuts
 from segmentation.features.rules import Rule, with_first_match
 from segmentation.features.tiers import TierCuts, expression_rules, value_tier_probabilities, with_value_tier
 from segmentation.schema import CHURN_COLUMNS, CLUSTER_COLUMNS, CLV_COLUMNS, columns_of, require_numeric_columns
+from segmentation.treatments.holdout import with_treatment_group
 
 FEATURE_COLUMNS = [
     "r_score", "f_score", "m_score", "rfm_segment", "lifecycle_stage", "business_tier",
@@ -59,7 +61,7 @@ class Lineage:
 
 TIER_COLUMNS = [
     "customer_id", "as_of_date", "value_tier", "value_rank", *FEATURE_COLUMNS[:6], *CLUSTER_TIER_COLUMNS, *CLV_TIER_COLUMNS,
-    *CHURN_TIER_COLUMNS, "stickiness", "treatment", "treatment_action", "treatment_channel", "treatment_priority",
+    *CHURN_TIER_COLUMNS, "stickiness", "treatment", "treatment_group", "treatment_action", "treatment_channel", "treatment_priority",
     "revenue_365d", "monetary", "recency_days", "frequency_orders", "lineage",
 ]
 
@@ -94,7 +96,7 @@ def customer_tiers(joined: DataFrame, cuts: TierCuts, tiers: TiersConfig, featur
     sticky = ranked.transform(with_first_match, expression_rules(tiers.stickiness), "stickiness", "tiers.stickiness")
     treated = sticky.transform(
         with_first_match, [Rule(p.name, p.when) for p in tiers.playbook], "treatment", "tiers.playbook"
-    )
+    ).transform(with_treatment_group, tiers)
     action = F.create_map(*[v for p in tiers.playbook for v in (F.lit(p.name), F.lit(p.action))])
     channel = F.create_map(*[v for p in tiers.playbook for v in (F.lit(p.name), F.lit(p.channel))])
     priority = F.create_map(*[v for p in tiers.playbook for v in (F.lit(p.name), F.lit(p.priority))])
@@ -104,7 +106,7 @@ def customer_tiers(joined: DataFrame, cuts: TierCuts, tiers: TiersConfig, featur
         F.lit(as_of).alias("as_of_date"),
         "value_tier",
         F.element_at(F.create_map(*[v for name, r in rank.items() for v in (F.lit(name), F.lit(r))]), F.col("value_tier")).alias("value_rank"),
-        *FEATURE_COLUMNS[:6], *CLUSTER_TIER_COLUMNS, *CLV_TIER_COLUMNS, *CHURN_TIER_COLUMNS, "stickiness", "treatment",
+        *FEATURE_COLUMNS[:6], *CLUSTER_TIER_COLUMNS, *CLV_TIER_COLUMNS, *CHURN_TIER_COLUMNS, "stickiness", "treatment", "treatment_group",
         F.element_at(action, F.col("treatment")).alias("treatment_action"),
         F.when(configured_channel == "preferred", F.coalesce("preferred_channel", F.lit(tiers.default_channel)))
         .otherwise(configured_channel).alias("treatment_channel"),

@@ -22,6 +22,7 @@ from segmentation import tables
 from segmentation.tiers.history import history_columns, tier_history
 from segmentation.tiers.migrations import EVENT_COLUMNS, MIGRATION_COLUMNS
 from segmentation.tiers.snapshot import TIER_COLUMNS
+from segmentation.treatments.holdout import holdout_draw
 from tests.conftest import make_config
 
 SETTINGS = ["generate.customers=1500", "cluster.k=3", "cluster.restarts=1", "churn.model=logistic_regression"]
@@ -75,6 +76,20 @@ def test_one_row_per_customer_and_snapshot_with_every_dimension(spark, tiered):
         assert lineage[0].cluster_run_id == client.get_model_version("customer_segments", str(lineage[0].cluster_model_version)).run_id
     shares = {r.value_tier: r["count"] for r in rows.where(F.col("as_of_date") == F.lit(LATE)).groupBy("value_tier").count().collect()}
     assert shares["diamond"] / sum(shares.values()) == pytest.approx(0.05, abs=0.01)
+
+
+def test_each_treatment_holds_out_a_stable_control_group(spark, tiered):
+    root, _ = tiered
+    rows = read(spark, root, "customer_tiers")
+    groups = {(r.customer_id, r.treatment, r.as_of_date): r.treatment_group
+              for r in rows.select("customer_id", "treatment", "as_of_date", "treatment_group").collect()}
+    assert set(groups.values()) == {"treated", "control"}
+    # the group is the published draw of (seed, treatment, customer), whatever the snapshot
+    seed, share = context(spark, root, LATE).config.tiers.holdout_seed, 0.1
+    assert all(group == ("control" if holdout_draw(seed, treatment, customer) < share else "treated")
+               for (customer, treatment, _), group in groups.items())
+    control = sum(group == "control" for group in groups.values()) / len(groups)
+    assert control == pytest.approx(share, abs=4 * (share * (1 - share) / len(groups)) ** 0.5)
 
 
 def test_constraints_guard_the_table(spark, tiered):
