@@ -116,7 +116,8 @@ def run(ctx: StageContext, args: argparse.Namespace | None = None) -> dict[str, 
         transactions_ref = bench_ctx.table("transactions")
         version = tables.current_version(ctx.spark, transactions_ref)
         report["rfm"] = rfm_comparison(bench_ctx, transactions_ref, version, as_of, features_seconds=_seconds(stages, "features"))
-        ours = {**results["clv"]["bgnbd"], **(results["clv"]["gamma_gamma"] or {})}
+        fitted = results["clv"].fitted()
+        ours = {**fitted["bgnbd"], **(fitted["gamma_gamma"] or {})}
         report["clv"] = clv_comparison(bench_ctx, transactions_ref, version, as_of, clv_seconds=_seconds(stages, "clv"), ours=ours)
     json_path, md_path = bench_root / f"bench_{customers}.json", bench_root / f"bench_{customers}.md"
     json_path.write_text(json.dumps(report, indent=2, default=str))
