@@ -146,7 +146,8 @@ def pipeline_report(ctx: StageContext, config, results, memory: "ProcessTreeMemo
 
 def clv_parameters(clv_result) -> dict[str, float]:
     """The BG/NBD and Gamma-Gamma estimates of the clv stage's result: the one place the bench reads them."""
-    return {**clv_result["bgnbd"], **(clv_result["gamma_gamma"] or {})}
+    fitted = clv_result.fitted()
+    return {**fitted["bgnbd"], **(fitted["gamma_gamma"] or {})}
 
 
 def _baselines(bench_ctx: StageContext, results, stages: list[dict]) -> dict[str, object]:

@@ -18,8 +18,10 @@ score: the champion scores every eligible customer (a purchase within
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import logging
+from dataclasses import dataclass
 
 import mlflow
 from mlflow.tracking import MlflowClient
@@ -71,14 +73,77 @@ def config_overrides(args: argparse.Namespace) -> list[str]:
     return overrides
 
 
-def run(ctx: StageContext, args: argparse.Namespace | None = None) -> dict[str, object]:
+def run(ctx: StageContext, args: argparse.Namespace | None = None) -> ChurnTrainResult | ChurnScoreResult:
     return score(ctx) if getattr(args, "action", "train") == "score" else train(ctx)
 
 
 # ---------------------------------------------------------------------------------- train
 
 
-def train(ctx: StageContext) -> dict[str, object]:
+@dataclass(frozen=True)
+class CustomerSample:
+    """The share of customers whose cutoffs make the training and evaluation rows."""
+
+    fraction: float
+    customers: int | None  # approximately counted, None without churn.sample_customers
+    sample_customers: int | None
+
+
+@dataclass(frozen=True)
+class LabelCounts:
+    per_cutoff: dict[str, dict[str, int]]  # training cutoff -> rows and churners
+    training_rows: int
+    training_churners: int
+    evaluation_rows: int
+    evaluation_churners: int
+    sample: CustomerSample
+
+    def as_dict(self) -> dict[str, object]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class ChurnDecision:
+    """What the training did to the champion alias (`churn/champion_decision.json`)."""
+
+    model_version: str
+    promoted: bool
+    reason: str
+    metric: str
+    value: float  # the new version's metric on the evaluation rows
+    previous_champion: str | None
+    champion_value: float | None  # the previous champion's, on the same rows
+    champion_version: str
+
+    def as_dict(self) -> dict[str, object]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class ChurnTrainResult:
+    as_of: dt.date
+    evaluation_cutoff: dt.date
+    transactions_version: int
+    mlflow_run_id: str
+    model_version: str
+    metrics: dict[str, dict[str, float | None]]  # per score: the model and each baseline
+    decision: ChurnDecision
+    threshold: dict[str, float]  # the operating point on the model's curve
+    confusion: dict[str, int]
+    importance: dict[str, float]
+    labels: LabelCounts
+
+
+@dataclass(frozen=True)
+class _Evaluated:
+    fitted: FittedChurn
+    evaluations: dict[str, ScoreEvaluation]
+    point: dict[str, float]
+    confusion: dict[str, int]
+    importance: dict[str, float]
+
+
+def train(ctx: StageContext) -> ChurnTrainResult:
     config, settings = ctx.config, ctx.config.churn
     with tracking.stage_run(config, "churn.train", ctx.pipeline_run_id) as active, stage("churn.train") as summary:
         source, version, transactions = ctx.read_transactions()
@@ -86,7 +151,7 @@ def train(ctx: StageContext) -> dict[str, object]:
         cutoffs = churn_cutoffs(as_of, settings)
         channels = config.ingest.channels
         sample = _customer_sample(transactions, as_of, settings)
-        transactions = customer_sample(transactions, sample["fraction"], settings.seed)
+        transactions = customer_sample(transactions, sample.fraction, settings.seed)
         training = training_examples(transactions, cutoffs, settings.lookback_days, channels)
         require_numeric_columns(
             training, {"churn.features": settings.features, "churn.recency_baseline": [settings.recency_baseline]},
@@ -101,46 +166,72 @@ def train(ctx: StageContext) -> dict[str, object]:
         evaluation = evaluation.persist(StorageLevel.MEMORY_AND_DISK)
         scored = None
         try:
-            labels = {**_label_counts(training, evaluation, cutoffs), "sample": sample}
-            weights = class_weights(labels["training_rows"], labels["training_churners"], settings.class_weight)
-            log.info("training on %d rows from %d cutoffs (churn rate %.3f), evaluating on %d rows of %s",
-                     labels["training_rows"], len(cutoffs.training), weights.churn_rate, labels["evaluation_rows"], cutoffs.evaluation)
-            fitted = fit_churn_model(training, settings, weights)
+            labels = _label_counts(training, evaluation, cutoffs, sample)
+            fitted = _fit(training, labels, cutoffs, settings)
             btyd = _btyd_scores(transactions, cutoffs.evaluation, settings.horizon_days, config.clv)
             scored = _scored_evaluation(fitted.model, evaluation, btyd, settings.recency_baseline)
-            evaluations = {
-                MODEL: evaluate_score(scored, PROBABILITY, is_probability=True),
-                RECENCY: evaluate_score(scored, "recency_score", is_probability=False),
-                DROPOUT: evaluate_score(scored, "dropout_score", is_probability=True),
-                QUIET: evaluate_score(scored, "quiet_score", is_probability=False),
-            }
-            point = operating_threshold(evaluations[MODEL].curve, settings.operating_point, settings.contact_budget)
-            confusion = confusion_matrix(scored, PROBABILITY, point["threshold"])
-            importance = feature_importance(fitted.model, settings.features)
-
-            client = MlflowClient()
-            champion = registry.aliased_version(client, settings.registered_model, CHAMPION)
-            comparable = champion is not None and _other_horizon(champion, settings) is None
-            champion_metric = _champion_metric(champion, evaluation, settings.promote_metric) if comparable else None
-            model_version = _register(fitted, evaluation, settings)
-            registry.set_challenger(client, settings.registered_model, model_version)
-            decision = _decide(client, settings, model_version, evaluations[MODEL].metrics[settings.promote_metric], champion, champion_metric)
+            evaluated = _evaluate(scored, fitted, settings)
+            champion, champion_metric = _champion_on(evaluation, settings)
+            decision = _register_and_decide(evaluated, evaluation, champion, champion_metric, settings)
         finally:
             training.unpersist()
             evaluation.unpersist()
             if scored is not None:
                 scored.unpersist()
 
-        _log_evaluation(evaluations, point, confusion, importance, fitted, labels, decision)
-        summary.update(
-            training_rows=labels["training_rows"], evaluation_rows=labels["evaluation_rows"],
-            pr_auc=round(evaluations[MODEL].metrics["pr_auc"], 4), model_version=model_version,
-            champion=decision["champion_version"],
+        evaluations = evaluated.evaluations
+        result = ChurnTrainResult(
+            as_of, cutoffs.evaluation, version, active.info.run_id, decision.model_version,
+            {name: e.metrics for name, e in evaluations.items()}, decision, evaluated.point, evaluated.confusion,
+            evaluated.importance, labels,
         )
-        print(train_report(cutoffs, labels, evaluations, point, confusion, decision, settings.promote_metric), flush=True)
-    metrics = {name: e.metrics for name, e in evaluations.items()}
-    return {**summary, "mlflow_run_id": active.info.run_id, "metrics": metrics, "decision": decision,
-            "threshold": point, "confusion": confusion, "importance": importance, "labels": labels}
+        summary.update(
+            training_rows=labels.training_rows, evaluation_rows=labels.evaluation_rows,
+            pr_auc=round(evaluations[MODEL].metrics["pr_auc"], 4), model_version=decision.model_version,
+            champion=decision.champion_version,
+        )
+        _log_evaluation(evaluations, evaluated.point, evaluated.confusion, evaluated.importance, evaluated.fitted, labels, decision)
+        print(train_report(cutoffs, labels, evaluations, evaluated.point, evaluated.confusion, decision, settings.promote_metric), flush=True)
+    return result
+
+
+def _fit(training: DataFrame, labels: LabelCounts, cutoffs: Cutoffs, settings) -> FittedChurn:
+    weights = class_weights(labels.training_rows, labels.training_churners, settings.class_weight)
+    log.info("training on %d rows from %d cutoffs (churn rate %.3f), evaluating on %d rows of %s",
+             labels.training_rows, len(cutoffs.training), weights.churn_rate, labels.evaluation_rows, cutoffs.evaluation)
+    return fit_churn_model(training, settings, weights)
+
+
+def _evaluate(scored: DataFrame, fitted: FittedChurn, settings) -> _Evaluated:
+    """The model and the baselines on the scored evaluation rows, and the operating point."""
+    evaluations = {
+        MODEL: evaluate_score(scored, PROBABILITY, is_probability=True),
+        RECENCY: evaluate_score(scored, "recency_score", is_probability=False),
+        DROPOUT: evaluate_score(scored, "dropout_score", is_probability=True),
+        QUIET: evaluate_score(scored, "quiet_score", is_probability=False),
+    }
+    point = operating_threshold(evaluations[MODEL].curve, settings.operating_point, settings.contact_budget)
+    confusion = confusion_matrix(scored, PROBABILITY, point["threshold"])
+    importance = feature_importance(fitted.model, settings.features)
+    return _Evaluated(fitted, evaluations, point, confusion, importance)
+
+
+def _champion_on(evaluation: DataFrame, settings) -> tuple[RegisteredVersion | None, float | None]:
+    """The current champion and its metric on the new model's evaluation rows (None when it
+    predicts another horizon or cannot score them)."""
+    champion = registry.aliased_version(MlflowClient(), settings.registered_model, CHAMPION)
+    comparable = champion is not None and horizon_mismatch(model_horizon(champion), settings.horizon_days) is None
+    return champion, (_champion_metric(champion, evaluation, settings.promote_metric) if comparable else None)
+
+
+def _register_and_decide(evaluated: _Evaluated, evaluation: DataFrame, champion: RegisteredVersion | None,
+                         champion_metric: float | None, settings) -> ChurnDecision:
+    """Register the new version as challenger, and as champion when the rule says so."""
+    client = MlflowClient()
+    model_version = _register(evaluated.fitted, evaluation, settings)
+    registry.set_challenger(client, settings.registered_model, model_version)
+    metric = evaluated.evaluations[MODEL].metrics[settings.promote_metric]
+    return _decide(client, settings, model_version, metric, champion, champion_metric)
 
 
 def _log_setup(source, version: int, as_of: dt.date, cutoffs: Cutoffs, settings) -> None:
@@ -158,43 +249,56 @@ def _log_setup(source, version: int, as_of: dt.date, cutoffs: Cutoffs, settings)
     })
 
 
-def _customer_sample(transactions: DataFrame, as_of: dt.date, settings) -> dict[str, object]:
+def _customer_sample(transactions: DataFrame, as_of: dt.date, settings) -> CustomerSample:
     """The share of customers whose cutoffs make the rows: at most `churn.sample_customers`
     of the (approximately counted) customers with transactions up to `as_of`."""
     if settings.sample_customers is None:
-        return {"fraction": 1.0, "customers": None, "sample_customers": None}
+        return CustomerSample(1.0, None, None)
     customers = transactions_as_of(transactions, as_of).agg(F.approx_count_distinct("customer_id", 0.01)).first()[0]
     fraction = sample_fraction(int(customers), settings.sample_customers)
     if fraction < 1:
         log.info("training and evaluation rows from a sample of about %d of the %d customers (churn.sample_customers)",
                  settings.sample_customers, customers)
-    return {"fraction": fraction, "customers": int(customers), "sample_customers": settings.sample_customers}
+    return CustomerSample(fraction, int(customers), settings.sample_customers)
 
 
-def _label_counts(training: DataFrame, evaluation: DataFrame, cutoffs: Cutoffs) -> dict[str, object]:
+def cutoffs_without_rows(training: tuple[dt.date, ...], per_cutoff: dict[str, dict[str, int]]) -> list[dt.date]:
+    """The training cutoffs no row came from (no customer bought in the look-back before them)."""
+    return [cutoff for cutoff in training if cutoff.isoformat() not in per_cutoff]
+
+
+def one_class_only(part: str, rows: int, churners: int, cutoffs: Cutoffs) -> str | None:
+    """Why the `part` rows cannot train or evaluate a classifier (they need both classes), if they cannot."""
+    if rows == 0 or churners in (0, rows):
+        return (
+            f"the {part} rows need churners and stayers: {churners} churners among {rows} rows "
+            f"(cutoffs {cutoffs.as_dict()}); check churn.training_cutoffs, churn.evaluation_cutoff and the data's dates"
+        )
+    return None
+
+
+def _label_counts(training: DataFrame, evaluation: DataFrame, cutoffs: Cutoffs, sample: CustomerSample) -> LabelCounts:
     """Rows and churners per cutoff (one small aggregate each); both sets need both classes."""
     per_cutoff = {
         r[CUTOFF].isoformat(): {"rows": int(r.rows), "churners": int(r.churners)}
         for r in training.groupBy(CUTOFF).agg(F.count(F.lit(1)).alias("rows"), F.sum(LABEL).alias("churners")).collect()
     }
-    for cutoff in cutoffs.training:
-        if cutoff.isoformat() not in per_cutoff:
-            log.warning("training cutoff %s: no customer bought in the look-back before it, no rows", cutoff)
+    for cutoff in cutoffs_without_rows(cutoffs.training, per_cutoff):
+        log.warning("training cutoff %s: no customer bought in the look-back before it, no rows", cutoff)
     held = evaluation.agg(F.count(F.lit(1)).alias("rows"), F.sum(LABEL).alias("churners")).first()
-    counts = {
-        "per_cutoff": per_cutoff,
-        "training_rows": sum(c["rows"] for c in per_cutoff.values()),
-        "training_churners": sum(c["churners"] for c in per_cutoff.values()),
-        "evaluation_rows": int(held.rows),
-        "evaluation_churners": int(held.churners or 0),
-    }
-    for part in ("training", "evaluation"):
-        rows, churners = counts[f"{part}_rows"], counts[f"{part}_churners"]
-        if rows == 0 or churners in (0, rows):
-            raise DataQualityError(
-                f"the {part} rows need churners and stayers: {churners} churners among {rows} rows "
-                f"(cutoffs {cutoffs.as_dict()}); check churn.training_cutoffs, churn.evaluation_cutoff and the data's dates"
-            )
+    counts = LabelCounts(
+        per_cutoff=per_cutoff,
+        training_rows=sum(c["rows"] for c in per_cutoff.values()),
+        training_churners=sum(c["churners"] for c in per_cutoff.values()),
+        evaluation_rows=int(held.rows),
+        evaluation_churners=int(held.churners or 0),
+        sample=sample,
+    )
+    for part, rows, churners in (("training", counts.training_rows, counts.training_churners),
+                                 ("evaluation", counts.evaluation_rows, counts.evaluation_churners)):
+        problem = one_class_only(part, rows, churners, cutoffs)
+        if problem:
+            raise DataQualityError(problem)
     return counts
 
 
@@ -220,18 +324,17 @@ def _scored_evaluation(model: PipelineModel, evaluation: DataFrame, btyd: DataFr
     ).persist(StorageLevel.MEMORY_AND_DISK)
 
 
-def _horizon_days(version: RegisteredVersion) -> int | None:
-    """The label a model version predicts (None when its run does not say)."""
+def model_horizon(version: RegisteredVersion) -> int | None:
+    """The label a model version predicts, from its run's `horizon_days` tag (None when its run does not say)."""
     horizon = version.tags.get("horizon_days")
     return int(horizon) if horizon else None
 
 
-def _other_horizon(champion: RegisteredVersion, settings) -> str | None:
-    """Why the champion's metrics cannot be compared with a model for churn.horizon_days, if they cannot."""
-    horizon = _horizon_days(champion)
-    if horizon in (None, settings.horizon_days):
+def horizon_mismatch(horizon: int | None, configured: int) -> str | None:
+    """Why a model for `horizon` days cannot be compared with one for churn.horizon_days, if it cannot."""
+    if horizon in (None, configured):
         return None
-    return f"predicts no purchase in {horizon} days, not the configured {settings.horizon_days}"
+    return f"predicts no purchase in {horizon} days, not the configured {configured}"
 
 
 def _champion_metric(champion: RegisteredVersion, evaluation: DataFrame, metric: str) -> float | None:
@@ -257,41 +360,44 @@ def _register(fitted: FittedChurn, evaluation: DataFrame, settings) -> str:
 
 
 def _decide(client: MlflowClient, settings, version: str, metric: float, champion: RegisteredVersion | None,
-            champion_metric: float | None) -> dict:
+            champion_metric: float | None) -> ChurnDecision:
     """The new version becomes champion when there is none, when the champion predicts another
     horizon or cannot score the evaluation rows, or when it beats the champion's metric by
     more than min_improvement."""
     name = settings.promote_metric
     rule = PromotionRule(name, higher_is_better=name not in LOWER_IS_BETTER, min_improvement=settings.min_improvement)
-    compared = None if champion is None else ChampionMetric(champion.version, champion_metric, _other_horizon(champion, settings))
+    compared = None if champion is None else ChampionMetric(
+        champion.version, champion_metric, horizon_mismatch(model_horizon(champion), settings.horizon_days),
+    )
     decision = decide_promotion(metric, compared, rule)
     registry.record_decision(client, settings.registered_model, version, decision)
     log.info("churn model version %s %s: %s", version, "promoted to champion" if decision.promote else "stays challenger", decision.reason)
-    return {
-        "model_version": version, "promoted": decision.promote, "reason": decision.reason, "metric": name, "value": metric,
-        "previous_champion": champion.version if champion else None, "champion_value": champion_metric,
-        "champion_version": version if decision.promote else champion.version,  # type: ignore[union-attr]
-    }
+    return ChurnDecision(
+        model_version=version, promoted=decision.promote, reason=decision.reason, metric=name, value=metric,
+        previous_champion=champion.version if champion else None, champion_value=champion_metric,
+        champion_version=version if decision.promote else champion.version,  # type: ignore[union-attr]
+    )
 
 
-def _log_evaluation(evaluations: dict[str, ScoreEvaluation], point, confusion, importance, fitted: FittedChurn, labels, decision) -> None:
+def _log_evaluation(evaluations: dict[str, ScoreEvaluation], point, confusion, importance, fitted: FittedChurn, labels: LabelCounts,
+                    decision: ChurnDecision) -> None:
     metrics = {f"{key}": value for key, value in evaluations[MODEL].metrics.items() if value is not None}
     for name, prefix in BASELINE_PREFIXES.items():
         metrics.update({f"{prefix}_{key}": value for key, value in evaluations[name].metrics.items() if value is not None})
     metrics.update({
         "threshold": point["threshold"], "threshold_share": point["share"], "threshold_precision": point["precision"],
         "threshold_recall": point["recall"], **{k: float(v) for k, v in confusion.items()},
-        "training_rows": labels["training_rows"], "evaluation_rows": labels["evaluation_rows"],
-        "sample_fraction": labels["sample"]["fraction"], **fitted.weights.as_dict(),
+        "training_rows": labels.training_rows, "evaluation_rows": labels.evaluation_rows,
+        "sample_fraction": labels.sample.fraction, **fitted.weights.as_dict(),
     })
-    if decision["champion_value"] is not None:
-        metrics[f"champion_{decision['metric']}"] = decision["champion_value"]
+    if decision.champion_value is not None:
+        metrics[f"champion_{decision.metric}"] = decision.champion_value
     mlflow.log_metrics(metrics)
     mlflow.log_dict({name: e.as_dict() for name, e in evaluations.items()}, "churn/evaluation.json")
     mlflow.log_dict({"threshold": point, "confusion_matrix": confusion}, "churn/operating_point.json")
-    mlflow.log_dict({"labels": labels, "class_weights": fitted.weights.as_dict()}, "churn/labels.json")
+    mlflow.log_dict({"labels": labels.as_dict(), "class_weights": fitted.weights.as_dict()}, "churn/labels.json")
     mlflow.log_dict(importance, "churn/feature_importance.json")
-    mlflow.log_dict(decision, "churn/champion_decision.json")
+    mlflow.log_dict(decision.as_dict(), "churn/champion_decision.json")
     if fitted.search:
         mlflow.log_dict({"candidates": fitted.search}, "churn/search.json")
     mlflow.log_figure(roc_figure(evaluations), "churn/roc.png")
@@ -302,22 +408,23 @@ def _log_evaluation(evaluations: dict[str, ScoreEvaluation], point, confusion, i
     plt.close("all")
 
 
-def _sample_line(sample: dict[str, object]) -> list[str]:
-    if sample["fraction"] >= 1:
+def _sample_line(sample: CustomerSample) -> list[str]:
+    if sample.fraction >= 1:
         return []
-    return [f"Rows from a seeded sample of about {sample['sample_customers']:,} of {sample['customers']:,} customers "
+    return [f"Rows from a seeded sample of about {sample.sample_customers:,} of {sample.customers:,} customers "
             "(churn.sample_customers); every eligible customer is scored."]
 
 
-def train_report(cutoffs: Cutoffs, labels, evaluations: dict[str, ScoreEvaluation], point, confusion, decision, metric: str) -> str:
+def train_report(cutoffs: Cutoffs, labels: LabelCounts, evaluations: dict[str, ScoreEvaluation], point, confusion,
+                 decision: ChurnDecision, metric: str) -> str:
     lines = [
         "",
         f"Churn = no purchase in the {cutoffs.horizon_days} days after a cutoff.",
-        f"Training cutoffs {', '.join(c.isoformat() for c in cutoffs.training)}: {labels['training_rows']:,} rows, "
-        f"{labels['training_churners'] / labels['training_rows']:.1%} churned.",
-        f"Evaluation cutoff {cutoffs.evaluation} (out of time): {labels['evaluation_rows']:,} rows, "
-        f"{labels['evaluation_churners'] / labels['evaluation_rows']:.1%} churned.",
-        *_sample_line(labels["sample"]),
+        f"Training cutoffs {', '.join(c.isoformat() for c in cutoffs.training)}: {labels.training_rows:,} rows, "
+        f"{labels.training_churners / labels.training_rows:.1%} churned.",
+        f"Evaluation cutoff {cutoffs.evaluation} (out of time): {labels.evaluation_rows:,} rows, "
+        f"{labels.evaluation_churners / labels.evaluation_rows:.1%} churned.",
+        *_sample_line(labels.sample),
         "",
         f"  {'score':<18}{'ROC AUC':>9}{'PR AUC':>9}{'lift@10%':>10}{'capture@10%':>13}{'lift@20%':>10}{'capture@20%':>13}{'Brier':>8}{'ECE':>8}",
     ]
@@ -335,8 +442,8 @@ def train_report(cutoffs: Cutoffs, labels, evaluations: dict[str, ScoreEvaluatio
         f"precision {point['precision']:.1%}, recall {point['recall']:.1%}.",
         f"  confusion: TP {confusion['true_positives']:,}  FP {confusion['false_positives']:,}  "
         f"FN {confusion['false_negatives']:,}  TN {confusion['true_negatives']:,}",
-        f"Model version {decision['model_version']} ({CHALLENGER}): "
-        f"{'promoted to ' + CHAMPION if decision['promoted'] else 'not promoted'} ({decision['reason']}).",
+        f"Model version {decision.model_version} ({CHALLENGER}): "
+        f"{'promoted to ' + CHAMPION if decision.promoted else 'not promoted'} ({decision.reason}).",
     ]
     return "\n".join(lines) + "\n"
 
@@ -344,7 +451,20 @@ def train_report(cutoffs: Cutoffs, labels, evaluations: dict[str, ScoreEvaluatio
 # ---------------------------------------------------------------------------------- score
 
 
-def score(ctx: StageContext) -> dict[str, object]:
+@dataclass(frozen=True)
+class ChurnScoreResult:
+    as_of: dt.date
+    customers: int  # scored: eligible customers of the snapshot
+    not_eligible: int  # in the snapshot without a purchase within churn.lookback_days
+    model_version: str  # the champion that scored them
+    version: int | None  # the customer_churn version written
+    table: str
+    mlflow_run_id: str
+    risk_tiers: dict[str, int]  # customers per churn.risk_tiers name
+    mean_churn_probability: float
+
+
+def score(ctx: StageContext) -> ChurnScoreResult:
     config, settings = ctx.config, ctx.config.churn
     target = ctx.table("customer_churn")
     with tracking.stage_run(config, "churn.score", ctx.pipeline_run_id) as active, stage("churn.score") as summary:
@@ -358,38 +478,62 @@ def score(ctx: StageContext) -> dict[str, object]:
             )
         model = mlflow.spark.load_model(champion.uri)
         snapshot = features.where(F.col("as_of_date") == F.lit(as_of))
-        customers = eligible_customers(snapshot, settings.lookback_days)
-        tracking.log_delta_input(source, version, context="customer_features")
-        horizon = _horizon_days(champion)
-        mlflow.set_tags({"as_of": as_of.isoformat(), "model_version": champion.version, "model_run_id": champion.run_id,
-                         "horizon_days": str(horizon)})
-        if horizon not in (None, settings.horizon_days):
-            log.warning("the champion predicts churn over %s days; churn.horizon_days is %d (train a new model to change it)",
-                        horizon, settings.horizon_days)
-        mlflow.log_params({"as_of": as_of.isoformat(), "model_uri": champion.uri, "lookback_days": settings.lookback_days})
+        _record_score_inputs(source, version, as_of, champion, settings)
 
-        probability = F.col(PROBABILITY)
-        scored = score_churn(model, customers).select(
-            "customer_id", F.lit(as_of).alias("as_of_date"), probability.alias("churn_probability"),
-            risk_tier(probability, settings.risk_tiers).alias("churn_risk_tier"),
-            F.lit(int(champion.version)).alias("model_version"),
-        )
-        result = tables.write_snapshot(scored.select(*CHURN_COLUMNS), target, as_of, run_id=ctx.pipeline_run_id)
-        tracking.log_delta_output(target, result.version)
-        written = tables.read(ctx.spark, target, result.version).where(F.col("as_of_date") == F.lit(as_of))
-        tiers = {r.churn_risk_tier: int(r.customers) for r in written.groupBy("churn_risk_tier").agg(F.count(F.lit(1)).alias("customers")).collect()}
-        totals = written.agg(F.count(F.lit(1)).alias("scored"), F.avg("churn_probability").alias("mean")).first()
+        scored = _scores(model, snapshot, as_of, champion, settings)
+        written, rows = _write_scores(ctx, scored, target, as_of)
+        counts, scored_count, mean = _score_totals(rows, settings.risk_tiers)
         in_snapshot = snapshot.count()
-        scored_count = int(totals.scored)
-        counts = {tier.name: tiers.get(tier.name, 0) for tier in settings.risk_tiers}
-        mlflow.log_metrics({"customers_scored": scored_count, "customers_not_eligible": in_snapshot - scored_count,
-                            "mean_churn_probability": float(totals.mean or 0.0),
-                            **{tracking.metric_name(f"churn_risk_tier.{name}"): count for name, count in counts.items()}})
-        mlflow.log_dict({"risk_tiers": counts}, "churn/risk_tiers.json")
-        summary.update(as_of=as_of.isoformat(), customers=scored_count, not_eligible=in_snapshot - scored_count,
-                       model_version=champion.version, version=result.version, table=target.location)
-        print(score_report(as_of, champion, counts, scored_count, in_snapshot, settings.lookback_days), flush=True)
-    return {**summary, "mlflow_run_id": active.info.run_id, "risk_tiers": counts}
+
+        result = ChurnScoreResult(as_of, scored_count, in_snapshot - scored_count, champion.version, written, target.location,
+                                  active.info.run_id, counts, mean)
+        summary.update(as_of=as_of.isoformat(), customers=scored_count, not_eligible=result.not_eligible,
+                       model_version=champion.version, version=written, table=target.location)
+        _record_scores(result, champion, settings.lookback_days)
+    return result
+
+
+def _record_score_inputs(source, version: int, as_of: dt.date, champion: RegisteredVersion, settings) -> None:
+    tracking.log_delta_input(source, version, context="customer_features")
+    horizon = model_horizon(champion)
+    mlflow.set_tags({"as_of": as_of.isoformat(), "model_version": champion.version, "model_run_id": champion.run_id,
+                     "horizon_days": str(horizon)})
+    if horizon_mismatch(horizon, settings.horizon_days):
+        log.warning("the champion predicts churn over %s days; churn.horizon_days is %d (train a new model to change it)",
+                    horizon, settings.horizon_days)
+    mlflow.log_params({"as_of": as_of.isoformat(), "model_uri": champion.uri, "lookback_days": settings.lookback_days})
+
+
+def _scores(model: PipelineModel, snapshot: DataFrame, as_of: dt.date, champion: RegisteredVersion, settings) -> DataFrame:
+    """customer_churn's rows: the eligible customers of the snapshot, scored by the champion."""
+    probability = F.col(PROBABILITY)
+    return score_churn(model, eligible_customers(snapshot, settings.lookback_days)).select(
+        "customer_id", F.lit(as_of).alias("as_of_date"), probability.alias("churn_probability"),
+        risk_tier(probability, settings.risk_tiers).alias("churn_risk_tier"),
+        F.lit(int(champion.version)).alias("model_version"),
+    ).select(*CHURN_COLUMNS)
+
+
+def _write_scores(ctx: StageContext, scored: DataFrame, target, as_of: dt.date) -> tuple[int | None, DataFrame]:
+    """Replace the as-of date's snapshot; the version written and its rows, read back."""
+    result = tables.write_snapshot(scored, target, as_of, run_id=ctx.pipeline_run_id)
+    tracking.log_delta_output(target, result.version)
+    return result.version, tables.read(ctx.spark, target, result.version).where(F.col("as_of_date") == F.lit(as_of))
+
+
+def _score_totals(written: DataFrame, risk_tiers) -> tuple[dict[str, int], int, float]:
+    """Customers per risk tier (every configured tier, in order), customers scored, mean probability."""
+    tiers = {r.churn_risk_tier: int(r.customers) for r in written.groupBy("churn_risk_tier").agg(F.count(F.lit(1)).alias("customers")).collect()}
+    totals = written.agg(F.count(F.lit(1)).alias("scored"), F.avg("churn_probability").alias("mean")).first()
+    return {tier.name: tiers.get(tier.name, 0) for tier in risk_tiers}, int(totals.scored), float(totals.mean or 0.0)
+
+
+def _record_scores(result: ChurnScoreResult, champion: RegisteredVersion, lookback: int) -> None:
+    mlflow.log_metrics({"customers_scored": result.customers, "customers_not_eligible": result.not_eligible,
+                        "mean_churn_probability": result.mean_churn_probability,
+                        **{tracking.metric_name(f"churn_risk_tier.{name}"): count for name, count in result.risk_tiers.items()}})
+    mlflow.log_dict({"risk_tiers": result.risk_tiers}, "churn/risk_tiers.json")
+    print(score_report(result.as_of, champion, result.risk_tiers, result.customers, result.customers + result.not_eligible, lookback), flush=True)
 
 
 def score_report(as_of: dt.date, champion: RegisteredVersion, counts: dict[str, int], scored: int, in_snapshot: int, lookback: int) -> str:

@@ -9,6 +9,8 @@ one-to-one assignment of centroids) so ids and names stay put across retrains, a
 
 from __future__ import annotations
 
+import dataclasses
+import datetime as dt
 import logging
 from dataclasses import dataclass
 
@@ -41,6 +43,7 @@ from segmentation.clustering.model import (
 from segmentation.clustering.profiles import (
     NAMING_COLUMNS,
     REVENUE,
+    Matching,
     ReferenceClusters,
     cluster_names,
     cluster_profiles,
@@ -71,7 +74,46 @@ def config_overrides(args) -> list[str]:
     return overrides
 
 
-def run(ctx: StageContext, args=None) -> dict[str, object]:
+@dataclass(frozen=True)
+class ClusterDecision:
+    """What the training did to the champion alias (`cluster/champion_decision.json`)."""
+
+    model_version: str
+    promoted: bool
+    reason: str
+    champion_version: str | None
+
+    def as_dict(self) -> dict[str, object]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class ClusterResult:
+    as_of: dt.date
+    customers: int
+    features_version: int
+    k: int
+    silhouette: float
+    model_version: str  # the registered version that wrote the snapshot
+    version: int | None  # the customer_clusters version written
+    table: str
+    mlflow_run_id: str
+    names: dict[int, str]
+    decision: ClusterDecision
+
+
+@dataclass(frozen=True)
+class _Clustering:
+    best: Candidate
+    candidates: list[Candidate]
+    space: Space
+    matching: Matching
+    assigned: DataFrame  # customer_id, cluster_id, distance_to_centroid (not computed yet)
+    profiles: list[dict]
+    names: dict[int, str]
+
+
+def run(ctx: StageContext, args=None) -> ClusterResult:
     config, settings = ctx.config, ctx.config.cluster
     target = ctx.table("customer_clusters")
     with tracking.stage_run(config, "cluster", ctx.pipeline_run_id) as parent, stage("cluster") as summary:
@@ -85,39 +127,70 @@ def run(ctx: StageContext, args=None) -> dict[str, object]:
             if count == 0:
                 raise DataQualityError(f"{source} has no snapshot as of {as_of}")
             summary.update(as_of=as_of.isoformat(), customers=count, features_version=version)
-            tracking.log_delta_input(source, version, context="customer_features")
-            mlflow.set_tag("as_of", as_of.isoformat())
-            mlflow.log_params({"as_of": as_of.isoformat(), **{k: str(v) for k, v in settings.model_dump().items()}})
+            _record_inputs(source, version, as_of, settings)
 
-            candidates = _fit_candidates(ctx, customers, count, as_of, source, version)
-            best = choose_k(candidates)
-            space = model_space(best.model, settings)
             client = MlflowClient()
             champion = _champion(client, settings.registered_model)
-            matching = match_to_reference(space, champion.reference if champion else None, settings.max_match_distance)
-            assigned = assign_clusters(best.model, customers, space, matching.ids)
-            profiles = [r.asDict() for r in cluster_profiles(customers.join(assigned, on="customer_id", how="inner"), settings.features).collect()]
-            names = cluster_names(profiles, matching.inherited_names)
-            reference_now = ReferenceClusters(space.inputs, space.centroids, matching.ids, [names[i] for i in matching.ids])
-            # Logged before the model can become champion: the next retrain matches against it.
-            mlflow.log_dict(reference_now.as_dict(), CENTROIDS_ARTIFACT)
-
-            model_version = _register(with_cluster_ids(best.model, matching.ids), customers, settings)
-            decision = _decide(client, settings, model_version, best.silhouette, champion)
-            snapshot = _with_names(assigned, names).select(
-                "customer_id", F.lit(as_of).alias("as_of_date"), "cluster_id", "cluster_name",
-                "distance_to_centroid", F.lit(int(model_version)).alias("model_version"),
-            )
-            result = tables.write_snapshot(snapshot.select(*CLUSTER_COLUMNS), target, as_of, run_id=ctx.pipeline_run_id)
-            tracking.log_delta_output(target, result.version)
+            clustering = _compute(ctx, customers, count, as_of, source, version, champion)
+            model_version, decision = _register_and_decide(client, clustering, customers, champion, settings)
+            written = _write(ctx, clustering, as_of, model_version, target)
         finally:
             customers.unpersist()
 
-        _log_parent(best, candidates, space, matching.ids, names, profiles, decision)
+        best = clustering.best
+        result = ClusterResult(as_of, count, version, best.k, best.silhouette, model_version, written, target.location,
+                               parent.info.run_id, clustering.names, decision)
         summary.update(k=best.k, silhouette=round(best.silhouette, 4), model_version=model_version,
-                       champion=decision["champion_version"], version=result.version, table=target.location)
-        print(report(best, candidates, profiles, names, decision), flush=True)
-    return {**summary, "mlflow_run_id": parent.info.run_id, "names": names, "decision": decision}
+                       champion=decision.champion_version, version=written, table=target.location)
+        _record(clustering, decision)
+    return result
+
+
+def _record_inputs(source, version: int, as_of: dt.date, settings) -> None:
+    tracking.log_delta_input(source, version, context="customer_features")
+    mlflow.set_tag("as_of", as_of.isoformat())
+    mlflow.log_params({"as_of": as_of.isoformat(), **{k: str(v) for k, v in settings.model_dump().items()}})
+
+
+def _compute(ctx: StageContext, customers: DataFrame, count: int, as_of, source, version: int, champion: Champion | None) -> _Clustering:
+    """Fit a candidate per k (a child run each), keep the best, match its clusters to the
+    champion's, assign and profile every customer, and name the clusters."""
+    settings = ctx.config.cluster
+    candidates = _fit_candidates(ctx, customers, count, as_of, source, version)
+    best = choose_k(candidates)
+    space = model_space(best.model, settings)
+    matching = match_to_reference(space, champion.reference if champion else None, settings.max_match_distance)
+    assigned = assign_clusters(best.model, customers, space, matching.ids)
+    profiles = [r.asDict() for r in cluster_profiles(customers.join(assigned, on="customer_id", how="inner"), settings.features).collect()]
+    names = cluster_names(profiles, matching.inherited_names)
+    return _Clustering(best, candidates, space, matching, assigned, profiles, names)
+
+
+def _register_and_decide(client: MlflowClient, clustering: _Clustering, customers: DataFrame, champion: Champion | None,
+                         settings) -> tuple[str, ClusterDecision]:
+    """Register the best model as a new version and move the champion alias by the rule."""
+    ids, names = clustering.matching.ids, clustering.names
+    reference_now = ReferenceClusters(clustering.space.inputs, clustering.space.centroids, ids, [names[i] for i in ids])
+    # Logged before the model can become champion: the next retrain matches against it.
+    mlflow.log_dict(reference_now.as_dict(), CENTROIDS_ARTIFACT)
+    model_version = _register(with_cluster_ids(clustering.best.model, ids), customers, settings)
+    return model_version, _decide(client, settings, model_version, clustering.best.silhouette, champion)
+
+
+def _write(ctx: StageContext, clustering: _Clustering, as_of, model_version: str, target) -> int | None:
+    snapshot = _with_names(clustering.assigned, clustering.names).select(
+        "customer_id", F.lit(as_of).alias("as_of_date"), "cluster_id", "cluster_name",
+        "distance_to_centroid", F.lit(int(model_version)).alias("model_version"),
+    )
+    result = tables.write_snapshot(snapshot.select(*CLUSTER_COLUMNS), target, as_of, run_id=ctx.pipeline_run_id)
+    tracking.log_delta_output(target, result.version)
+    return result.version
+
+
+def _record(clustering: _Clustering, decision: ClusterDecision) -> None:
+    best, names, profiles = clustering.best, clustering.names, clustering.profiles
+    _log_parent(best, clustering.candidates, clustering.space, clustering.matching.ids, names, profiles, decision)
+    print(report(best, clustering.candidates, profiles, names, decision), flush=True)
 
 
 def _fit_candidates(ctx: StageContext, customers: DataFrame, count: int, as_of, source, version: int) -> list[Candidate]:
@@ -222,7 +295,7 @@ def _register(model: PipelineModel, customers: DataFrame, settings) -> str:
     return registry.register_spark_model(model, settings.registered_model, sample.toPandas(), predictions)
 
 
-def _decide(client: MlflowClient, settings, version: str, silhouette: float, champion: Champion | None) -> dict:
+def _decide(client: MlflowClient, settings, version: str, silhouette: float, champion: Champion | None) -> ClusterDecision:
     """Move the champion alias only by the configured rule; the decision is logged either way."""
     current = champion.version if champion else None
     # A champion whose run logged no silhouette (its job stopped after the promotion) is
@@ -232,14 +305,13 @@ def _decide(client: MlflowClient, settings, version: str, silhouette: float, cha
     decision = decide_promotion(silhouette, compared, rule)
     registry.record_decision(client, settings.registered_model, version, decision)
     log.info("model version %s %s as %s: %s", version, "promoted" if decision.promote else "not promoted", CHAMPION, decision.reason)
-    return {"model_version": version, "promoted": decision.promote, "reason": decision.reason,
-            "champion_version": version if decision.promote else current}
+    return ClusterDecision(version, decision.promote, decision.reason, version if decision.promote else current)
 
 
-def _log_parent(best: Candidate, candidates, space: Space, ids, names, profiles, decision) -> None:
+def _log_parent(best: Candidate, candidates, space: Space, ids, names, profiles, decision: ClusterDecision) -> None:
     mlflow.log_metrics({"silhouette": best.silhouette, "cost": best.cost, "k": best.k})
     mlflow.log_dict({"profiles": profiles, "names": {str(k): v for k, v in names.items()}}, "cluster/profiles.json")
-    mlflow.log_dict(decision, "cluster/champion_decision.json")
+    mlflow.log_dict(decision.as_dict(), "cluster/champion_decision.json")
     mlflow.log_dict(
         {"inputs": space.inputs, "centroids_standardised": {str(i): row.tolist() for i, row in zip(ids, space.centroids_scaled)}},
         "cluster/centroids_standardised.json",
@@ -283,7 +355,7 @@ def _plot_heatmap(space: Space, ids, names):
     return figure
 
 
-def report(best: Candidate, candidates, profiles, names, decision) -> str:
+def report(best: Candidate, candidates, profiles, names, decision: ClusterDecision) -> str:
     lines = ["", "K-means candidates:"]
     lines += [f"  k={c.k}: silhouette {c.silhouette:.4f}, cost {c.cost:,.1f}" for c in candidates]
     lines += [f"Chosen k={best.k}. Clusters:"]
@@ -293,5 +365,5 @@ def report(best: Candidate, candidates, profiles, names, decision) -> str:
             f"  {p['cluster_id']:>3}  {names[p['cluster_id']]:<{width}}{p['customers']:>10,}  "
             f"{100 * p['customer_share']:5.1f}% of customers  {100 * (p['revenue_share'] or 0):5.1f}% of revenue"
         )
-    lines.append(f"Model version {decision['model_version']}: {'promoted to champion' if decision['promoted'] else 'not promoted'} ({decision['reason']})")
+    lines.append(f"Model version {decision.model_version}: {'promoted to champion' if decision.promoted else 'not promoted'} ({decision.reason})")
     return "\n".join(lines) + "\n"

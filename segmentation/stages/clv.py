@@ -12,9 +12,11 @@ as_of minus the holdout, and the predictions are compared with what customers bo
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import json
 import logging
+from dataclasses import dataclass
 
 import mlflow
 import pandas as pd
@@ -69,51 +71,114 @@ def config_overrides(args: argparse.Namespace) -> list[str]:
     return overrides
 
 
-def run(ctx: StageContext, args: argparse.Namespace | None = None) -> dict[str, object]:
-    config, spark, settings = ctx.config, ctx.spark, ctx.config.clv
+@dataclass(frozen=True)
+class ClvTotals:
+    """Aggregates of the written snapshot (the holdout ones are None without a holdout)."""
+
+    customers: int
+    mean_probability_alive: float | None
+    expected_purchases: float | None
+    total_clv: float | None
+    customers_without_clv: int
+    holdout_expected_purchases: float | None
+    holdout_purchases: int | None
+    holdout_mae: float | None
+    holdout_rmse: float | None
+
+    def as_dict(self) -> dict[str, float | int | None]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class ClvResult:
+    as_of: dt.date
+    calibration_end: dt.date  # the snapshot date of customer_clv: as_of minus clv.holdout_days
+    transactions_version: int
+    bgnbd: BgNbdFit
+    gamma_gamma: GammaGammaFit | None  # None when no customer has a repeat purchase of positive value
+    frequency_spend_correlation: float | None
+    totals: ClvTotals
+    version: int | None  # the customer_clv version written
+    table: str
+
+    def fitted(self) -> dict[str, object]:
+        """The fitted models as `clv/fit.json` and `--json` show them."""
+        return fitted_summary(self.bgnbd, self.gamma_gamma, self.frequency_spend_correlation)
+
+
+@dataclass(frozen=True)
+class _Fit:
+    bgnbd: BgNbdFit
+    spend: GammaGammaFit | None
+    correlation: float | None
+    snapshot: DataFrame  # the rows of customer_clv, not computed yet
+
+
+def run(ctx: StageContext, args: argparse.Namespace | None = None) -> ClvResult:
+    config, settings = ctx.config, ctx.config.clv
     target = ctx.table("customer_clv")
     with tracking.stage_run(config, "clv", ctx.pipeline_run_id), stage("clv") as summary_log:
         source, version, transactions = ctx.read_transactions()
         as_of = ctx.as_of(transactions, source)
         calibration_end = as_of - dt.timedelta(days=settings.holdout_days)
-        unit_days = UNIT_DAYS[settings.time_unit]
-        scoring = ScoringSettings.from_days(settings.horizon_days, settings.months, settings.monthly_discount_rate, unit_days)
+        scoring = ScoringSettings.from_days(settings.horizon_days, settings.months, settings.monthly_discount_rate, UNIT_DAYS[settings.time_unit])
         summary_log.update(as_of=as_of.isoformat(), calibration_end=calibration_end.isoformat(), transactions_version=version)
-        tracking.log_delta_input(source, version, context="transactions")
-        mlflow.set_tags({"as_of": as_of.isoformat(), "calibration_end": calibration_end.isoformat()})
-        mlflow.log_params({
-            "as_of": as_of.isoformat(), "calibration_end": calibration_end.isoformat(), **settings.model_dump(),
-        })
+        _record_inputs(source, version, as_of, calibration_end, settings)
 
         customers = clv_summary(transactions, calibration_end, settings.time_unit).persist(StorageLevel.MEMORY_AND_DISK)
         try:
             if customers.isEmpty():
                 raise DataQualityError(f"no customer has a purchase on or before {calibration_end} in {source}")
-            bgnbd = fit_purchases(customers, settings)
-            spend = _fit_spend(customers, settings)
-            correlation = frequency_spend_correlation(customers)
-            scored = with_clv_scores(customers, bgnbd.params, spend.params if spend else None, scoring)
-            scored = _with_holdout(scored, transactions, settings, calibration_end, as_of, bgnbd, unit_days)
-            snapshot = scored.select(*[F.col(c) for c in CLV_COLUMNS if c != "as_of_date"], F.lit(calibration_end).alias("as_of_date"))
-            result = tables.write_snapshot(snapshot.select(*CLV_COLUMNS), target, calibration_end, run_id=ctx.pipeline_run_id)
-            tracking.log_delta_output(target, result.version)
-            written = tables.read(spark, target, result.version).where(F.col("as_of_date") == F.lit(calibration_end))
-            totals = _totals(written)
-            by_frequency = [r.asDict() for r in holdout_by_frequency(written).collect()] if settings.holdout_days else []
+            fit = _compute(customers, transactions, settings, scoring, calibration_end, as_of)
+            written, totals, by_frequency = _write(ctx, fit.snapshot, target, calibration_end, settings)
         finally:
             customers.unpersist()
 
-        fitted = _fitted(bgnbd, spend, correlation)
-        summary_log.update(customers=totals["customers"], triples=bgnbd.triples, version=result.version, table=target.location)
-        _log_run(fitted, totals, bgnbd, spend, scoring, calibration_end)
-        if by_frequency:
-            mlflow.log_dict({"by_calibration_frequency": by_frequency}, "clv/holdout.json")
-            mlflow.log_figure(plot_holdout(by_frequency, 7, settings.time_unit, settings.holdout_days), "clv/holdout.png")
-        if getattr(args, "json", False):
-            print(json.dumps({"as_of": as_of.isoformat(), "calibration_end": calibration_end.isoformat(), **fitted, **totals}, indent=2), flush=True)
-        else:
-            print(report(fitted, totals, settings.time_unit), flush=True)
-    return {**summary_log, **fitted, **totals}
+        result = ClvResult(as_of, calibration_end, version, fit.bgnbd, fit.spend, fit.correlation, totals, written, target.location)
+        summary_log.update(customers=totals.customers, triples=fit.bgnbd.triples, version=written, table=target.location)
+        _record(result, scoring, by_frequency, settings, getattr(args, "json", False))
+    return result
+
+
+def _record_inputs(source, version: int, as_of: dt.date, calibration_end: dt.date, settings) -> None:
+    tracking.log_delta_input(source, version, context="transactions")
+    mlflow.set_tags({"as_of": as_of.isoformat(), "calibration_end": calibration_end.isoformat()})
+    mlflow.log_params({
+        "as_of": as_of.isoformat(), "calibration_end": calibration_end.isoformat(), **settings.model_dump(),
+    })
+
+
+def _compute(customers: DataFrame, transactions: DataFrame, settings, scoring: ScoringSettings, calibration_end, as_of) -> _Fit:
+    """Fit both models on the customers' summary and score them (lazily) into customer_clv's rows."""
+    bgnbd = fit_purchases(customers, settings)
+    spend = _fit_spend(customers, settings)
+    correlation = frequency_spend_correlation(customers)
+    scored = with_clv_scores(customers, bgnbd.params, spend.params if spend else None, scoring)
+    scored = _with_holdout(scored, transactions, settings, calibration_end, as_of, bgnbd, UNIT_DAYS[settings.time_unit])
+    snapshot = scored.select(*[F.col(c) for c in CLV_COLUMNS if c != "as_of_date"], F.lit(calibration_end).alias("as_of_date"))
+    return _Fit(bgnbd, spend, correlation, snapshot.select(*CLV_COLUMNS))
+
+
+def _write(ctx: StageContext, snapshot: DataFrame, target, calibration_end, settings) -> tuple[int | None, ClvTotals, list[dict]]:
+    """Replace the calibration end's snapshot; the totals and the holdout check of what was written."""
+    result = tables.write_snapshot(snapshot, target, calibration_end, run_id=ctx.pipeline_run_id)
+    tracking.log_delta_output(target, result.version)
+    written = tables.read(ctx.spark, target, result.version).where(F.col("as_of_date") == F.lit(calibration_end))
+    by_frequency = [r.asDict() for r in holdout_by_frequency(written).collect()] if settings.holdout_days else []
+    return result.version, _totals(written), by_frequency
+
+
+def _record(result: ClvResult, scoring: ScoringSettings, by_frequency: list[dict], settings, as_json: bool) -> None:
+    fitted = result.fitted()
+    _log_run(fitted, result.totals, result.bgnbd, result.gamma_gamma, scoring, result.calibration_end)
+    if by_frequency:
+        mlflow.log_dict({"by_calibration_frequency": by_frequency}, "clv/holdout.json")
+        mlflow.log_figure(plot_holdout(by_frequency, 7, settings.time_unit, settings.holdout_days), "clv/holdout.png")
+    if as_json:
+        print(json.dumps({"as_of": result.as_of.isoformat(), "calibration_end": result.calibration_end.isoformat(),
+                          **fitted, **result.totals.as_dict()}, indent=2), flush=True)
+    else:
+        print(report(fitted, result.totals, settings.time_unit), flush=True)
 
 
 def fit_purchases(customers: DataFrame, settings) -> BgNbdFit:
@@ -129,16 +194,24 @@ def _fit_spend(customers: DataFrame, settings) -> GammaGammaFit | None:
     return _fit_weighted(groups, ["x", "m"], settings.max_driver_rows, fit_gamma_gamma, fit_gamma_gamma_rows, settings.spend_penalizer, "Gamma-Gamma spend groups")
 
 
+def too_few_to_fit(what: str, columns: list[str], customers: int) -> str:
+    """Why one distinct row cannot be fitted: no penalizer helps, the models describe how customers differ."""
+    values = f"({', '.join(columns)})"
+    who = "1 customer" if customers == 1 else f"{customers:,} customers all with the same {values}"
+    return f"{what}: {who}, too few to fit; the model needs customers whose {values} differ"
+
+
+def fits_on_driver(rows: int, max_driver_rows: int) -> bool:
+    """Whether `rows` distinct weighted rows are few enough to collect (else the likelihood is summed in Spark)."""
+    return rows <= max_driver_rows
+
+
 def _fit_weighted(rows: DataFrame, columns, limit: int, fit_local, fit_rows, penalizer: float, what: str):
     """Fit on the driver when the distinct rows are few enough to collect, else in Spark."""
     count = rows.count()
     if count == 1:
-        # No penalizer helps here: the models describe how customers differ.
-        customers = int(rows.first()["weight"])
-        values = f"({', '.join(columns)})"
-        who = "1 customer" if customers == 1 else f"{customers:,} customers all with the same {values}"
-        raise DataQualityError(f"{what}: {who}, too few to fit; the model needs customers whose {values} differ")
-    if count <= limit:
+        raise DataQualityError(too_few_to_fit(what, columns, int(rows.first()["weight"])))
+    if fits_on_driver(count, limit):
         log.info("fitting on %d %s collected to the driver", count, what)
         return fit_local(rows.select(*columns, "weight").toPandas(), penalizer=penalizer)
     log.info("fitting on %d %s summed in Spark (more than clv.max_driver_rows=%d)", count, what, limit)
@@ -162,7 +235,7 @@ def _with_holdout(scored: DataFrame, transactions, settings, calibration_end, as
     )
 
 
-def _totals(snapshot: DataFrame) -> dict[str, float | int | None]:
+def _totals(snapshot: DataFrame) -> ClvTotals:
     """Aggregates of the written snapshot (and of the holdout check, when there is one)."""
     error = F.col("holdout_expected_purchases") - F.col("holdout_purchases")
     row = snapshot.agg(
@@ -176,10 +249,10 @@ def _totals(snapshot: DataFrame) -> dict[str, float | int | None]:
         F.avg(F.abs(error)).alias("holdout_mae"),
         F.sqrt(F.avg(error * error)).alias("holdout_rmse"),
     ).first()
-    return {key: value for key, value in row.asDict().items()}
+    return ClvTotals(**row.asDict())
 
 
-def _fitted(bgnbd: BgNbdFit, spend: GammaGammaFit | None, correlation: float | None) -> dict[str, object]:
+def fitted_summary(bgnbd: BgNbdFit, spend: GammaGammaFit | None, correlation: float | None) -> dict[str, object]:
     fitted: dict[str, object] = {
         "bgnbd": {**bgnbd.params.as_dict(), "log_likelihood": bgnbd.log_likelihood,
                   "standard_errors": bgnbd.standard_errors.as_dict(), "triples": bgnbd.triples, "customers": bgnbd.customers},
@@ -192,7 +265,7 @@ def _fitted(bgnbd: BgNbdFit, spend: GammaGammaFit | None, correlation: float | N
     return fitted
 
 
-def report(fitted: dict, totals: dict, time_unit: str) -> str:
+def report(fitted: dict, totals: ClvTotals, time_unit: str) -> str:
     b, g = fitted["bgnbd"], fitted["gamma_gamma"]
     se = b["standard_errors"]
     lines = [
@@ -210,18 +283,18 @@ def report(fitted: dict, totals: dict, time_unit: str) -> str:
             f"  correlation of frequency and spend: {fitted['frequency_spend_correlation']:.3f} (the model assumes none)",
         ]
     lines.append(
-        f"Scored {totals['customers']:,} customers: mean P(alive) {totals['mean_probability_alive']:.3f}, "
-        f"expected purchases {totals['expected_purchases']:,.1f}, total CLV {totals['total_clv'] or 0:,.2f}"
+        f"Scored {totals.customers:,} customers: mean P(alive) {totals.mean_probability_alive:.3f}, "
+        f"expected purchases {totals.expected_purchases:,.1f}, total CLV {totals.total_clv or 0:,.2f}"
     )
-    if totals["holdout_purchases"] is not None:
+    if totals.holdout_purchases is not None:
         lines.append(
-            f"Holdout: predicted {totals['holdout_expected_purchases']:,.1f} repeat purchases, actual "
-            f"{totals['holdout_purchases']:,}; per customer MAE {totals['holdout_mae']:.3f}, RMSE {totals['holdout_rmse']:.3f}"
+            f"Holdout: predicted {totals.holdout_expected_purchases:,.1f} repeat purchases, actual "
+            f"{totals.holdout_purchases:,}; per customer MAE {totals.holdout_mae:.3f}, RMSE {totals.holdout_rmse:.3f}"
         )
     return "\n".join(lines) + "\n"
 
 
-def _log_run(fitted, totals, bgnbd: BgNbdFit, spend: GammaGammaFit | None, scoring: ScoringSettings, calibration_end) -> None:
+def _log_run(fitted, totals: ClvTotals, bgnbd: BgNbdFit, spend: GammaGammaFit | None, scoring: ScoringSettings, calibration_end) -> None:
     metrics = {f"bgnbd.{k}": v for k, v in bgnbd.params.as_dict().items()}
     metrics.update({f"bgnbd.se.{k}": v for k, v in bgnbd.standard_errors.as_dict().items()})
     metrics.update({"bgnbd.log_likelihood": bgnbd.log_likelihood, "bgnbd.triples": bgnbd.triples, "bgnbd.iterations": bgnbd.iterations})
@@ -231,7 +304,7 @@ def _log_run(fitted, totals, bgnbd: BgNbdFit, spend: GammaGammaFit | None, scori
         metrics.update({"gamma_gamma.log_likelihood": spend.log_likelihood, "gamma_gamma.groups": spend.groups})
     if fitted["frequency_spend_correlation"] is not None:
         metrics["frequency_spend_correlation"] = fitted["frequency_spend_correlation"]
-    metrics.update({k: float(v) for k, v in totals.items() if v is not None})
+    metrics.update({k: float(v) for k, v in totals.as_dict().items() if v is not None})
     mlflow.log_metrics(metrics)
     mlflow.log_dict(fitted, "clv/fit.json")
     model = ClvModel(bgnbd.params, spend.params if spend else None, scoring)

@@ -86,19 +86,20 @@ def run_benchmark(args) -> None:
     )
     theirs = json.loads(child.stdout.strip().splitlines()[-1])
 
-    ours_params = {**ours["bgnbd"], **(ours["gamma_gamma"] or {})}
+    fitted = ours.fitted()
+    ours_params = {**fitted["bgnbd"], **(fitted["gamma_gamma"] or {})}
     rows = [
-        ("customers", f"{ours['customers']:,}", f"{theirs['customers']:,}"),
-        ("distinct (x, t_x, T) triples fitted", f"{ours['bgnbd']['triples']:,}", f"{theirs['customers']:,} rows"),
+        ("customers", f"{ours.totals.customers:,}", f"{theirs['customers']:,}"),
+        ("distinct (x, t_x, T) triples fitted", f"{ours.bgnbd.triples:,}", f"{theirs['customers']:,} rows"),
         ("seconds: summary + fit + score (+ Delta write, MLflow for ours)", f"{ours_seconds:.1f}", f"{theirs['seconds']['total']:.1f}"),
         ("  of which summary", "(in the stage)", f"{theirs['seconds']['summary']:.1f}"),
         ("  of which BG/NBD + Gamma-Gamma fit", "(in the stage)", f"{theirs['seconds']['fit']:.1f}"),
         ("  of which scoring", "(in the stage)", f"{theirs['seconds']['score']:.1f}"),
         ("peak memory, MB", f"JVM {jvm_peak_mb:,.0f} + Python {python_peak_mb:,.0f}", f"{theirs['peak_mb']:,.0f}"),
         *[(p, f"{ours_params[p]:.6f}", f"{theirs['params'][p]:.6f}") for p in PARAMS],
-        ("BG/NBD log-likelihood", f"{ours['bgnbd']['log_likelihood']:,.2f}", f"{theirs['bgnbd_log_likelihood']:,.2f}"),
-        ("sum of expected purchases (90 days)", f"{ours['expected_purchases']:,.1f}", f"{theirs['expected_purchases']:,.1f}"),
-        ("total CLV (12 months, 1%/month)", f"{ours['total_clv']:,.0f}", f"{theirs['total_clv']:,.0f}"),
+        ("BG/NBD log-likelihood", f"{ours.bgnbd.log_likelihood:,.2f}", f"{theirs['bgnbd_log_likelihood']:,.2f}"),
+        ("sum of expected purchases (90 days)", f"{ours.totals.expected_purchases:,.1f}", f"{theirs['expected_purchases']:,.1f}"),
+        ("total CLV (12 months, 1%/month)", f"{ours.totals.total_clv:,.0f}", f"{theirs['total_clv']:,.0f}"),
     ]
     table = ["| | segmentation (Spark, local[2]) | lifetimes 0.11.3 (pandas) |", "|---|---|---|"]
     table += [f"| {name} | {a} | {b} |" for name, a, b in rows]

@@ -35,63 +35,63 @@ def trained(spark, tmp_path_factory):
 
 def test_the_model_beats_the_recency_rule_and_is_calibrated(trained):
     _, result = trained
-    model, recency, dropout = (result["metrics"][name] for name in (churn.MODEL, churn.RECENCY, churn.DROPOUT))
+    model, recency, dropout = (result.metrics[name] for name in (churn.MODEL, churn.RECENCY, churn.DROPOUT))
     assert model["pr_auc"] > recency["pr_auc"]
     assert model["pr_auc"] > dropout["pr_auc"]
     assert model["roc_auc"] > 0.75
     assert model["calibration_error"] < CALIBRATION_BOUND
-    assert model["rows"] == recency["rows"] == dropout["rows"] == result["labels"]["evaluation_rows"]
+    assert model["rows"] == recency["rows"] == dropout["rows"] == result.labels.evaluation_rows
     assert model["lift_10"] > 1.0 and 0 < model["capture_10"] < model["capture_20"] <= 1
-    confusion = result["confusion"]
-    assert sum(confusion.values()) == result["labels"]["evaluation_rows"]
+    confusion = result.confusion
+    assert sum(confusion.values()) == result.labels.evaluation_rows
     flagged = confusion["true_positives"] + confusion["false_positives"]
-    assert flagged / result["labels"]["evaluation_rows"] == pytest.approx(0.2, abs=0.02)  # the contact budget
+    assert flagged / result.labels.evaluation_rows == pytest.approx(0.2, abs=0.02)  # the contact budget
 
 
 def test_cutoffs_labels_and_artifacts_are_in_the_run(trained):
     ctx, result = trained
     tracking.configure_mlflow(ctx.config)
     client = MlflowClient()
-    run = client.get_run(result["mlflow_run_id"])
+    run = client.get_run(result.mlflow_run_id)
     tags, metrics = run.data.tags, run.data.metrics
     assert tags["stage"] == "churn.train" and tags["out_of_time"] == "true"
-    assert tags["evaluation_cutoff"] == result["evaluation_cutoff"] and len(tags["training_cutoffs"].split(",")) == 4
-    assert tags["horizon_days"] == "90" and tags["input.transactions.version"] == str(result["transactions_version"])
+    assert tags["evaluation_cutoff"] == result.evaluation_cutoff.isoformat() and len(tags["training_cutoffs"].split(",")) == 4
+    assert tags["horizon_days"] == "90" and tags["input.transactions.version"] == str(result.transactions_version)
     for key in ("roc_auc", "pr_auc", "lift_10", "capture_20", "brier", "calibration_error", "baseline_recency_pr_auc",
                 "baseline_p_alive_pr_auc", "baseline_p_alive_brier", "threshold", "true_positives"):
         assert key in metrics, key
-    assert metrics["pr_auc"] == pytest.approx(result["metrics"]["model"]["pr_auc"])
+    assert metrics["pr_auc"] == pytest.approx(result.metrics["model"]["pr_auc"])
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "churn")}
     assert {f"churn/{name}" for name in ("roc.png", "precision_recall.png", "cumulative_gains.png", "calibration.png",
             "feature_importance.png", "evaluation.json", "operating_point.json", "champion_decision.json")} <= artifacts
-    assert sum(result["importance"].values()) == pytest.approx(1.0)
-    per_cutoff = result["labels"]["per_cutoff"]
+    assert sum(result.importance.values()) == pytest.approx(1.0)
+    per_cutoff = result.labels.per_cutoff
     assert sorted(per_cutoff) == tags["training_cutoffs"].split(",")
-    assert sum(c["rows"] for c in per_cutoff.values()) == result["labels"]["training_rows"]
+    assert sum(c["rows"] for c in per_cutoff.values()) == result.labels.training_rows
     # The rows come from a sample of about 2,000 of the 3,000 customers (churn.sample_customers).
-    sample = result["labels"]["sample"]
-    assert sample["sample_customers"] == 2000 and 2900 <= sample["customers"] <= 3100
-    assert metrics["sample_fraction"] == pytest.approx(2000 / sample["customers"])
+    sample = result.labels.sample
+    assert sample.sample_customers == 2000 and 2900 <= sample.customers <= 3100
+    assert metrics["sample_fraction"] == pytest.approx(2000 / sample.customers)
 
 
 def test_first_model_is_champion_and_a_worse_challenger_stays_challenger(spark, trained):
     ctx, result = trained
-    assert result["decision"]["promoted"] and result["decision"]["reason"] == "no champion yet"
+    assert result.decision.promoted and result.decision.reason == "no champion yet"
     weak = StageContext(
         make_config(ctx.config.root, *SETTINGS, "churn.model=logistic_regression", "churn.features=[return_rate]"), spark
     )
     second = churn.train(weak)
-    decision = second["decision"]
-    assert second["metrics"]["model"]["pr_auc"] < result["metrics"]["model"]["pr_auc"]
-    assert not decision["promoted"] and decision["champion_version"] == "1" and decision["model_version"] == "2"
+    decision = second.decision
+    assert second.metrics["model"]["pr_auc"] < result.metrics["model"]["pr_auc"]
+    assert not decision.promoted and decision.champion_version == "1" and decision.model_version == "2"
     # The champion was re-scored on the challenger's evaluation rows (the same cutoff, the same rows).
-    assert decision["champion_value"] == pytest.approx(result["metrics"]["model"]["pr_auc"], abs=1e-9)
+    assert decision.champion_value == pytest.approx(result.metrics["model"]["pr_auc"], abs=1e-9)
     client = MlflowClient()
     assert client.get_model_version_by_alias("churn_classifier", "champion").version == 1
     assert client.get_model_version_by_alias("churn_classifier", "challenger").version == 2
-    run = client.get_run(second["mlflow_run_id"])
+    run = client.get_run(second.mlflow_run_id)
     assert run.data.tags["champion_decision"] == "kept" and "does not beat champion version 1" in run.data.tags["champion_reason"]
-    assert run.data.metrics["champion_pr_auc"] == pytest.approx(decision["champion_value"])
+    assert run.data.metrics["champion_pr_auc"] == pytest.approx(decision.champion_value)
 
 
 def test_score_uses_the_champion_and_replaces_its_snapshot(spark, trained):
@@ -100,15 +100,15 @@ def test_score_uses_the_champion_and_replaces_its_snapshot(spark, trained):
     first = churn.score(ctx)
     scored = tables.read(spark, ctx.table("customer_churn"))
     assert scored.columns == churn.CHURN_COLUMNS
-    snapshot = tables.read(spark, ctx.table("customer_features")).where(F.col("as_of_date") == first["as_of"])
+    snapshot = tables.read(spark, ctx.table("customer_features")).where(F.col("as_of_date") == first.as_of)
     eligible = snapshot.where(F.col("recency_days") < ctx.config.churn.lookback_days)
-    assert scored.count() == eligible.count() == first["customers"]
-    assert first["customers"] + first["not_eligible"] == snapshot.count()
+    assert scored.count() == eligible.count() == first.customers
+    assert first.customers + first.not_eligible == snapshot.count()
     assert scored.join(eligible, "customer_id", "left_anti").count() == 0
     assert {r[0] for r in scored.select("model_version").distinct().collect()} == {1}  # champion, not the newer challenger
     assert scored.where((F.col("churn_probability") < 0) | (F.col("churn_probability") > 1)).count() == 0
     tiers = {r[0]: r[1] for r in scored.groupBy("churn_risk_tier").count().collect()}
-    assert set(tiers) <= {"critical", "high", "medium", "low"} and tiers == {k: v for k, v in first["risk_tiers"].items() if v}
+    assert set(tiers) <= {"critical", "high", "medium", "low"} and tiers == {k: v for k, v in first.risk_tiers.items() if v}
     high = scored.where(F.col("churn_risk_tier") == "critical").agg(F.min("churn_probability")).first()[0]
     assert high is None or high >= 0.75
     # The champion loads the same way for a reviewer, through the registry alias.
@@ -123,7 +123,7 @@ def test_score_uses_the_champion_and_replaces_its_snapshot(spark, trained):
     assert len(predicted) == 200 and all(0.0 <= p <= 1.0 for p in predicted.values())
     assert expected and {c: predicted[c] for c in expected} == pytest.approx(expected, abs=1e-9)
     churn.score(ctx)
-    assert tables.read(spark, ctx.table("customer_churn")).count() == first["customers"]
+    assert tables.read(spark, ctx.table("customer_churn")).count() == first.customers
 
 
 def test_scoring_without_a_champion_says_what_to_run(spark, trained, capsys):
@@ -142,7 +142,7 @@ def test_a_champion_for_another_horizon_is_not_compared_but_replaced(spark, trai
         ctx.config.root, *SETTINGS, "churn.horizon_days=60", "churn.model=logistic_regression", "churn.features=[return_rate]",
     ), spark)
     result = churn.train(other)
-    decision = result["decision"]
-    assert decision["promoted"] and decision["champion_value"] is None
-    assert "predicts no purchase in 90 days, not the configured 60" in decision["reason"]
-    assert MlflowClient().get_model_version_by_alias("churn_classifier", "champion").version == int(decision["model_version"])
+    decision = result.decision
+    assert decision.promoted and decision.champion_value is None
+    assert "predicts no purchase in 90 days, not the configured 60" in decision.reason
+    assert MlflowClient().get_model_version_by_alias("churn_classifier", "champion").version == int(decision.model_version)

@@ -36,23 +36,23 @@ def first(spark, tmp_path_factory):
 
 def test_every_customer_of_the_snapshot_gets_a_named_cluster(first):
     ctx, result = first
-    snapshot = tables.read(ctx.spark, ctx.table("customer_features")).where(F.col("as_of_date") == result["as_of"])
+    snapshot = tables.read(ctx.spark, ctx.table("customer_features")).where(F.col("as_of_date") == result.as_of)
     clusters = tables.read(ctx.spark, ctx.table("customer_clusters"))
     assert clusters.columns == cluster.CLUSTER_COLUMNS
-    assert clusters.count() == snapshot.count() == result["customers"]
+    assert clusters.count() == snapshot.count() == result.customers
     assert clusters.join(snapshot, "customer_id", "left_anti").count() == 0
     assert clusters.where(F.col("cluster_name").isNull() | F.col("distance_to_centroid").isNull()).count() == 0
     assert {r[0] for r in clusters.select("model_version").distinct().collect()} == {1}
-    assert clusters.select("cluster_id").distinct().count() == result["k"] in (3, 4)
+    assert clusters.select("cluster_id").distinct().count() == result.k in (3, 4)
 
 
 def test_runs_registry_and_champion_read_back_through_the_client(first):
     ctx, result = first
     tracking.configure_mlflow(ctx.config)
     client = MlflowClient()
-    parent = client.get_run(result["mlflow_run_id"])
-    assert parent.data.tags["stage"] == "cluster" and parent.data.tags["as_of"] == result["as_of"]
-    assert parent.data.tags["input.customer_features.version"] == str(result["features_version"])
+    parent = client.get_run(result.mlflow_run_id)
+    assert parent.data.tags["stage"] == "cluster" and parent.data.tags["as_of"] == result.as_of.isoformat()
+    assert parent.data.tags["input.customer_features.version"] == str(result.features_version)
     assert parent.data.tags["champion_decision"] == "promoted"
     children = client.search_runs(
         [parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'"
@@ -93,16 +93,16 @@ def test_a_retrain_keeps_ids_and_names_and_moves_the_champion_by_the_rule(spark,
     """Retrain on the snapshot of the day before (the data barely changes): the clusters keep
     their ids and names, and the alias follows the silhouette rule."""
     ctx, result = first
-    day_before = dt.date.fromisoformat(result["as_of"]) - dt.timedelta(days=1)
-    again = StageContext(make_config(ctx.config.root, *SETTINGS, f"cluster.k={result['k']}", f"as_of={day_before}"), spark)
+    day_before = result.as_of - dt.timedelta(days=1)
+    again = StageContext(make_config(ctx.config.root, *SETTINGS, f"cluster.k={result.k}", f"as_of={day_before}"), spark)
     features.run(again)
     second = cluster.run(again)
-    assert second["names"] == result["names"]
-    rule = second["silhouette"] >= result["silhouette"] - again.config.cluster.promote_tolerance
-    assert second["decision"]["promoted"] == rule
-    assert second["decision"]["champion_version"] == ("2" if rule else "1")
+    assert second.names == result.names
+    rule = second.silhouette >= result.silhouette - again.config.cluster.promote_tolerance
+    assert second.decision.promoted == rule
+    assert second.decision.champion_version == ("2" if rule else "1")
     clusters = tables.read(spark, ctx.table("customer_clusters"))
-    old = clusters.where(F.col("as_of_date") == result["as_of"]).select("customer_id", F.col("cluster_id").alias("old"))
+    old = clusters.where(F.col("as_of_date") == result.as_of).select("customer_id", F.col("cluster_id").alias("old"))
     new = clusters.where(F.col("as_of_date") == day_before).join(old, "customer_id")
     assert new.where(F.col("cluster_id") != F.col("old")).count() / new.count() < 0.05
 
@@ -111,7 +111,7 @@ def test_a_retrain_keeps_ids_and_names_and_moves_the_champion_by_the_rule(spark,
     with mlflow.start_run():
         current = cluster.Champion(champion, silhouette=0.9, reference=None)
         kept = cluster._decide(MlflowClient(), again.config.cluster, "2", silhouette=0.1, champion=current)
-    assert not kept["promoted"] and kept["champion_version"] == champion
+    assert not kept.promoted and kept.champion_version == champion
     assert str(MlflowClient().get_model_version_by_alias("customer_segments", "champion").version) == champion
 
 
@@ -125,15 +125,15 @@ def test_unknown_feature_names_the_key(spark, first):
 
 def test_kmeans_fits_on_a_sample_and_assigns_every_customer(spark, first):
     ctx, result = first
-    sampled = StageContext(make_config(ctx.config.root, *SETTINGS, "cluster.fit_sample=1000", f"cluster.k={result['k']}"), spark)
+    sampled = StageContext(make_config(ctx.config.root, *SETTINGS, "cluster.fit_sample=1000", f"cluster.k={result.k}"), spark)
     again = cluster.run(sampled)
     tracking.configure_mlflow(sampled.config)
     client = MlflowClient()
-    parent = client.get_run(again["mlflow_run_id"])
+    parent = client.get_run(again.mlflow_run_id)
     [child] = client.search_runs([parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
-    assert float(child.data.params["fit_sample_fraction"]) == pytest.approx(1000 / result["customers"])
+    assert float(child.data.params["fit_sample_fraction"]) == pytest.approx(1000 / result.customers)
     sizes = client.download_artifacts(child.info.run_id, "cluster_sizes.json")
     assert 900 <= sum(json.loads(Path(sizes).read_text())["cluster_sizes"]) <= 1100  # the sample, not everyone
-    clusters = tables.read(spark, ctx.table("customer_clusters")).where(F.col("as_of_date") == result["as_of"])
-    assert clusters.count() == result["customers"]
-    assert {r[0] for r in clusters.select("model_version").distinct().collect()} == {int(again["model_version"])}
+    clusters = tables.read(spark, ctx.table("customer_clusters")).where(F.col("as_of_date") == result.as_of)
+    assert clusters.count() == result.customers
+    assert {r[0] for r in clusters.select("model_version").distinct().collect()} == {int(again.model_version)}

@@ -54,12 +54,12 @@ def snapshot(ctx, day):
 
 def test_cdnow_reproduces_the_published_bgnbd_estimates(calibration):
     _, result = calibration
-    fitted = result["bgnbd"]
-    assert {k: round(fitted[k], 3) for k in PUBLISHED} == PUBLISHED
-    assert round(fitted["log_likelihood"], 1) == -9582.4
-    assert fitted["customers"] == 2357 and fitted["triples"] < 2357
-    spend = result["gamma_gamma"]  # lifetimes' documented fit: p 6.25, q 3.74, v 15.44
-    assert (round(spend["p"], 2), round(spend["q"], 2), round(spend["v"], 1)) == (6.25, 3.74, 15.4)
+    fitted = result.bgnbd
+    assert {k: round(getattr(fitted.params, k), 3) for k in PUBLISHED} == PUBLISHED
+    assert round(fitted.log_likelihood, 1) == -9582.4
+    assert fitted.customers == 2357 and fitted.triples < 2357
+    spend = result.gamma_gamma.params  # lifetimes' documented fit: p 6.25, q 3.74, v 15.44
+    assert (round(spend.p, 2), round(spend.q, 2), round(spend.v, 1)) == (6.25, 3.74, 15.4)
 
 
 def test_the_summary_is_the_published_one_customer_by_customer(calibration):
@@ -77,7 +77,7 @@ def test_the_summary_is_the_published_one_customer_by_customer(calibration):
 def test_every_customer_is_scored_without_gaps(calibration):
     ctx, result = calibration
     table = snapshot(ctx, CALIBRATION_END)
-    assert table.count() == 2357 == result["customers"]
+    assert table.count() == 2357 == result.totals.customers
     for field in SCORE_FIELDS:
         assert table.where(F.col(field).isNull() | F.isnan(field)).count() == 0, field
     assert table.where((F.col("probability_alive") < 0) | (F.col("probability_alive") > 1)).count() == 0
@@ -103,13 +103,13 @@ def test_holdout_check_and_the_fit_summed_in_spark(spark, cdnow, calibration):
     _, on_driver = calibration
     ctx = context(cdnow, spark, "as_of=1998-06-30", "clv.holdout_days=273", "clv.max_driver_rows=100")
     result = clv.run(ctx)
-    assert result["calibration_end"] == CALIBRATION_END
+    assert result.calibration_end.isoformat() == CALIBRATION_END
     for key in PUBLISHED:
-        assert result["bgnbd"][key] == pytest.approx(on_driver["bgnbd"][key], rel=1e-6)
+        assert getattr(result.bgnbd.params, key) == pytest.approx(getattr(on_driver.bgnbd.params, key), rel=1e-6)
     for key in ("p", "q", "v"):
-        assert result["gamma_gamma"][key] == pytest.approx(on_driver["gamma_gamma"][key], rel=1e-6)
-    assert result["holdout_purchases"] > 1500
-    assert result["holdout_expected_purchases"] == pytest.approx(result["holdout_purchases"], rel=0.2)
+        assert getattr(result.gamma_gamma.params, key) == pytest.approx(getattr(on_driver.gamma_gamma.params, key), rel=1e-6)
+    assert result.totals.holdout_purchases > 1500
+    assert result.totals.holdout_expected_purchases == pytest.approx(result.totals.holdout_purchases, rel=0.2)
     table = snapshot(ctx, CALIBRATION_END)
     assert table.where(F.col("holdout_purchases").isNull()).count() == 0
     tracking.configure_mlflow(ctx.config)
@@ -135,8 +135,8 @@ def test_lifetimes_agrees_on_generated_customers(spark, tmp_path):
     table = snapshot(ctx, "2025-06-30").select("x", "t_x", "T", "expected_purchases", "probability_alive").toPandas()
     oracle = BetaGeoFitter().fit(table["x"], table["t_x"], table["T"])
     for key in PUBLISHED:
-        assert result["bgnbd"][key] == pytest.approx(oracle.params_[key], rel=1e-3)
-    oracle.params_ = pd.Series({key: result["bgnbd"][key] for key in PUBLISHED})  # same parameters, same predictions
+        assert getattr(result.bgnbd.params, key) == pytest.approx(oracle.params_[key], rel=1e-3)
+    oracle.params_ = pd.Series({key: getattr(result.bgnbd.params, key) for key in PUBLISHED})  # same parameters, same predictions
     expected = oracle.conditional_expected_number_of_purchases_up_to_time(90 / 7, table["x"], table["t_x"], table["T"])
     np.testing.assert_allclose(table["expected_purchases"], expected, rtol=1e-7)
     alive = oracle.conditional_probability_alive(table["x"], table["t_x"], table["T"])

@@ -161,13 +161,13 @@ def test_cluster_decision_moves_the_alias_and_tags_the_run(tags):
     settings = SimpleNamespace(registered_model="customer_segments", promote_tolerance=0.02)
     client = Client({"champion": "1"})
     kept = cluster._decide(client, settings, "2", silhouette=0.1, champion=cluster.Champion("1", 0.4, None))
-    assert kept == {"model_version": "2", "promoted": False, "reason": "silhouette 0.1000 < champion's 0.4000 - 0.02",
+    assert kept.as_dict() == {"model_version": "2", "promoted": False, "reason": "silhouette 0.1000 < champion's 0.4000 - 0.02",
                     "champion_version": "1"}
     assert client.aliases == {"champion": "1"}
     assert tags == {"champion_decision": "kept", "champion_reason": "silhouette 0.1000 < champion's 0.4000 - 0.02"}
     # A champion whose run logged no silhouette counts as none, as it always has.
     promoted = cluster._decide(client, settings, "3", silhouette=0.1, champion=cluster.Champion("1", None, None))
-    assert promoted["promoted"] and promoted["reason"] == "no champion yet" and promoted["champion_version"] == "3"
+    assert promoted.promoted and promoted.reason == "no champion yet" and promoted.champion_version == "3"
     assert client.aliases == {"champion": "3"} and tags["champion_decision"] == "promoted"
 
 
@@ -185,11 +185,11 @@ def test_churn_decision_moves_the_alias_and_tags_the_run(tags, champion_tags, ch
     client = Client({"champion": "1"}, {"run-1": run(champion_tags)})
     champion = registry.aliased_version(client, "churn_classifier")
     decision = churn._decide(client, settings, "2", 0.4, champion, champion_metric)
-    assert decision == {
+    assert decision.as_dict() == {
         "model_version": "2", "promoted": promoted, "reason": reason, "metric": "pr_auc", "value": 0.4,
         "previous_champion": "1", "champion_value": champion_metric, "champion_version": "2" if promoted else "1",
     }
-    assert client.aliases["champion"] == decision["champion_version"]
+    assert client.aliases["champion"] == decision.champion_version
     assert tags == {"champion_decision": "promoted" if promoted else "kept", "champion_reason": reason}
 
 
@@ -199,4 +199,4 @@ def test_churn_brier_is_lower_is_better(tags):
     settings = SimpleNamespace(registered_model="churn_classifier", promote_metric="brier", min_improvement=0.0, horizon_days=90)
     client = Client({"champion": "1"}, {"run-1": run({"horizon_days": "90"})})
     decision = churn._decide(client, settings, "2", 0.1, registry.aliased_version(client, "churn_classifier"), 0.2)
-    assert decision["promoted"] and decision["reason"].startswith("brier 0.1000 beats champion version 1's 0.2000")
+    assert decision.promoted and decision.reason.startswith("brier 0.1000 beats champion version 1's 0.2000")
