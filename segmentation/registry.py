@@ -114,13 +114,41 @@ class Decision:
         return "promoted" if self.promote else "kept"
 
 
-def decide_promotion(candidate: float, champion: ChampionMetric | None, rule: PromotionRule) -> Decision:
+def _gain(candidate: float, current: float, rule: PromotionRule) -> float:
+    return (candidate - current) if rule.higher_is_better else (current - candidate)
+
+
+def best_baseline(baselines: Mapping[str, float], rule: PromotionRule) -> str:
+    """The name of the baseline with the best value of the rule's metric (the first on a tie)."""
+    best = max if rule.higher_is_better else min
+    return best(baselines, key=lambda name: baselines[name])
+
+
+def baseline_shortfall(candidate: float, baselines: Mapping[str, float], rule: PromotionRule) -> str | None:
+    """Why a new version whose metric is `candidate` does not beat every baseline by more than
+    the rule's min_improvement (None when it does; a tie with a baseline is a loss)."""
+    margin = rule.min_improvement or 0.0
+    name = best_baseline(baselines, rule)
+    if _gain(candidate, baselines[name], rule) > margin:
+        return None
+    return (f"{rule.metric} {candidate:.4f} does not beat the {name} baseline's {baselines[name]:.4f} "
+            f"on the same evaluation rows by more than {margin}")
+
+
+def decide_promotion(candidate: float, champion: ChampionMetric | None, rule: PromotionRule,
+                     baselines: Mapping[str, float] | None = None) -> Decision:
     """Whether a new version whose metric is `candidate` replaces `champion`, and why.
 
-    No champion, a champion whose metric is not comparable, or one that could not be scored:
-    promote. Otherwise the rule's tolerance or required improvement decides; the reasons are
-    the runs' `champion_reason` tags and read by people and tests.
+    With `baselines` (name -> the rule's metric of a non-learned score on the same rows), a
+    version that does not beat every one of them by more than min_improvement is never
+    promoted, not even the first. Then: no champion, a champion whose metric is not
+    comparable, or one that could not be scored: promote. Otherwise the rule's tolerance or
+    required improvement decides; the reasons are the runs' `champion_reason` tags and read by
+    people and tests.
     """
+    shortfall = baseline_shortfall(candidate, baselines, rule) if baselines else None
+    if shortfall is not None:
+        return Decision(False, shortfall)
     if champion is None:
         return Decision(True, "no champion yet")
     if champion.incomparable is not None:
@@ -137,8 +165,7 @@ def decide_promotion(candidate: float, champion: ChampionMetric | None, rule: Pr
             promote = candidate <= current + tolerance
             relation, sign = ("<=" if promote else ">"), "+"
         return Decision(promote, f"{name} {candidate:.4f} {relation} champion's {current:.4f} {sign} {tolerance}")
-    gain = (candidate - current) if rule.higher_is_better else (current - candidate)
-    promote = gain > rule.min_improvement
+    promote = _gain(candidate, current, rule) > rule.min_improvement
     relation = "beats" if promote else "does not beat"
     return Decision(promote, (f"{name} {candidate:.4f} {relation} champion version {champion.version}'s {current:.4f} "
                               f"on the same evaluation rows by more than {rule.min_improvement}"))

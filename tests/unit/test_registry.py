@@ -87,6 +87,46 @@ def test_improvement_on_a_lower_is_better_metric():
     assert not decide_promotion(0.3, ChampionMetric("2", 0.2), rule).promote  # a higher Brier score is worse
 
 
+# ------------------------------------------- every baseline first (the churn rule), even without a champion
+
+BASELINES = {"recency rule": 0.359, "1 - P(alive)": 0.357, "BG/NBD purchases": 0.30}
+
+
+def test_a_first_model_that_loses_to_a_baseline_is_not_promoted():
+    # The grocery feed of issue 22: the GBT's PR AUC 0.232 against the recency rule's 0.359.
+    decision = decide_promotion(0.232, None, CHURN_RULE, BASELINES)
+    assert decision == Decision(
+        False, "pr_auc 0.2320 does not beat the recency rule baseline's 0.3590 on the same evaluation rows by more than 0.0"
+    )
+
+
+def test_a_model_must_beat_the_best_baseline_by_more_than_min_improvement():
+    rule = PromotionRule("pr_auc", min_improvement=0.05)
+    assert not decide_promotion(0.40, None, rule, BASELINES).promote  # better than every baseline, not by 0.05
+    assert not decide_promotion(0.409, None, rule, BASELINES).promote
+    assert decide_promotion(0.4091, None, rule, BASELINES) == Decision(True, "no champion yet")
+    assert not decide_promotion(0.359, None, CHURN_RULE, BASELINES).promote  # a tie with a baseline loses
+
+
+def test_beating_the_baselines_then_the_champion_decides():
+    assert decide_promotion(0.5, ChampionMetric("3", 0.6), CHURN_RULE, BASELINES).reason.endswith("does not beat champion version 3's 0.6000 on the same evaluation rows by more than 0.0")
+    assert decide_promotion(0.7, ChampionMetric("3", 0.6), CHURN_RULE, BASELINES).promote
+    # Losing to a baseline keeps even an incomparable champion.
+    why = "predicts no purchase in 90 days, not the configured 60"
+    assert not decide_promotion(0.2, ChampionMetric("1", None, why), CHURN_RULE, BASELINES).promote
+
+
+def test_baselines_on_a_lower_is_better_metric():
+    rule = PromotionRule("brier", higher_is_better=False, min_improvement=0.01)
+    briers = {"recency rule": 0.080, "1 - P(alive)": 0.095}
+    assert registry.best_baseline(briers, rule) == "recency rule"
+    assert decide_promotion(0.069, None, rule, briers).promote
+    assert decide_promotion(0.075, None, rule, briers) == Decision(
+        False, "brier 0.0750 does not beat the recency rule baseline's 0.0800 on the same evaluation rows by more than 0.01"
+    )
+    assert registry.baseline_shortfall(0.069, briers, rule) is None
+
+
 # --------------------------------------------------------------- a champion not compared
 
 
