@@ -13,7 +13,7 @@ expected calibration error: the row-weighted mean gap between predicted and obse
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 from pyspark.ml.evaluation import BinaryClassificationEvaluator
 from pyspark.sql import DataFrame
@@ -42,6 +42,7 @@ class ScoreEvaluation:
     metrics: dict[str, float | None]
     curve: list[dict[str, float]]  # riskiest first: one point per bucket boundary
     calibration: list[dict[str, float]] | None  # None for a score that is not a probability
+    buckets: list[Bucket] = field(default_factory=list)  # riskiest first, as `score_buckets` cut them
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -158,7 +159,7 @@ def evaluate_score(df: DataFrame, score: str, is_probability: bool) -> ScoreEval
         calibration = calibration_table(df, score)
         metrics["brier"] = float(totals.brier)
         metrics["calibration_error"] = expected_calibration_error(calibration)
-    return ScoreEvaluation(metrics, ranking_curve(buckets), calibration)
+    return ScoreEvaluation(metrics, ranking_curve(buckets), calibration, buckets)
 
 
 def operating_threshold(curve: list[dict[str, float]], method: str, budget: float) -> dict[str, float]:
