@@ -219,6 +219,11 @@ def latest_transaction_date(transactions: DataFrame) -> dt.date | None:
     return transactions.agg(F.max(F.to_date("transaction_ts"))).first()[0]
 
 
+def first_transaction_date(transactions: DataFrame) -> dt.date | None:
+    """The day of the oldest transaction (None for an empty table)."""
+    return transactions.agg(F.min(F.to_date("transaction_ts"))).first()[0]
+
+
 def feature_markdown() -> str:
     """The feature columns as a Markdown table (kept in the README)."""
     rows = ["| column | meaning |", "|---|---|"]

@@ -7,12 +7,16 @@ cutoff whose label window follows the training windows. On the same evaluation r
 model is compared with non-learned baselines (ranking by recency; 1 - P(alive) and the
 fewest expected purchases in the label window, from a BG/NBD model fitted on the
 transactions up to the evaluation cutoff) and with the current champion. Every training registers a new version of `churn.registered_model` with the alias
-`challenger`; it becomes `champion` only when it beats the champion on those rows by
-`churn.promote_metric` (the first model becomes champion).
+`challenger`; it becomes `champion` only when it beats every baseline and the champion on
+those rows by more than `churn.min_improvement` in `churn.promote_metric` (the first model
+too). Training cutoffs whose look-back starts before the first transaction are dropped. The
+best baseline, calibrated on the evaluation rows (`churn/baseline.py`), is logged with every
+training run; the run's `score_source` tag says what scores customers.
 
 score: the champion scores every eligible customer (a purchase within
 `churn.lookback_days`) of the `customer_features` snapshot, with a risk tier from
-`churn.risk_tiers`.
+`churn.risk_tiers`. Without a champion, the calibrated baseline of the latest training run
+that left one scores them; `churn_score_source` names the model version or the baseline.
 """
 
 from __future__ import annotations
@@ -27,22 +31,25 @@ import mlflow
 from mlflow.tracking import MlflowClient
 from pyspark import StorageLevel
 from pyspark.ml import PipelineModel
-from pyspark.sql import DataFrame
+from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
 from segmentation.stages.clv import fit_purchases
 from segmentation.stages.context import StageContext
 from segmentation.arguments import add_as_of_argument, as_of_overrides, positive_int
 from segmentation import registry, tables, tracking
+from segmentation.churn.baseline import ARTIFACT as BASELINE_ARTIFACT, BaselineScorer, calibrated_brier, calibrated_probability, calibration_steps
 from segmentation.churn.evaluation import ScoreEvaluation, confusion_matrix, evaluate_score, operating_threshold
-from segmentation.churn.labels import CUTOFF, LABEL, Cutoffs, churn_cutoffs, churn_examples, eligible_customers, training_examples
+from segmentation.churn.labels import (
+    CUTOFF, LABEL, Cutoffs, churn_cutoffs, churn_examples, cutoffs_with_history, eligible_customers, training_examples,
+)
 from segmentation.churn.model import PROBABILITY, FittedChurn, class_weights, classifier, feature_importance, fit_churn_model, score_churn
 from segmentation.churn.plots import calibration_figure, gains_figure, importance_figure, precision_recall_figure, roc_figure
 from segmentation.churn.risk import risk_tier
 from segmentation.clv.scoring import ScoringSettings, with_clv_scores
 from segmentation.clv.summary import UNIT_DAYS, clv_summary
 from segmentation.errors import DataQualityError, ModelRegistryError
-from segmentation.features.customer import transactions_as_of
+from segmentation.features.customer import first_transaction_date, transactions_as_of
 from segmentation.logs import stage
 from segmentation.plots import plt
 from segmentation.registry import CHALLENGER, CHAMPION, ChampionMetric, PromotionRule, RegisteredVersion, decide_promotion
@@ -54,6 +61,8 @@ log = logging.getLogger(__name__)
 HELP = "train the churn classifier out of time and register it (train), or score customers with the champion (score)"
 MODEL, RECENCY, DROPOUT, QUIET = "model", "recency rule", "1 - P(alive)", "BG/NBD purchases"
 BASELINE_PREFIXES = {RECENCY: "baseline_recency", DROPOUT: "baseline_p_alive", QUIET: "baseline_expected_purchases"}
+BASELINE_SCORES = {RECENCY: "recency_score", DROPOUT: "dropout_score", QUIET: "quiet_score"}  # larger = riskier
+SCORE_SOURCE_TAG = "score_source"
 LOWER_IS_BETTER = {"brier"}
 
 
@@ -113,7 +122,9 @@ class ChurnDecision:
     value: float  # the new version's metric on the evaluation rows
     previous_champion: str | None
     champion_value: float | None  # the previous champion's, on the same rows
-    champion_version: str
+    champion_version: str | None  # None: no model is champion, the best baseline scores
+    baselines: dict[str, float]  # each baseline's metric on the same rows (calibrated, for the Brier score)
+    score_source: str  # what scores customers after this training: model:<version> or baseline:<name>
 
     def as_dict(self) -> dict[str, object]:
         return dataclasses.asdict(self)
@@ -148,7 +159,7 @@ def train(ctx: StageContext) -> ChurnTrainResult:
     with tracking.stage_run(config, "churn.train", ctx.pipeline_run_id) as active, stage("churn.train") as summary:
         source, version, transactions = ctx.read_transactions()
         as_of = ctx.as_of(transactions, source)
-        cutoffs = churn_cutoffs(as_of, settings)
+        cutoffs = _cutoffs_with_history(transactions, churn_cutoffs(as_of, settings), settings.lookback_days)
         channels = config.ingest.channels
         sample = _customer_sample(transactions, as_of, settings)
         transactions = customer_sample(transactions, sample.fraction, settings.seed)
@@ -171,8 +182,9 @@ def train(ctx: StageContext) -> ChurnTrainResult:
             btyd = _btyd_scores(transactions, cutoffs.evaluation, settings.horizon_days, config.clv)
             scored = _scored_evaluation(fitted.model, evaluation, btyd, settings.recency_baseline)
             evaluated = _evaluate(scored, fitted, settings)
+            scorer = best_baseline_scorer(evaluated.evaluations, settings.promote_metric, cutoffs)
             champion, champion_metric = _champion_on(evaluation, settings)
-            decision = _register_and_decide(evaluated, evaluation, champion, champion_metric, settings)
+            decision = _register_and_decide(evaluated, evaluation, champion, champion_metric, scorer, settings)
         finally:
             training.unpersist()
             evaluation.unpersist()
@@ -191,6 +203,7 @@ def train(ctx: StageContext) -> ChurnTrainResult:
             champion=decision.champion_version,
         )
         _log_evaluation(evaluations, evaluated.point, evaluated.confusion, evaluated.importance, evaluated.fitted, labels, decision)
+        mlflow.log_dict(scorer.as_dict(), BASELINE_ARTIFACT)
         print(train_report(cutoffs, labels, evaluations, evaluated.point, evaluated.confusion, decision, settings.promote_metric), flush=True)
     return result
 
@@ -225,13 +238,38 @@ def _champion_on(evaluation: DataFrame, settings) -> tuple[RegisteredVersion | N
 
 
 def _register_and_decide(evaluated: _Evaluated, evaluation: DataFrame, champion: RegisteredVersion | None,
-                         champion_metric: float | None, settings) -> ChurnDecision:
+                         champion_metric: float | None, scorer: BaselineScorer, settings) -> ChurnDecision:
     """Register the new version as challenger, and as champion when the rule says so."""
     client = MlflowClient()
     model_version = _register(evaluated.fitted, evaluation, settings)
     registry.set_challenger(client, settings.registered_model, model_version)
     metric = evaluated.evaluations[MODEL].metrics[settings.promote_metric]
-    return _decide(client, settings, model_version, metric, champion, champion_metric)
+    baselines = baseline_metrics(evaluated.evaluations, settings.promote_metric)
+    return _decide(client, settings, model_version, metric, champion, champion_metric, baselines, scorer)
+
+
+def baseline_metrics(evaluations: dict[str, ScoreEvaluation], metric: str) -> dict[str, float]:
+    """Each baseline's value of the promotion metric on the evaluation rows; for the Brier
+    score, that of the baseline calibrated on those rows (as it would score customers)."""
+    if metric == "brier":
+        return {name: calibrated_brier(calibration_steps(evaluations[name].buckets)) for name in BASELINE_SCORES}
+    return {name: evaluations[name].metrics[metric] for name in BASELINE_SCORES}
+
+
+def best_baseline_scorer(evaluations: dict[str, ScoreEvaluation], metric: str, cutoffs: Cutoffs) -> BaselineScorer:
+    """The baseline with the best promotion metric, calibrated on the evaluation rows."""
+    rule = PromotionRule(metric, higher_is_better=metric not in LOWER_IS_BETTER, min_improvement=0.0)
+    name = registry.best_baseline(baseline_metrics(evaluations, metric), rule)
+    return BaselineScorer(name, BASELINE_SCORES[name], calibration_steps(evaluations[name].buckets),
+                          cutoffs.evaluation.isoformat(), cutoffs.horizon_days)
+
+
+def _cutoffs_with_history(transactions: DataFrame, cutoffs: Cutoffs, lookback_days: int) -> Cutoffs:
+    kept, dropped = cutoffs_with_history(cutoffs, first_transaction_date(transactions), lookback_days)
+    for cutoff in dropped:
+        log.warning("training cutoff %s dropped: its look-back of %d days starts before the first transaction",
+                    cutoff, lookback_days)
+    return kept
 
 
 def _log_setup(source, version: int, as_of: dt.date, cutoffs: Cutoffs, settings) -> None:
@@ -239,7 +277,7 @@ def _log_setup(source, version: int, as_of: dt.date, cutoffs: Cutoffs, settings)
     mlflow.set_tags({
         "as_of": as_of.isoformat(), "evaluation_cutoff": cutoffs.evaluation.isoformat(),
         "training_cutoffs": ",".join(c.isoformat() for c in cutoffs.training),
-        "horizon_days": str(settings.horizon_days), "model_type": settings.model,
+        "horizon_days": str(settings.horizon_days), "model_type": settings.model, "registered_model": settings.registered_model,
         "out_of_time": str(all(cutoffs.window_end(c) <= cutoffs.evaluation for c in cutoffs.training)).lower(),
     })
     mlflow.log_params({
@@ -316,12 +354,18 @@ def _btyd_scores(transactions: DataFrame, cutoff: dt.date, horizon_days: int, cl
 def _scored_evaluation(model: PipelineModel, evaluation: DataFrame, btyd: DataFrame, recency: str) -> DataFrame:
     """Evaluation rows with the model's probability and the baselines' scores (larger = riskier)."""
     scored = score_churn(model, evaluation).join(btyd, on="customer_id", how="left")
-    return scored.select(
-        "customer_id", LABEL, PROBABILITY,
-        F.col(recency).cast("double").alias("recency_score"),
-        (F.lit(1.0) - F.col("probability_alive")).alias("dropout_score"),
-        (-F.col("expected_purchases")).alias("quiet_score"),
-    ).persist(StorageLevel.MEMORY_AND_DISK)
+    baselines = [score.alias(BASELINE_SCORES[name]) for name, score in baseline_scores(recency).items()]
+    return scored.select("customer_id", LABEL, PROBABILITY, *baselines).persist(StorageLevel.MEMORY_AND_DISK)
+
+
+def baseline_scores(recency: str) -> dict[str, Column]:
+    """The baselines' scores (`BASELINE_SCORES`) over rows with the recency feature and the
+    BG/NBD columns of `_btyd_scores`."""
+    return {
+        RECENCY: F.col(recency).cast("double"),
+        DROPOUT: F.lit(1.0) - F.col("probability_alive"),
+        QUIET: -F.col("expected_purchases"),
+    }
 
 
 def model_horizon(version: RegisteredVersion) -> int | None:
@@ -360,22 +404,28 @@ def _register(fitted: FittedChurn, evaluation: DataFrame, settings) -> str:
 
 
 def _decide(client: MlflowClient, settings, version: str, metric: float, champion: RegisteredVersion | None,
-            champion_metric: float | None) -> ChurnDecision:
-    """The new version becomes champion when there is none, when the champion predicts another
-    horizon or cannot score the evaluation rows, or when it beats the champion's metric by
-    more than min_improvement."""
+            champion_metric: float | None, baselines: dict[str, float], scorer: BaselineScorer) -> ChurnDecision:
+    """The new version becomes champion when it beats every baseline by more than
+    min_improvement and there is no champion, the champion predicts another horizon or cannot
+    score the evaluation rows, or it beats the champion's metric by more than min_improvement.
+    Without a champion afterwards, the best baseline scores customers."""
     name = settings.promote_metric
     rule = PromotionRule(name, higher_is_better=name not in LOWER_IS_BETTER, min_improvement=settings.min_improvement)
     compared = None if champion is None else ChampionMetric(
         champion.version, champion_metric, horizon_mismatch(model_horizon(champion), settings.horizon_days),
     )
-    decision = decide_promotion(metric, compared, rule)
+    decision = decide_promotion(metric, compared, rule, baselines)
     registry.record_decision(client, settings.registered_model, version, decision)
     log.info("churn model version %s %s: %s", version, "promoted to champion" if decision.promote else "stays challenger", decision.reason)
+    champion_version = version if decision.promote else (champion.version if champion else None)
+    source = f"model:{champion_version}" if champion_version else scorer.source
+    if champion_version is None:
+        log.warning("no churn model is champion: customers are scored by the %s baseline, calibrated on the evaluation rows", scorer.name)
+    mlflow.set_tag(SCORE_SOURCE_TAG, source)
     return ChurnDecision(
         model_version=version, promoted=decision.promote, reason=decision.reason, metric=name, value=metric,
         previous_champion=champion.version if champion else None, champion_value=champion_metric,
-        champion_version=version if decision.promote else champion.version,  # type: ignore[union-attr]
+        champion_version=champion_version, baselines=baselines, score_source=source,
     )
 
 
@@ -444,8 +494,18 @@ def train_report(cutoffs: Cutoffs, labels: LabelCounts, evaluations: dict[str, S
         f"FN {confusion['false_negatives']:,}  TN {confusion['true_negatives']:,}",
         f"Model version {decision.model_version} ({CHALLENGER}): "
         f"{'promoted to ' + CHAMPION if decision.promoted else 'not promoted'} ({decision.reason}).",
+        scored_by(decision),
     ]
     return "\n".join(lines) + "\n"
+
+
+def scored_by(decision: ChurnDecision) -> str:
+    """The report's line on what scores customers after a training."""
+    if decision.champion_version is not None:
+        return f"Customers are scored by model version {decision.champion_version} ({CHAMPION})."
+    name = decision.score_source.removeprefix("baseline:")
+    return (f"No churn model is champion: customers are scored by the {name} baseline, turned into a probability "
+            "on the evaluation rows (score source " + repr(decision.score_source) + ").")
 
 
 # ---------------------------------------------------------------------------------- score
@@ -456,12 +516,35 @@ class ChurnScoreResult:
     as_of: dt.date
     customers: int  # scored: eligible customers of the snapshot
     not_eligible: int  # in the snapshot without a purchase within churn.lookback_days
-    model_version: str  # the champion that scored them
+    model_version: str | None  # the champion that scored them; None when a baseline did
     version: int | None  # the customer_churn version written
     table: str
     mlflow_run_id: str
     risk_tiers: dict[str, int]  # customers per churn.risk_tiers name
     mean_churn_probability: float
+    score_source: str = ""  # customer_churn.churn_score_source: model:<version> or baseline:<name>
+
+
+@dataclass(frozen=True)
+class ScoreSource:
+    """What scores customers: the champion, or without one the calibrated baseline that a
+    training run logged."""
+
+    champion: RegisteredVersion | None
+    baseline: BaselineScorer | None
+    run_id: str  # the run that logged the model or the baseline
+    horizon: int | None
+
+    @property
+    def name(self) -> str:
+        return f"model:{self.champion.version}" if self.champion else self.baseline.source  # type: ignore[union-attr]
+
+    @property
+    def described(self) -> str:
+        if self.champion:
+            return f"{self.champion.uri} ({CHAMPION})"
+        return (f"the {self.baseline.name} baseline calibrated in training run {self.run_id} "  # type: ignore[union-attr]
+                f"(no churn model is {CHAMPION}: none beat every baseline)")
 
 
 def score(ctx: StageContext) -> ChurnScoreResult:
@@ -470,53 +553,96 @@ def score(ctx: StageContext) -> ChurnScoreResult:
     with tracking.stage_run(config, "churn.score", ctx.pipeline_run_id) as active, stage("churn.score") as summary:
         source, version, features = ctx.read_input("customer_features", "no customer features yet; run 'segmentation features' first")
         as_of = ctx.snapshot_as_of(features, source, "has no snapshots: run 'segmentation features' first")
-        champion = registry.aliased_version(MlflowClient(), settings.registered_model, CHAMPION)
-        if champion is None:
-            raise ModelRegistryError(
-                f"registered model '{settings.registered_model}' has no '{CHAMPION}' version in {tracking.tracking_uri(config)}: "
-                "run 'segmentation churn train' first"
-            )
-        model = mlflow.spark.load_model(champion.uri)
+        scoring = _score_source(config)
         snapshot = features.where(F.col("as_of_date") == F.lit(as_of))
-        _record_score_inputs(source, version, as_of, champion, settings)
+        _record_score_inputs(source, version, as_of, scoring, settings)
 
-        scored = _scores(model, snapshot, as_of, champion, settings)
+        scored = _scores(ctx, scoring, snapshot, as_of, settings)
         written, rows = _write_scores(ctx, scored, target, as_of)
         counts, scored_count, mean = _score_totals(rows, settings.risk_tiers)
         in_snapshot = snapshot.count()
 
-        result = ChurnScoreResult(as_of, scored_count, in_snapshot - scored_count, champion.version, written, target.location,
-                                  active.info.run_id, counts, mean)
+        model_version = scoring.champion.version if scoring.champion else None
+        result = ChurnScoreResult(as_of, scored_count, in_snapshot - scored_count, model_version, written, target.location,
+                                  active.info.run_id, counts, mean, scoring.name)
         summary.update(as_of=as_of.isoformat(), customers=scored_count, not_eligible=result.not_eligible,
-                       model_version=champion.version, version=written, table=target.location)
-        _record_scores(result, champion, settings.lookback_days)
+                       score_source=scoring.name, version=written, table=target.location)
+        _record_scores(result, scoring, settings.lookback_days)
     return result
 
 
-def _record_score_inputs(source, version: int, as_of: dt.date, champion: RegisteredVersion, settings) -> None:
+def _score_source(config) -> ScoreSource:
+    """The champion; without one, the baseline scorer of the latest finished training run of
+    the registered model that left no champion."""
+    settings = config.churn
+    champion = registry.aliased_version(MlflowClient(), settings.registered_model, CHAMPION)
+    if champion is not None:
+        return ScoreSource(champion, None, champion.run_id, model_horizon(champion))
+    runs = MlflowClient().search_runs(
+        [mlflow.active_run().info.experiment_id],
+        filter_string=(f"tags.stage = 'churn.train' AND tags.registered_model = '{settings.registered_model}' "
+                       f"AND tags.{SCORE_SOURCE_TAG} LIKE 'baseline:%' AND attributes.status = 'FINISHED'"),
+        order_by=["attributes.start_time DESC"], max_results=1,
+    )
+    if not runs:
+        raise ModelRegistryError(
+            f"registered model '{settings.registered_model}' has no '{CHAMPION}' version in {tracking.tracking_uri(config)}: "
+            "run 'segmentation churn train' first"
+        )
+    run = runs[0]
+    scorer = BaselineScorer.from_dict(mlflow.artifacts.load_dict(f"runs:/{run.info.run_id}/{BASELINE_ARTIFACT}"))
+    log.warning("no churn model is %s: %s scores customers", CHAMPION, scorer.source)
+    return ScoreSource(None, scorer, run.info.run_id, scorer.horizon_days)
+
+
+def _record_score_inputs(source, version: int, as_of: dt.date, scoring: ScoreSource, settings) -> None:
     tracking.log_delta_input(source, version, context="customer_features")
-    horizon = model_horizon(champion)
-    mlflow.set_tags({"as_of": as_of.isoformat(), "model_version": champion.version, "model_run_id": champion.run_id,
-                     "horizon_days": str(horizon)})
-    if horizon_mismatch(horizon, settings.horizon_days):
-        log.warning("the champion predicts churn over %s days; churn.horizon_days is %d (train a new model to change it)",
-                    horizon, settings.horizon_days)
-    mlflow.log_params({"as_of": as_of.isoformat(), "model_uri": champion.uri, "lookback_days": settings.lookback_days})
+    tags = {"as_of": as_of.isoformat(), SCORE_SOURCE_TAG: scoring.name, "horizon_days": str(scoring.horizon)}
+    if scoring.champion:
+        tags.update(model_version=scoring.champion.version, model_run_id=scoring.champion.run_id)
+    else:
+        tags.update(baseline_run_id=scoring.run_id)
+    mlflow.set_tags(tags)
+    if horizon_mismatch(scoring.horizon, settings.horizon_days):
+        log.warning("the %s predicts churn over %s days; churn.horizon_days is %d (train a new model to change it)",
+                    CHAMPION if scoring.champion else "baseline", scoring.horizon, settings.horizon_days)
+    mlflow.log_params({"as_of": as_of.isoformat(), "model_uri": scoring.champion.uri if scoring.champion else scoring.name,
+                       "lookback_days": settings.lookback_days})
 
 
-def _scores(model: PipelineModel, snapshot: DataFrame, as_of: dt.date, champion: RegisteredVersion, settings) -> DataFrame:
-    """customer_churn's rows: the eligible customers of the snapshot, scored by the champion."""
+def _scores(ctx: StageContext, scoring: ScoreSource, snapshot: DataFrame, as_of: dt.date, settings) -> DataFrame:
+    """customer_churn's rows: the eligible customers of the snapshot, scored by the champion
+    or by the calibrated baseline."""
+    eligible = eligible_customers(snapshot, settings.lookback_days)
+    if scoring.champion:
+        model_version = F.lit(int(scoring.champion.version))
+        scored = score_churn(mlflow.spark.load_model(scoring.champion.uri), eligible)
+    else:
+        model_version = F.lit(None).cast("int")
+        scored = _baseline_scored(ctx, scoring.baseline, eligible, as_of, settings)  # type: ignore[arg-type]
     probability = F.col(PROBABILITY)
-    return score_churn(model, eligible_customers(snapshot, settings.lookback_days)).select(
+    return scored.select(
         "customer_id", F.lit(as_of).alias("as_of_date"), probability.alias("churn_probability"),
         risk_tier(probability, settings.risk_tiers).alias("churn_risk_tier"),
-        F.lit(int(champion.version)).alias("model_version"),
+        model_version.alias("model_version"), F.lit(scoring.name).alias("churn_score_source"),
     ).select(*CHURN_COLUMNS)
+
+
+def _baseline_scored(ctx: StageContext, scorer: BaselineScorer, eligible: DataFrame, as_of: dt.date, settings) -> DataFrame:
+    """`eligible` with the baseline's calibrated probability; the BG/NBD baselines refit BG/NBD
+    on the transactions up to `as_of`, as training fitted it up to the evaluation cutoff."""
+    name = next(name for name, column in BASELINE_SCORES.items() if column == scorer.score)
+    if name != RECENCY:
+        _, _, transactions = ctx.read_transactions()
+        eligible = eligible.join(_btyd_scores(transactions, as_of, scorer.horizon_days, ctx.config.clv), on="customer_id", how="left")
+    score = baseline_scores(settings.recency_baseline)[name]
+    return eligible.select("customer_id", calibrated_probability(score, scorer.steps).alias(PROBABILITY))
 
 
 def _write_scores(ctx: StageContext, scored: DataFrame, target, as_of: dt.date) -> tuple[int | None, DataFrame]:
     """Replace the as-of date's snapshot; the version written and its rows, read back."""
-    result = tables.write_snapshot(scored, target, as_of, run_id=ctx.pipeline_run_id)
+    # a table written before a column was added (churn_score_source) gains it
+    result = tables.write_snapshot(scored, target, as_of, run_id=ctx.pipeline_run_id, merge_schema=True)
     tracking.log_delta_output(target, result.version)
     return result.version, tables.read(ctx.spark, target, result.version).where(F.col("as_of_date") == F.lit(as_of))
 
@@ -528,16 +654,17 @@ def _score_totals(written: DataFrame, risk_tiers) -> tuple[dict[str, int], int, 
     return {tier.name: tiers.get(tier.name, 0) for tier in risk_tiers}, int(totals.scored), float(totals.mean or 0.0)
 
 
-def _record_scores(result: ChurnScoreResult, champion: RegisteredVersion, lookback: int) -> None:
+def _record_scores(result: ChurnScoreResult, scoring: ScoreSource, lookback: int) -> None:
     mlflow.log_metrics({"customers_scored": result.customers, "customers_not_eligible": result.not_eligible,
                         "mean_churn_probability": result.mean_churn_probability,
                         **{tracking.metric_name(f"churn_risk_tier.{name}"): count for name, count in result.risk_tiers.items()}})
     mlflow.log_dict({"risk_tiers": result.risk_tiers}, "churn/risk_tiers.json")
-    print(score_report(result.as_of, champion, result.risk_tiers, result.customers, result.customers + result.not_eligible, lookback), flush=True)
+    print(score_report(result.as_of, scoring.described, result.risk_tiers, result.customers, result.customers + result.not_eligible,
+                       lookback), flush=True)
 
 
-def score_report(as_of: dt.date, champion: RegisteredVersion, counts: dict[str, int], scored: int, in_snapshot: int, lookback: int) -> str:
-    lines = ["", f"Churn scores as of {as_of} by {champion.uri} ({CHAMPION}):"]
+def score_report(as_of: dt.date, scored_by: str, counts: dict[str, int], scored: int, in_snapshot: int, lookback: int) -> str:
+    lines = ["", f"Churn scores as of {as_of} by {scored_by}:"]
     lines += [f"  {name:<10}{count:>12,}  {count / scored if scored else 0:6.1%}" for name, count in counts.items()]
     lines.append(f"{scored:,} customers scored; {in_snapshot - scored:,} without a purchase in the last {lookback} days are not.")
     return "\n".join(lines) + "\n"

@@ -224,8 +224,9 @@ def _at_as_of(ctx: StageContext) -> StageContext:
 
 
 def champion_scored(scored_run_id: str | None, scored_model_version: str | None, champion_version: str | None) -> bool:
-    """Whether the finished churn.score run found scored these features with today's champion."""
-    return scored_run_id is not None and scored_model_version == champion_version
+    """Whether the finished churn.score run found scored these features with today's champion
+    (without a champion a calibrated baseline scores, and this run's training may have changed it)."""
+    return scored_run_id is not None and champion_version is not None and scored_model_version == champion_version
 
 
 def _churn(ctx: StageContext, args) -> ChurnSteps:

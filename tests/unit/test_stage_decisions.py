@@ -47,6 +47,7 @@ def test_scoring_resumes_only_when_todays_champion_scored_these_features():
     assert pipeline.champion_scored("run-1", "3", "3")
     assert not pipeline.champion_scored("run-1", "2", "3")  # a new champion since: score again
     assert not pipeline.champion_scored(None, "3", "3")
+    assert not pipeline.champion_scored("run-1", None, None)  # no champion: the baseline scores again
 
 
 def test_a_stage_timing_is_its_window():
