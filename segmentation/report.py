@@ -71,6 +71,17 @@ def clv_figure(clv_by_tier: list[dict]):
     return figure
 
 
+def churn_sources_sentence(sources: list[str]) -> str:
+    """What scored this snapshot's customers, in one sentence (from customer_tiers.churn_score_source)."""
+    if not sources:
+        return "No customer of this snapshot has a churn score."
+    baselines = [s.removeprefix("baseline:") for s in sources if s.startswith("baseline:")]
+    if baselines:
+        return (f"No churn model beat every baseline: churn scores come from the {', '.join(baselines)} baseline, "
+                "turned into a probability on the evaluation rows.")
+    return f"Churn scores come from {', '.join(s.replace('model:', 'model version ') for s in sources)}."
+
+
 def lift_figure(churn: dict):
     figure, axis = plt.subplots(figsize=(6, 4))
     names = list(churn["scores"])
@@ -125,6 +136,7 @@ def render(data: dict, figures: dict[str, str]) -> str:
             + _table(["score", "ROC AUC", "PR AUC", "lift@10%", "capture@10%", "lift@20%", "capture@20%"], churn_rows)
             + f'<img alt="churn lift" src="{figures["lift"]}">'
         )
+    churn_html += f"<p>{html.escape(churn_sources_sentence(data.get('churn_score_sources') or []))}</p>"
     migration_html = "<p>No earlier snapshot: no migrations yet.</p>"
     if data["migration"]:
         migration_html = (f"<p>Value tier, {html.escape(str(data['previous_as_of']))} to {html.escape(str(data['as_of']))}.</p>"

@@ -181,7 +181,16 @@ def report_data(ctx: StageContext, snapshot: DataFrame, rows: DataFrame, as_of: 
         "clusters": clusters,
         "migration": migration,
         "churn": churn_summary(config.churn.registered_model),
+        "churn_score_sources": churn_score_sources(snapshot),
     }
+
+
+def churn_score_sources(snapshot: DataFrame) -> list[str]:
+    """The distinct churn_score_source values of a tiers snapshot (a handful)."""
+    if "churn_score_source" not in snapshot.columns:  # a snapshot written before the column existed
+        return []
+    rows = snapshot.where(F.col("churn_score_source").isNotNull()).select("churn_score_source").distinct().collect()
+    return sorted(r[0] for r in rows)
 
 
 def churn_summary(name: str) -> dict | None:

@@ -14,6 +14,7 @@ from segmentation.churn.baseline import (
 from segmentation.churn.evaluation import Bucket
 from segmentation.churn.labels import Cutoffs, cutoffs_with_history
 from segmentation.errors import DataQualityError
+from segmentation.report import churn_sources_sentence
 
 # Riskiest first, as score_buckets returns them; the 20-40 bucket churns less than the 0-20 one.
 BUCKETS = [
@@ -75,3 +76,12 @@ def test_cutoffs_whose_lookback_starts_before_the_data_are_dropped():
     with pytest.raises(DataQualityError, match=r"every training cutoff's look-back of 365 days starts before the first "
                                                  r"transaction on 2024-01-01 .*needs history from 2023-01-01"):
         cutoffs_with_history(cutoffs, dt.date(2024, 1, 1), 365)
+
+
+def test_the_report_says_what_scored_the_customers():
+    assert churn_sources_sentence(["model:3"]) == "Churn scores come from model version 3."
+    assert churn_sources_sentence(["baseline:recency rule"]) == (
+        "No churn model beat every baseline: churn scores come from the recency rule baseline, "
+        "turned into a probability on the evaluation rows."
+    )
+    assert churn_sources_sentence([]) == "No customer of this snapshot has a churn score."
