@@ -71,6 +71,8 @@ class BaselineScorer:
     steps: list[Step]
     evaluation_cutoff: str
     horizon_days: int
+    metric: str  # the promotion metric, and each baseline's value of it on the evaluation rows
+    baselines: dict[str, float]
 
     @property
     def source(self) -> str:

@@ -123,8 +123,6 @@ class ChurnDecision:
     previous_champion: str | None
     champion_value: float | None  # the previous champion's, on the same rows
     champion_version: str | None  # None: no model is champion, the best baseline scores
-    baselines: dict[str, float]  # each baseline's metric on the same rows (calibrated, for the Brier score)
-    score_source: str  # what scores customers after this training: model:<version> or baseline:<name>
 
     def as_dict(self) -> dict[str, object]:
         return dataclasses.asdict(self)
@@ -143,6 +141,8 @@ class ChurnTrainResult:
     confusion: dict[str, int]
     importance: dict[str, float]
     labels: LabelCounts
+    baseline_scorer: BaselineScorer  # the best baseline calibrated, with every baseline's promotion metric
+    score_source: str  # what scores customers after this training: model:<version> or baseline:<name>
 
 
 @dataclass(frozen=True)
@@ -184,7 +184,7 @@ def train(ctx: StageContext) -> ChurnTrainResult:
             evaluated = _evaluate(scored, fitted, settings)
             scorer = best_baseline_scorer(evaluated.evaluations, settings.promote_metric, cutoffs)
             champion, champion_metric = _champion_on(evaluation, settings)
-            decision = _register_and_decide(evaluated, evaluation, champion, champion_metric, scorer, settings)
+            decision = _register_and_decide(evaluated, evaluation, champion, champion_metric, scorer.baselines, settings)
         finally:
             training.unpersist()
             evaluation.unpersist()
@@ -195,7 +195,7 @@ def train(ctx: StageContext) -> ChurnTrainResult:
         result = ChurnTrainResult(
             as_of, cutoffs.evaluation, version, active.info.run_id, decision.model_version,
             {name: e.metrics for name, e in evaluations.items()}, decision, evaluated.point, evaluated.confusion,
-            evaluated.importance, labels,
+            evaluated.importance, labels, scorer, score_source(decision, scorer),
         )
         summary.update(
             training_rows=labels.training_rows, evaluation_rows=labels.evaluation_rows,
@@ -204,7 +204,9 @@ def train(ctx: StageContext) -> ChurnTrainResult:
         )
         _log_evaluation(evaluations, evaluated.point, evaluated.confusion, evaluated.importance, evaluated.fitted, labels, decision)
         mlflow.log_dict(scorer.as_dict(), BASELINE_ARTIFACT)
-        print(train_report(cutoffs, labels, evaluations, evaluated.point, evaluated.confusion, decision, settings.promote_metric), flush=True)
+        mlflow.set_tag(SCORE_SOURCE_TAG, result.score_source)
+        print(train_report(cutoffs, labels, evaluations, evaluated.point, evaluated.confusion, decision, settings.promote_metric)
+              + scored_by(result.score_source) + "\n", flush=True)
     return result
 
 
@@ -238,14 +240,13 @@ def _champion_on(evaluation: DataFrame, settings) -> tuple[RegisteredVersion | N
 
 
 def _register_and_decide(evaluated: _Evaluated, evaluation: DataFrame, champion: RegisteredVersion | None,
-                         champion_metric: float | None, scorer: BaselineScorer, settings) -> ChurnDecision:
+                         champion_metric: float | None, baselines: dict[str, float], settings) -> ChurnDecision:
     """Register the new version as challenger, and as champion when the rule says so."""
     client = MlflowClient()
     model_version = _register(evaluated.fitted, evaluation, settings)
     registry.set_challenger(client, settings.registered_model, model_version)
     metric = evaluated.evaluations[MODEL].metrics[settings.promote_metric]
-    baselines = baseline_metrics(evaluated.evaluations, settings.promote_metric)
-    return _decide(client, settings, model_version, metric, champion, champion_metric, baselines, scorer)
+    return _decide(client, settings, model_version, metric, champion, champion_metric, baselines)
 
 
 def baseline_metrics(evaluations: dict[str, ScoreEvaluation], metric: str) -> dict[str, float]:
@@ -259,9 +260,15 @@ def baseline_metrics(evaluations: dict[str, ScoreEvaluation], metric: str) -> di
 def best_baseline_scorer(evaluations: dict[str, ScoreEvaluation], metric: str, cutoffs: Cutoffs) -> BaselineScorer:
     """The baseline with the best promotion metric, calibrated on the evaluation rows."""
     rule = PromotionRule(metric, higher_is_better=metric not in LOWER_IS_BETTER, min_improvement=0.0)
-    name = registry.best_baseline(baseline_metrics(evaluations, metric), rule)
+    baselines = baseline_metrics(evaluations, metric)
+    name = registry.best_baseline(baselines, rule)
     return BaselineScorer(name, BASELINE_SCORES[name], calibration_steps(evaluations[name].buckets),
-                          cutoffs.evaluation.isoformat(), cutoffs.horizon_days)
+                          cutoffs.evaluation.isoformat(), cutoffs.horizon_days, metric, baselines)
+
+
+def score_source(decision: ChurnDecision, scorer: BaselineScorer) -> str:
+    """What scores customers after a training: the champion, or without one the best baseline."""
+    return f"model:{decision.champion_version}" if decision.champion_version else scorer.source
 
 
 def _cutoffs_with_history(transactions: DataFrame, cutoffs: Cutoffs, lookback_days: int) -> Cutoffs:
@@ -404,11 +411,10 @@ def _register(fitted: FittedChurn, evaluation: DataFrame, settings) -> str:
 
 
 def _decide(client: MlflowClient, settings, version: str, metric: float, champion: RegisteredVersion | None,
-            champion_metric: float | None, baselines: dict[str, float], scorer: BaselineScorer) -> ChurnDecision:
+            champion_metric: float | None, baselines: dict[str, float]) -> ChurnDecision:
     """The new version becomes champion when it beats every baseline by more than
     min_improvement and there is no champion, the champion predicts another horizon or cannot
-    score the evaluation rows, or it beats the champion's metric by more than min_improvement.
-    Without a champion afterwards, the best baseline scores customers."""
+    score the evaluation rows, or it beats the champion's metric by more than min_improvement."""
     name = settings.promote_metric
     rule = PromotionRule(name, higher_is_better=name not in LOWER_IS_BETTER, min_improvement=settings.min_improvement)
     compared = None if champion is None else ChampionMetric(
@@ -417,15 +423,10 @@ def _decide(client: MlflowClient, settings, version: str, metric: float, champio
     decision = decide_promotion(metric, compared, rule, baselines)
     registry.record_decision(client, settings.registered_model, version, decision)
     log.info("churn model version %s %s: %s", version, "promoted to champion" if decision.promote else "stays challenger", decision.reason)
-    champion_version = version if decision.promote else (champion.version if champion else None)
-    source = f"model:{champion_version}" if champion_version else scorer.source
-    if champion_version is None:
-        log.warning("no churn model is champion: customers are scored by the %s baseline, calibrated on the evaluation rows", scorer.name)
-    mlflow.set_tag(SCORE_SOURCE_TAG, source)
     return ChurnDecision(
         model_version=version, promoted=decision.promote, reason=decision.reason, metric=name, value=metric,
         previous_champion=champion.version if champion else None, champion_value=champion_metric,
-        champion_version=champion_version, baselines=baselines, score_source=source,
+        champion_version=version if decision.promote else (champion.version if champion else None),
     )
 
 
@@ -494,18 +495,16 @@ def train_report(cutoffs: Cutoffs, labels: LabelCounts, evaluations: dict[str, S
         f"FN {confusion['false_negatives']:,}  TN {confusion['true_negatives']:,}",
         f"Model version {decision.model_version} ({CHALLENGER}): "
         f"{'promoted to ' + CHAMPION if decision.promoted else 'not promoted'} ({decision.reason}).",
-        scored_by(decision),
     ]
     return "\n".join(lines) + "\n"
 
 
-def scored_by(decision: ChurnDecision) -> str:
-    """The report's line on what scores customers after a training."""
-    if decision.champion_version is not None:
-        return f"Customers are scored by model version {decision.champion_version} ({CHAMPION})."
-    name = decision.score_source.removeprefix("baseline:")
-    return (f"No churn model is champion: customers are scored by the {name} baseline, turned into a probability "
-            "on the evaluation rows (score source " + repr(decision.score_source) + ").")
+def scored_by(source: str) -> str:
+    """The training report's line on what scores customers (`score_source`)."""
+    if source.startswith("model:"):
+        return f"Customers are scored by model version {source.removeprefix('model:')} ({CHAMPION})."
+    return (f"No churn model is champion: customers are scored by the {source.removeprefix('baseline:')} baseline, "
+            f"turned into a probability on the evaluation rows (score source '{source}').")
 
 
 # ---------------------------------------------------------------------------------- score

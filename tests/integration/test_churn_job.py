@@ -1,8 +1,13 @@
 """The churn job on generated customers whose dropout process is known: out-of-time training
 against baselines, MLflow runs read back through the client, champion/challenger, scoring
-with the champion into customer_churn, and the error when no champion exists."""
+with the champion into customer_churn, and the error when no champion exists. On a feed
+where churn depends only on recency, the model does not beat the recency rule: no champion,
+and the calibrated baseline scores the customers."""
 
 from __future__ import annotations
+
+import datetime as dt
+import random
 
 import mlflow
 import pytest
@@ -18,6 +23,7 @@ from segmentation import tables, tracking
 from segmentation.cli import main
 from segmentation.errors import ModelRegistryError
 from tests.conftest import make_config
+from tests.integration.test_bad_input import csv_source, row, write_feed
 
 SETTINGS = ["generate.customers=3000", "churn.sample_customers=2000", "churn.gbt={maxIter: 30, maxDepth: 4, stepSize: 0.1, subsamplingRate: 0.8}"]
 # The bound stated in the README for this data: expected calibration error (10 bins) below 0.08.
@@ -77,6 +83,9 @@ def test_cutoffs_labels_and_artifacts_are_in_the_run(trained):
 def test_first_model_is_champion_and_a_worse_challenger_stays_challenger(spark, trained):
     ctx, result = trained
     assert result.decision.promoted and result.decision.reason == "no champion yet"
+    baselines = result.baseline_scorer.baselines
+    assert result.score_source == "model:1" and set(baselines) == {churn.RECENCY, churn.DROPOUT, churn.QUIET}
+    assert all(result.metrics["model"]["pr_auc"] > value for value in baselines.values())
     weak = StageContext(
         make_config(ctx.config.root, *SETTINGS, "churn.model=logistic_regression", "churn.features=[return_rate]"), spark
     )
@@ -106,6 +115,7 @@ def test_score_uses_the_champion_and_replaces_its_snapshot(spark, trained):
     assert first.customers + first.not_eligible == snapshot.count()
     assert scored.join(eligible, "customer_id", "left_anti").count() == 0
     assert {r[0] for r in scored.select("model_version").distinct().collect()} == {1}  # champion, not the newer challenger
+    assert {r[0] for r in scored.select("churn_score_source").distinct().collect()} == {"model:1"} and first.score_source == "model:1"
     assert scored.where((F.col("churn_probability") < 0) | (F.col("churn_probability") > 1)).count() == 0
     tiers = {r[0]: r[1] for r in scored.groupBy("churn_risk_tier").count().collect()}
     assert set(tiers) <= {"critical", "high", "medium", "low"} and tiers == {k: v for k, v in first.risk_tiers.items() if v}
@@ -139,10 +149,81 @@ def test_scoring_without_a_champion_says_what_to_run(spark, trained, capsys):
 def test_a_champion_for_another_horizon_is_not_compared_but_replaced(spark, trained):
     ctx, _ = trained
     other = StageContext(make_config(
-        ctx.config.root, *SETTINGS, "churn.horizon_days=60", "churn.model=logistic_regression", "churn.features=[return_rate]",
+        ctx.config.root, *SETTINGS, "churn.horizon_days=60", "churn.model=logistic_regression",
     ), spark)
     result = churn.train(other)
     decision = result.decision
     assert decision.promoted and decision.champion_value is None
     assert "predicts no purchase in 90 days, not the configured 60" in decision.reason
     assert MlflowClient().get_model_version_by_alias("churn_classifier", "champion").version == int(decision.model_version)
+
+
+# ------------------------------------------- a feed where churn depends only on recency
+
+# Of four training cutoffs 60 days apart, the earliest's 120-day look-back starts before the data.
+RECENCY_ONLY = [
+    "churn.registered_model=recency_only", "churn.lookback_days=120", "churn.horizon_days=60", "churn.training_cutoffs=4",
+    "churn.sample_customers=null", "churn.min_improvement=0.02", "churn.gbt={maxIter: 10, maxDepth: 3}",
+    "ingest.reference_time=2025-06-30T12:00:00", "clv.penalizer=0.001",  # BG/NBD converges on such regular buyers
+]
+
+
+def recency_only_feed(path, customers: int = 400, seed: int = 3):
+    """Customers who buy every 3 to 10 days from early January 2024 until they stop for good
+    on a uniformly random day: who churns next depends on nothing but the days since the last
+    purchase, so the recency rule ranks as well as any model can."""
+    rng, start, end = random.Random(seed), dt.date(2024, 1, 1), dt.date(2024, 12, 31)
+    lines = []
+    for customer in range(customers):
+        stop = start + dt.timedelta(days=rng.randint(30, 600))
+        day, n = start + dt.timedelta(days=rng.randint(0, 9)), 0
+        while day <= min(stop, end):
+            lines.append(row(f"{customer}-{n}", customer_id=f"C{customer}", transaction_ts=f"{day} 10:00:00", net_amount="20.00"))
+            day, n = day + dt.timedelta(days=rng.randint(3, 10)), n + 1
+    return write_feed(path, lines)
+
+
+@pytest.fixture(scope="module")
+def recency_only(spark, tmp_path_factory):
+    root = tmp_path_factory.mktemp("recency_only")
+    feed = recency_only_feed(root / "feed.csv")
+    ctx = StageContext(make_config(root / "data", *csv_source(feed), *RECENCY_ONLY), spark)
+    ingest.run(ctx)
+    return ctx
+
+
+def test_a_model_that_does_not_beat_the_rule_never_scores(spark, recency_only, capsys, caplog):
+    ctx = recency_only
+    result = churn.train(ctx)
+    report = capsys.readouterr().out
+    decision, baselines = result.decision, result.baseline_scorer.baselines
+    best = max(baselines, key=baselines.get)
+    # The cutoff whose 120-day look-back starts before 2024-01-01 is dropped; three remain.
+    dropped = [r.getMessage() for r in caplog.records if "look-back of 120 days starts before the first transaction" in r.getMessage()]
+    assert len(dropped) == 1 and len(result.labels.per_cutoff) == 3
+    assert result.metrics["model"]["pr_auc"] <= baselines[best] + 0.02
+    assert not decision.promoted and decision.champion_version is None
+    assert decision.reason.startswith(f"pr_auc {decision.value:.4f} does not beat the {best} baseline's")
+    assert result.score_source == f"baseline:{best}"
+    assert f"No churn model is champion: customers are scored by the {best} baseline" in report
+    client = MlflowClient()
+    with pytest.raises(mlflow.exceptions.MlflowException):
+        client.get_model_version_by_alias("recency_only", "champion")
+    run = client.get_run(result.mlflow_run_id)
+    assert run.data.tags["score_source"] == f"baseline:{best}" and run.data.tags["champion_decision"] == "kept"
+    assert len(run.data.tags["training_cutoffs"].split(",")) == 3
+
+    features.run(ctx)
+    scored = churn.score(ctx)
+    assert scored.score_source == f"baseline:{best}" and scored.model_version is None
+    assert f"by the {best} baseline calibrated in training run {result.mlflow_run_id}" in capsys.readouterr().out
+    rows = tables.read(spark, ctx.table("customer_churn"))
+    assert rows.columns == churn.CHURN_COLUMNS and rows.count() == scored.customers > 0
+    assert {tuple(r) for r in rows.select("churn_score_source", "model_version").distinct().collect()} == {(f"baseline:{best}", None)}
+    assert rows.where(F.col("churn_probability").isNull() | (F.col("churn_probability") < 0) | (F.col("churn_probability") > 1)).count() == 0
+    assert client.get_run(scored.mlflow_run_id).data.tags["score_source"] == f"baseline:{best}"
+    if best == churn.RECENCY:  # the calibrated rule: a longer silence never gets a lower probability
+        snapshot = tables.read(spark, ctx.table("customer_features")).where(F.col("as_of_date") == scored.as_of)
+        pairs = sorted((r.recency_days, r.churn_probability) for r in rows.join(snapshot, "customer_id").collect())
+        assert all(a[1] <= b[1] for a, b in zip(pairs, pairs[1:]))
+        assert pairs[0][1] < pairs[-1][1]

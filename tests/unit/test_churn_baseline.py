@@ -61,7 +61,8 @@ def test_one_step_and_the_column_agree_with_the_function(spark):
 
 
 def test_the_scorer_round_trips_through_its_json():
-    scorer = BaselineScorer("recency rule", "recency_score", calibration_steps(BUCKETS), "2025-10-02", 90)
+    scorer = BaselineScorer("recency rule", "recency_score", calibration_steps(BUCKETS), "2025-10-02", 90, "pr_auc",
+                            {"recency rule": 0.4, "1 - P(alive)": 0.3})
     assert BaselineScorer.from_dict(scorer.as_dict()) == scorer
     assert scorer.source == "baseline:recency rule"
 
