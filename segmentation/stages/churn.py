@@ -411,7 +411,7 @@ def _register(fitted: FittedChurn, evaluation: DataFrame, settings) -> str:
 
 
 def _decide(client: MlflowClient, settings, version: str, metric: float, champion: RegisteredVersion | None,
-            champion_metric: float | None, baselines: dict[str, float]) -> ChurnDecision:
+            champion_metric: float | None, baselines: dict[str, float] | None = None) -> ChurnDecision:
     """The new version becomes champion when it beats every baseline by more than
     min_improvement and there is no champion, the champion predicts another horizon or cannot
     score the evaluation rows, or it beats the champion's metric by more than min_improvement."""

@@ -233,6 +233,16 @@ def test_churn_decision_moves_the_alias_and_tags_the_run(tags, champion_tags, ch
     assert tags == {"champion_decision": "promoted" if promoted else "kept", "champion_reason": reason}
 
 
+def test_a_first_churn_model_that_loses_to_a_baseline_leaves_no_champion(tags):
+    from segmentation.stages import churn
+
+    settings = SimpleNamespace(registered_model="churn_classifier", promote_metric="pr_auc", min_improvement=0.0, horizon_days=90)
+    client = Client({})
+    decision = churn._decide(client, settings, "1", 0.232, None, None, BASELINES)
+    assert not decision.promoted and decision.champion_version is None and "champion" not in client.aliases
+    assert tags["champion_decision"] == "kept" and "recency rule baseline's 0.3590" in tags["champion_reason"]
+
+
 def test_churn_brier_is_lower_is_better(tags):
     from segmentation.stages import churn
 
