@@ -121,7 +121,7 @@ def nearest_snapshots(date: dt.date, available: list[dt.date]) -> list[dt.date]:
 
 def check_snapshot(date: dt.date, available: list[dt.date], option: str) -> None:
     if date not in available:
-        nearest = ", ".join(d.isoformat() for d in nearest_snapshots(date, available))
+        nearest = ", ".join(d.isoformat() for d in nearest_snapshots(date, available)) or "none, run 'segmentation tiers' first"
         raise ConfigError(f"export: customer_tiers has no snapshot as of {date} ({option}); nearest: {nearest}")
 
 
