@@ -189,7 +189,7 @@ def audience_changes(before: DataFrame, after: DataFrame) -> DataFrame:
     keys = ["customer_id", "treatment"]
     entered = after.join(before.select(*keys), on=keys, how="left_anti").withColumn(CHANGE, F.lit(ENTERED))
     left = before.join(after.select(*keys), on=keys, how="left_anti").withColumn(CHANGE, F.lit(LEFT))
-    return entered.unionByName(left)
+    return entered.unionByName(left).select(*after.columns, CHANGE)  # a join puts its keys first
 
 
 def with_raw_ids(rows: DataFrame, ids: DataFrame) -> DataFrame:
