@@ -207,8 +207,7 @@ def run(ctx: StageContext, args: argparse.Namespace) -> ExportResult:
     if config.as_of:
         check_changes_since(args.changes_since, config.as_of)
     output = output_folder(args.output)
-    check_output(args.output, sorted(os.listdir(output)) if output.is_dir() else ([output.name] if output.exists() else None),
-                 args.overwrite)
+    check_output(args.output, _entries(output), args.overwrite)
     key = reidentification_key(config.privacy, args.reidentify)
 
     ref, version, tiers = ctx.read_input("customer_tiers", "does not exist yet; run 'segmentation tiers' first")
@@ -244,6 +243,13 @@ def run(ctx: StageContext, args: argparse.Namespace) -> ExportResult:
         log.warning("%d audience rows have a pseudonym no raw id hashes to (erased from the landing table?): left out", unmatched)
     print(report(result), flush=True)
     return result
+
+
+def _entries(output: Path) -> list[str] | None:
+    """What --output holds: its entries, itself when it is a file, None when it does not exist."""
+    if output.is_dir():
+        return sorted(os.listdir(output))
+    return [output.name] if output.exists() else None
 
 
 def _export_rows(tiers: DataFrame, treatments: list[str], as_of: dt.date, since: dt.date | None) -> DataFrame:

@@ -7,6 +7,7 @@ import datetime as dt
 from pathlib import Path
 
 import pytest
+from chispa import assert_df_equality
 
 from segmentation.cli import main
 from segmentation.errors import ConfigError
@@ -128,3 +129,69 @@ def test_bad_export_options_fail_with_one_line_before_any_session(capsys, argv, 
     assert exit_.value.code == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and message in err
+
+
+# The transformations on hand-made tier rows.
+
+TIER_SCHEMA = (
+    "customer_id string, treatment string, treatment_group string, treatment_action string, treatment_channel string, "
+    "treatment_priority int, value_tier string, clv double, churn_probability double, churn_risk_tier string"
+)
+
+
+def tier_rows(spark, *rows):
+    return spark.createDataFrame(list(rows), TIER_SCHEMA)
+
+
+def test_the_audience_holds_the_treated_customers_of_the_treatments_only(spark):
+    from segmentation.stages.export import treated_audiences
+
+    snapshot = tier_rows(
+        spark,
+        ("a", "win_back", "treated", "offer", "web", 2, "gold", 1234.5678, 0.00001234, "high"),
+        ("b", "win_back", "control", "offer", "web", 2, "gold", 10.0, 0.5, "high"),
+        ("c", "win_back", None, "offer", "app", 2, "silver", 0.0, None, None),  # written before holdouts: treated
+        ("d", "newsletter", "treated", "news", "web", 4, "bronze", None, 0.2, "low"),
+        ("e", None, None, None, None, None, "bronze", 1.0, 0.1, "low"),
+    )
+    rows = treated_audiences(snapshot, ["win_back"], D(2025, 11, 15))
+    assert rows.columns == ["customer_id", "as_of_date", "treatment", "action", "channel", "priority", "value_tier", "clv",
+                            "churn_probability", "churn_risk_tier"]
+    got = sorted((r.customer_id, r.as_of_date, r.channel, r.clv, r.churn_probability) for r in rows.collect())
+    from decimal import Decimal
+
+    assert got == [("a", D(2025, 11, 15), "web", Decimal("1234.57"), Decimal("0.0000")),
+                   ("c", D(2025, 11, 15), "app", Decimal("0.00"), None)]
+
+
+def test_changes_are_who_entered_with_the_new_values_and_who_left_with_the_old(spark):
+    from segmentation.stages.export import audience_changes, treated_audiences
+
+    before = treated_audiences(tier_rows(
+        spark,
+        ("stays", "win_back", "treated", "offer", "web", 2, "gold", 1.0, 0.1, "low"),
+        ("leaves", "win_back", "treated", "offer", "web", 2, "gold", 2.0, 0.2, "low"),
+        ("moves", "win_back", "treated", "offer", "web", 2, "gold", 3.0, 0.3, "low"),
+        ("held_out", "win_back", "control", "offer", "web", 2, "gold", 4.0, 0.4, "low"),
+    ), ["win_back", "loyalty"], D(2025, 11, 15))
+    after = treated_audiences(tier_rows(
+        spark,
+        ("stays", "win_back", "treated", "offer", "app", 1, "gold", 9.0, 0.9, "high"),  # other values: no change
+        ("moves", "loyalty", "treated", "points", "web", 2, "gold", 3.0, 0.3, "low"),
+        ("new", "win_back", "treated", "offer", "web", 2, "silver", 5.0, 0.5, "low"),
+        ("held_out", "win_back", "control", "offer", "web", 2, "gold", 4.0, 0.4, "low"),
+    ), ["win_back", "loyalty"], D(2025, 11, 15))
+    changes = audience_changes(before, after)
+    assert changes.columns == [*after.columns, "change"]
+    got = sorted((r.customer_id, r.treatment, r.change, r.action, float(r.clv)) for r in changes.collect())
+    assert got == [("leaves", "win_back", "left", "offer", 2.0), ("moves", "loyalty", "entered", "points", 3.0),
+                   ("moves", "win_back", "left", "offer", 3.0), ("new", "win_back", "entered", "offer", 5.0)]
+
+
+def test_raw_ids_replace_the_pseudonyms_and_an_unknown_one_becomes_null(spark):
+    from segmentation.stages.export import with_raw_ids
+
+    rows = spark.createDataFrame([("p1", "win_back"), ("p2", "win_back"), ("p9", "loyalty")], "customer_id string, treatment string")
+    ids = spark.createDataFrame([("C1", "p1"), ("C2", "p2"), ("C3", "p3")], "raw_id string, pseudonym string")
+    expected = spark.createDataFrame([("C1", "win_back"), ("C2", "win_back"), (None, "loyalty")], "customer_id string, treatment string")
+    assert_df_equality(with_raw_ids(rows, ids), expected, ignore_row_order=True, ignore_nullable=True)
