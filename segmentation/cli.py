@@ -23,6 +23,7 @@ STAGES = {
     "tiers": "segmentation.stages.tiers",
     "report": "segmentation.stages.report",
     "run": "segmentation.stages.pipeline",
+    "export": "segmentation.stages.export",
     "erase": "segmentation.erase",
     "bench": "segmentation.bench",
 }
