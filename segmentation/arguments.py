@@ -53,3 +53,14 @@ def add_as_of_argument(parser: argparse.ArgumentParser) -> None:
 def as_of_overrides(args: argparse.Namespace) -> list[str]:
     as_of = getattr(args, "as_of", None)
     return [f"as_of={as_of.isoformat()}"] if as_of else []
+
+
+def treatment_shares(text: str) -> dict[str, float]:
+    """`name=share,name=share` (e.g. win_back=0.25,onboarding=0.10), as an argument type."""
+    shares: dict[str, float] = {}
+    for item in text.split(","):
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            raise argparse.ArgumentTypeError(f"{text!r} is not a list of TREATMENT=SHARE (e.g. win_back=0.25,onboarding=0.10)")
+        shares[name.strip()] = share(value.strip())
+    return shares
