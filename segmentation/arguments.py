@@ -58,9 +58,14 @@ def as_of_overrides(args: argparse.Namespace) -> list[str]:
 def treatment_shares(text: str) -> dict[str, float]:
     """`name=share,name=share` (e.g. win_back=0.25,onboarding=0.10), as an argument type."""
     shares: dict[str, float] = {}
-    for item in text.split(","):
-        name, sep, value = item.partition("=")
-        if not sep or not name.strip():
-            raise argparse.ArgumentTypeError(f"{text!r} is not a list of TREATMENT=SHARE (e.g. win_back=0.25,onboarding=0.10)")
-        shares[name.strip()] = share(value.strip())
+    try:
+        for item in text.split(","):
+            name, sep, value = item.partition("=")
+            if not sep or not name.strip():
+                raise argparse.ArgumentTypeError(item)
+            shares[name.strip()] = share(value.strip())
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a list of TREATMENT=SHARE with shares from 0 to 1 (e.g. win_back=0.25,onboarding=0.10)"
+        ) from None
     return shares
