@@ -276,7 +276,9 @@ def treatment_response(
     stamped = F.try_to_timestamp(F.col("transaction_ts"), F.lit(RAW_TIMESTAMP_FORMAT))
     start = F.lit(dt.datetime.combine(after + dt.timedelta(days=1), dt.time()))
     end = F.lit(dt.datetime.combine(after + dt.timedelta(days=window_days + 1), dt.time()))
-    in_window = raw.where((stamped >= start) & (stamped < end) & (F.col("is_return") == "false"))
+    # A line planted before is not copied again, so planting twice adds nothing new.
+    planted_before = F.col("transaction_id").contains(RESPONSE_SUFFIX)
+    in_window = raw.where((stamped >= start) & (stamped < end) & (F.col("is_return") == "false") & ~planted_before)
     planted = treated.where(F.col("treatment").isin(list(shares)))
     lines = in_window.join(planted, on="customer_id", how="inner")
     share = F.element_at(F.create_map(*[F.lit(v) for item in shares.items() for v in item]), F.col("treatment"))

@@ -81,10 +81,10 @@ def outcome_records(result: OutcomesResult, settings: OutcomesConfig, run_id: st
                 records.append({
                     "as_of_date": snapshot.as_of, "measured_as_of": result.measured_as_of, "window_days": result.window_days,
                     "treatment": treatment, "metric": u.metric,
-                    "treated_customers": u.treated_customers, "control_customers": u.control_customers,
+                    "treated_customers": int(u.treated_customers), "control_customers": int(u.control_customers),
                     "treated_value": defined(u.treated_value), "control_value": defined(u.control_value),
                     "uplift": defined(u.uplift), "ci_low": defined(u.ci_low), "ci_high": defined(u.ci_high),
-                    "confidence": settings.confidence, "significant": u.significant, "too_small": u.too_small,
+                    "confidence": settings.confidence, "significant": bool(u.significant), "too_small": bool(u.too_small),
                     "pipeline_run_id": run_id,
                 })
     return [{name: record[name] for name in TREATMENT_OUTCOME_FIELDS} for record in records]

@@ -7,6 +7,7 @@ import argparse
 import datetime as dt
 import math
 
+import numpy as np
 import pytest
 
 from segmentation.arguments import treatment_shares
@@ -37,7 +38,8 @@ def _settings():
 
 def test_rows_follow_the_contract_with_nan_as_null():
     small = Uplift("repurchase_rate", 1, 0, 1.0, math.nan, math.nan, math.nan, math.nan, False, True)
-    fine = Uplift("orders_per_customer", 500, 400, 1.5, 1.2, 0.3, 0.1, 0.5, True, False)
+    # numpy's booleans and integers, as scipy-based estimates give them, become Python's (Spark takes no numpy)
+    fine = Uplift("orders_per_customer", np.int64(500), 400, 1.5, 1.2, 0.3, 0.1, 0.5, np.bool_(True), np.bool_(False))
     snapshot = SnapshotOutcomes(dt.date(2025, 9, 1), {"win_back": (small, fine)})
     result = OutcomesResult(D, 90, (snapshot,), 3, 2, "t", "r")
     rows = outcome_records(result, _settings(), "run-1")
@@ -49,6 +51,7 @@ def test_rows_follow_the_contract_with_nan_as_null():
         "control_value": 1.2, "uplift": 0.3, "ci_low": 0.1, "ci_high": 0.5, "confidence": 0.95, "significant": True,
         "too_small": False, "pipeline_run_id": "run-1",
     }
+    assert {type(rows[1][c]) for c in ("significant", "too_small", "treated_customers")} == {bool, int}
     assert "win_back" in report(result) and "too small to tell" in report(result)
     assert "nothing measured" in report(OutcomesResult(D, 90, (), None, 0, "t", "r"))
 
