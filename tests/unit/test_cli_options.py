@@ -17,6 +17,8 @@ from segmentation.cli import STAGES, build_parser, main
     (["run", "--max-rejected-share", "nan"], "argument --max-rejected-share: 'nan' is not a share from 0 to 1"),
     (["generate", "--customers", "-5"], "argument --customers: '-5' is not a whole number of at least 1"),
     (["generate", "--defect-share", "0.7"], "argument --defect-share: '0.7' is not a share from 0 to 0.5"),
+    (["generate", "--treatment-response", "win_back=1.5"], "argument --treatment-response: 'win_back=1.5' is not a list of TREATMENT=SHARE"),
+    (["outcomes", "--as-of", "31/12/2025"], "argument --as-of: '31/12/2025' is not a date"),
     (["clv", "--holdout-days", "-1"], "argument --holdout-days: '-1' is not a whole number of at least 0"),
     (["churn", "train", "--horizon-days", "0"], "argument --horizon-days: '0' is not a whole number of at least 1"),
 ])
