@@ -38,7 +38,7 @@ demo: setup
 # Two pytest workers (pytest-xdist), each with its own Spark session; a test file runs whole
 # in one worker (tests/conftest.py groups them). TEST_WORKERS=0 runs the suite in one process.
 test: setup
-	$(BIN)/pytest $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadgroup) $(ARGS)
+	$(BIN)/pytest $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile) $(ARGS)
 
 # MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false: no pool of GenAI job workers (this project runs none).
 mlflow-server: $(VENV)/.installed

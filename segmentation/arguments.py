@@ -53,3 +53,27 @@ def add_as_of_argument(parser: argparse.ArgumentParser) -> None:
 def as_of_overrides(args: argparse.Namespace) -> list[str]:
     as_of = getattr(args, "as_of", None)
     return [f"as_of={as_of.isoformat()}"] if as_of else []
+
+
+def option_overrides(args: argparse.Namespace, keys: dict[str, str]) -> list[str]:
+    """`key=value` configuration overrides for the options given on the command line:
+    `keys` maps an option's attribute (e.g. "holdout_days") to its key ("clv.holdout_days");
+    options left out (None, or absent from `args`) override nothing."""
+    values = {key: getattr(args, attribute, None) for attribute, key in keys.items()}
+    return [f"{key}={value}" for key, value in values.items() if value is not None]
+
+
+def treatment_shares(text: str) -> dict[str, float]:
+    """`name=share,name=share` (e.g. win_back=0.25,onboarding=0.10), as an argument type."""
+    shares: dict[str, float] = {}
+    try:
+        for item in text.split(","):
+            name, sep, value = item.partition("=")
+            if not sep or not name.strip():
+                raise argparse.ArgumentTypeError(item)
+            shares[name.strip()] = share(value.strip())
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a list of TREATMENT=SHARE with shares from 0 to 1 (e.g. win_back=0.25,onboarding=0.10)"
+        ) from None
+    return shares

@@ -21,8 +21,10 @@ STAGES = {
     "cluster": "segmentation.stages.cluster",
     "churn": "segmentation.stages.churn",
     "tiers": "segmentation.stages.tiers",
+    "outcomes": "segmentation.stages.outcomes",
     "report": "segmentation.stages.report",
     "run": "segmentation.stages.pipeline",
+    "export": "segmentation.stages.export",
     "erase": "segmentation.erase",
     "bench": "segmentation.bench",
 }

@@ -75,6 +75,7 @@ class TableLocations(_Section):
     customer_tier_history: str
     tier_migrations: str
     tier_events: str
+    treatment_outcomes: str
 
 
 class StorageConfig(_Section):
@@ -129,6 +130,19 @@ class GenerateConfig(_Section):
     defect_share: float = Field(ge=0.0, le=0.5)
     partitions: int | None = Field(gt=0)
     cdnow_path: str | None
+    # A planted response to treatment (segmentation generate --response-after S): per
+    # treatment, the share by which its treated customers of snapshot S buy more often in
+    # the outcome window than the generator has them buy (control customers: untouched).
+    treatment_response: dict[str, float]
+    response_after: dt.date | None
+
+    @field_validator("treatment_response")
+    @classmethod
+    def _response_shares(cls, value: dict[str, float]) -> dict[str, float]:
+        bad = [name for name, share in value.items() if not 0.0 <= share <= 1.0]
+        if bad:
+            raise ValueError(f"{', '.join(bad)}: a response share is from 0 to 1")
+        return value
 
     @model_validator(mode="after")
     def _dates_ordered(self) -> "GenerateConfig":

@@ -206,14 +206,21 @@ def _customer_tables(ctx: StageContext) -> tuple[list[tuple[TableRef, str]], lis
     return found, without
 
 
+def ingest_key_fingerprints(ctx: StageContext) -> set[str]:
+    """Fingerprints of the keys committed ingest batches were hashed with (none without an ingest_log)."""
+    ref = ctx.table("ingest_log")
+    if not tables.exists(ctx.spark, ref):
+        return set()
+    used = tables.read(ctx.spark, ref).where(F.col("status") == COMMITTED).select("key_fingerprint").distinct().collect()
+    return {row.key_fingerprint for row in used if row.key_fingerprint}
+
+
 def _other_ingest_keys(ctx: StageContext, key: bytes | None) -> list[str]:
     """Fingerprints of other keys than `key` that committed ingest batches were hashed with:
     their rows hold pseudonyms this key cannot match (a rotated key, a demo-key batch)."""
-    ref = ctx.table("ingest_log")
-    if key is None or not tables.exists(ctx.spark, ref):
+    if key is None:
         return []
-    used = tables.read(ctx.spark, ref).where(F.col("status") == COMMITTED).select("key_fingerprint").distinct().collect()
-    others = sorted({row.key_fingerprint for row in used if row.key_fingerprint} - {key_fingerprint(key)})
+    others = sorted(ingest_key_fingerprints(ctx) - {key_fingerprint(key)})
     if others:
         log.warning("ingest_log: batches hashed with other keys (fingerprints %s): this key cannot match their rows", ", ".join(others))
     return others

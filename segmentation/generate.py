@@ -9,6 +9,9 @@ returned later, and a configurable share of rows is made defective on purpose.
 
 All randomness is a hash of (seed, customer, stream, index): the output is the same for
 the same seed whatever the partitioning.
+
+`treatment_response` plants a response to treatment into a generated feed, as a second step
+once a tiers snapshot exists (see its docstring).
 """
 
 from __future__ import annotations
@@ -251,3 +254,41 @@ def _with_defects(df: DataFrame, config: GenerateConfig) -> DataFrame:
     ]
     copies = F.when(kind == "duplicate", F.array(F.lit(1), F.lit(2))).otherwise(F.array(F.lit(1)))
     return df.select(*columns, F.explode(copies).alias("_copy")).drop("_copy")
+
+
+RESPONSE_SUFFIX = "-response-"
+RAW_TIMESTAMP_FORMAT = "yyyy-MM-dd HH:mm:ss"
+
+
+def treatment_response(
+    raw: DataFrame, treated: DataFrame, after: dt.date, window_days: int, shares: dict[str, float], seed: int
+) -> DataFrame:
+    """Extra purchase lines for the treated customers of the snapshot `after`: each of their
+    orders in the window (after, after + window_days] is bought once more, with probability
+    the share of their treatment, on a seeded day of the window (same lines, amounts and time
+    of day; ids suffixed "-response-<after>"). So, in expectation, a treated customer's orders
+    in the window rise by that share over what the generator gave them, which is what it gives
+    the control customers; control customers and other treatments are untouched. Only
+    purchase lines are copied (not returns), and only lines whose timestamp parses.
+
+    `raw` is the generated feed (text columns), `treated` the raw `customer_id` and
+    `treatment` of each treated customer. The result has `RAW_COLUMNS` and `treatment`."""
+    stamped = F.try_to_timestamp(F.col("transaction_ts"), F.lit(RAW_TIMESTAMP_FORMAT))
+    start = F.lit(dt.datetime.combine(after + dt.timedelta(days=1), dt.time()))
+    end = F.lit(dt.datetime.combine(after + dt.timedelta(days=window_days + 1), dt.time()))
+    # A line planted before is not copied again, so planting twice adds nothing new.
+    planted_before = F.col("transaction_id").contains(RESPONSE_SUFFIX)
+    in_window = raw.where((stamped >= start) & (stamped < end) & (F.col("is_return") == "false") & ~planted_before)
+    planted = treated.where(F.col("treatment").isin(list(shares)))
+    lines = in_window.join(planted, on="customer_id", how="inner")
+    share = F.element_at(F.create_map(*[F.lit(v) for item in shares.items() for v in item]), F.col("treatment"))
+    order = F.col("order_id")
+    copied = lines.where(_uniform(seed, order, after.isoformat(), "response") < share)
+    day = F.date_add(F.lit(after), (1 + F.floor(_uniform(seed, order, after.isoformat(), "response_day") * window_days)).cast("int"))
+    suffix = F.lit(f"{RESPONSE_SUFFIX}{after.isoformat()}")
+    new = {
+        "transaction_id": F.concat(F.col("transaction_id"), suffix),
+        "order_id": F.concat(order, suffix),
+        "transaction_ts": F.concat_ws(" ", F.date_format(day, "yyyy-MM-dd"), F.date_format(stamped, "HH:mm:ss")),
+    }
+    return copied.select(*[new.get(c, F.col(c)).alias(c) for c in RAW_COLUMNS], "treatment")

@@ -109,6 +109,20 @@ def _num(value, pattern: str = "{:,.0f}") -> str:
     return "-" if value is None else pattern.format(value)
 
 
+def _outcomes_html(outcomes: list[dict]) -> str:
+    """One section per treatment: its uplift on each metric, treated against control, with the interval."""
+    sections = []
+    for treatment in dict.fromkeys(o["treatment"] for o in outcomes):
+        rows = [[o["metric"], o["as_of_date"], f"{o['treated_customers']:,}", f"{o['control_customers']:,}",
+                 _num(o["treated_value"], "{:.3f}"), _num(o["control_value"], "{:.3f}"), _num(o["uplift"], "{:+.3f}"),
+                 "-" if o["ci_low"] is None else f"[{o['ci_low']:+.3f}, {o['ci_high']:+.3f}]",
+                 "too small to tell" if o["too_small"] else ("yes" if o["significant"] else "no")]
+                for o in outcomes if o["treatment"] == treatment]
+        sections.append(f"<h2>Treatment {html.escape(treatment)}: measured uplift</h2>" + _table(
+            ["metric", "snapshot", "treated", "control", "treated value", "control value", "uplift", "interval", "significant"], rows))
+    return "\n".join(sections)
+
+
 def render(data: dict, figures: dict[str, str]) -> str:
     """The report as one HTML document."""
     kpis, previous = data["kpis"], data.get("previous_kpis")
@@ -142,6 +156,7 @@ def render(data: dict, figures: dict[str, str]) -> str:
         migration_html = (f"<p>Value tier, {html.escape(str(data['previous_as_of']))} to {html.escape(str(data['as_of']))}.</p>"
                           f'<img alt="migration matrix" src="{figures["migration"]}">')
     images = {key: f'<img alt="{key}" src="{uri}">' for key, uri in figures.items()}
+    outcomes_html = _outcomes_html(data.get("outcomes") or [])
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>Customer tiers as of {html.escape(str(data['as_of']))}</title>
 <style>body{{font-family:sans-serif;max-width:1000px;margin:2em auto;color:#222}}table{{border-collapse:collapse;margin:1em 0}}
@@ -163,5 +178,6 @@ customer_tiers Delta version {html.escape(str(data['tiers_version']))}.</p>
 {churn_html}
 <h2>Clusters</h2>
 {_table(["cluster", "customers", "share", "revenue share", "mean CLV", "mean churn probability"], cluster_rows)}
+{outcomes_html}
 </body></html>
 """

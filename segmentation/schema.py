@@ -125,3 +125,35 @@ INGEST_LOG_SCHEMA = T.StructType(
         T.StructField("source_options", T.MapType(T.StringType(), T.StringType(), True), True),
     ]
 )
+
+
+# treatment_outcomes: one row per measured snapshot, treatment and metric (partitioned by
+# measured_as_of). Column -> (type, nullable, description), in the table's order.
+TREATMENT_OUTCOME_FIELDS: dict[str, tuple[T.DataType, bool, str]] = {
+    "as_of_date": (T.DateType(), False, "the tiers snapshot S whose treated and control customers are compared"),
+    "measured_as_of": (T.DateType(), False, "the date D of the measurement (partition); S + window_days <= D"),
+    "window_days": (T.IntegerType(), False, "the outcome window (S, S + window_days]"),
+    "treatment": (T.StringType(), False, "the playbook treatment"),
+    "metric": (T.StringType(), False, "repurchase_rate, churn_rate, orders_per_customer or net_revenue_per_customer"),
+    "treated_customers": (T.LongType(), False, "customers of S in the treated group"),
+    "control_customers": (T.LongType(), False, "customers of S in the control group"),
+    "treated_value": (T.DoubleType(), True, "the metric over the treated customers in the window"),
+    "control_value": (T.DoubleType(), True, "the metric over the control customers in the window"),
+    "uplift": (T.DoubleType(), True, "treated_value - control_value"),
+    "ci_low": (T.DoubleType(), True, "lower end of the uplift's confidence interval (null: groups too small)"),
+    "ci_high": (T.DoubleType(), True, "upper end of the interval"),
+    "confidence": (T.DoubleType(), False, "the interval's confidence (`outcomes.confidence`)"),
+    "significant": (T.BooleanType(), False, "the interval excludes 0"),
+    "too_small": (T.BooleanType(), False, "a group is below `outcomes.min_group_customers`, or a share has fewer than 5 customers with or without the outcome"),
+    "pipeline_run_id": (T.StringType(), False, "the pipeline run that measured it"),
+}
+TREATMENT_OUTCOMES_SCHEMA = T.StructType(
+    [T.StructField(name, dtype, nullable) for name, (dtype, nullable, _) in TREATMENT_OUTCOME_FIELDS.items()]
+)
+
+
+def treatment_outcomes_markdown() -> str:
+    """The treatment_outcomes table as README rows (kept in the README's Tables section)."""
+    rows = ["| column | type | meaning |", "|---|---|---|"]
+    rows += [f"| `{name}` | {dtype.simpleString()} | {text} |" for name, (dtype, _, text) in TREATMENT_OUTCOME_FIELDS.items()]
+    return "\n".join(rows)

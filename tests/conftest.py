@@ -39,27 +39,40 @@ def base_section(key: str, **values):
 
 
 # Files that share a session fixture, so one worker builds it (three_dates, tests/integration/conftest.py).
-SHARED_FIXTURE_GROUPS = {"test_cluster": "three_dates", "test_faults": "three_dates"}
+SHARED_FIXTURE_GROUPS = {"test_cluster": "three_dates", "test_faults": "three_dates", "test_export": "three_dates"}
 # The longest groups (minutes each, measured by `pytest --durations`) start first, so no
 # worker is left with one of them at the end while the other idles.
-LONGEST_FIRST = ["test_notebooks", "three_dates", "test_privacy_pipeline", "test_mlflow_server", "test_tiers_job",
-                 "test_real_feeds", "test_pipeline", "test_metastore_tables", "test_churn_job"]
+LONGEST_FIRST = ["three_dates", "test_notebooks", "test_outcomes", "test_privacy_pipeline", "test_mlflow_server",
+                 "test_tiers_job", "test_real_feeds", "test_pipeline", "test_metastore_tables", "test_churn_job"]
+
+
+def _group(nodeid: str) -> str:
+    module = Path(nodeid.split("::")[0]).stem
+    return SHARED_FIXTURE_GROUPS.get(module, module)
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """With pytest-xdist's `--dist loadfile` (what `make test` runs), each test file runs
+    whole in one worker, so its module fixtures are built once; files sharing a session
+    fixture (SHARED_FIXTURE_GROUPS) run in the same worker, so it is built once too."""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class FileGroupScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return _group(nodeid)
+
+    return FileGroupScheduling(config, log)
 
 
 def pytest_collection_modifyitems(config, items):
-    """With pytest-xdist's `--dist loadgroup` (what `make test` runs), each test file runs
-    whole in one worker, so its module fixtures are built once, and files sharing a session
-    fixture run in the same worker; the longest groups are handed out first."""
-    if getattr(config.option, "dist", "no") != "loadgroup":
+    """In a pytest-xdist worker, the longest groups come first, so they are handed out first."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
         return
-    groups = {}
-    for item in items:
-        module = Path(str(item.path)).stem
-        groups[id(item)] = SHARED_FIXTURE_GROUPS.get(module, module)
-        item.add_marker(pytest.mark.xdist_group(groups[id(item)]))
 
     def rank(item) -> int:
-        group = groups[id(item)]
+        group = _group(item.nodeid)
         return LONGEST_FIRST.index(group) if group in LONGEST_FIRST else len(LONGEST_FIRST)
 
     items.sort(key=rank)  # stable: the order within a group stays as collected
@@ -87,3 +100,4 @@ def config(tmp_path) -> Config:
 def columns(schema):
     """Names and types of a schema: the contract, nullability aside."""
     return [(field.name, field.dataType) for field in schema]
+

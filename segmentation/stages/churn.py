@@ -36,7 +36,7 @@ from pyspark.sql import functions as F
 
 from segmentation.stages.clv import fit_purchases
 from segmentation.stages.context import StageContext
-from segmentation.arguments import add_as_of_argument, as_of_overrides, positive_int
+from segmentation.arguments import add_as_of_argument, as_of_overrides, positive_int, option_overrides
 from segmentation import registry, tables, tracking
 from segmentation.churn.baseline import ARTIFACT as BASELINE_ARTIFACT, BaselineScorer, calibrated_brier, calibrated_probability, calibration_steps
 from segmentation.churn.evaluation import ScoreEvaluation, confusion_matrix, evaluate_score, operating_threshold
@@ -74,12 +74,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def config_overrides(args: argparse.Namespace) -> list[str]:
-    overrides = as_of_overrides(args)
-    if getattr(args, "model", None):
-        overrides.append(f"churn.model={args.model}")
-    if getattr(args, "horizon_days", None) is not None:
-        overrides.append(f"churn.horizon_days={args.horizon_days}")
-    return overrides
+    return as_of_overrides(args) + option_overrides(args, {"model": "churn.model", "horizon_days": "churn.horizon_days"})
 
 
 def run(ctx: StageContext, args: argparse.Namespace | None = None) -> ChurnTrainResult | ChurnScoreResult:

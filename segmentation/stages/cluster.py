@@ -24,7 +24,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from segmentation.stages.context import StageContext
-from segmentation.arguments import add_as_of_argument, as_of_overrides
+from segmentation.arguments import add_as_of_argument, as_of_overrides, option_overrides
 from segmentation import registry, tables, tracking
 from segmentation.clustering.model import (
     CLUSTER_ID,
@@ -68,10 +68,7 @@ def add_arguments(parser) -> None:
 
 
 def config_overrides(args) -> list[str]:
-    overrides = as_of_overrides(args)
-    if getattr(args, "k", None) is not None:
-        overrides.append(f"cluster.k={args.k}")
-    return overrides
+    return as_of_overrides(args) + option_overrides(args, {"k": "cluster.k"})
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from segmentation.stages.context import StageContext
-from segmentation.arguments import add_as_of_argument, as_of_overrides, positive_int
+from segmentation.arguments import add_as_of_argument, as_of_overrides, positive_int, option_overrides
 from segmentation import tables, tracking
 from segmentation.clv.bgnbd import BgNbdFit, fit_bgnbd, fit_bgnbd_rows
 from segmentation.clv.distributed import SparkRows
@@ -65,10 +65,7 @@ def add_holdout_argument(parser: argparse.ArgumentParser) -> None:
 
 
 def config_overrides(args: argparse.Namespace) -> list[str]:
-    overrides = as_of_overrides(args)
-    if getattr(args, "holdout_days", None) is not None:
-        overrides.append(f"clv.holdout_days={args.holdout_days}")
-    return overrides
+    return as_of_overrides(args) + option_overrides(args, {"holdout_days": "clv.holdout_days"})
 
 
 @dataclass(frozen=True)

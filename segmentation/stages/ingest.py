@@ -19,7 +19,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from segmentation.stages.context import StageContext
-from segmentation.arguments import share
+from segmentation.arguments import share, option_overrides
 from segmentation import tables, tracking
 from segmentation.errors import DataQualityError
 from segmentation.logs import stage
@@ -58,14 +58,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def config_overrides(args: argparse.Namespace) -> list[str]:
-    overrides = []
-    if getattr(args, "source", None):
-        overrides += ["ingest.source.table=null", f"ingest.source.path={args.source}"]
-    if getattr(args, "format", None):
-        overrides.append(f"ingest.source.format={args.format}")
-    if getattr(args, "max_rejected_share", None) is not None:
-        overrides.append(f"ingest.max_rejected_share={args.max_rejected_share}")
-    return overrides
+    source = ["ingest.source.table=null", f"ingest.source.path={args.source}"] if getattr(args, "source", None) else []
+    return source + option_overrides(args, {"format": "ingest.source.format", "max_rejected_share": "ingest.max_rejected_share"})
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,8 @@
 parent run: generate (into an empty storage root, or with --generate; never where real feeds
 were ingested), ingest (the configured source, else the feed ingested last), features,
 clv, cluster, churn training (when no champion exists, or with --train-churn), churn
-scoring, the tier tables and the HTML report. The as-of date is resolved once after ingest (default: the
+scoring, the tier tables, the treatment outcomes of earlier snapshots whose window has
+ended, and the HTML report. The as-of date is resolved once after ingest (default: the
 latest transaction date) and every later stage uses it. --until stops after a stage.
 """
 
@@ -23,12 +24,14 @@ from segmentation.stages import cluster
 from segmentation.stages import features
 from segmentation.stages import generate
 from segmentation.stages import ingest
+from segmentation.stages import outcomes
 from segmentation.stages import report
 from segmentation.stages import tiers
 from segmentation.stages.context import StageContext
 from segmentation.stages.features import FeaturesResult
 from segmentation.stages.generate import GenerateResult
 from segmentation.stages.ingest import IngestResult
+from segmentation.stages.outcomes import OutcomesResult
 from segmentation.stages.report import ReportResult
 from segmentation.stages.tiers import TiersResult
 from segmentation.arguments import add_as_of_argument
@@ -39,12 +42,12 @@ from segmentation.sources import run_source
 
 log = logging.getLogger(__name__)
 
-HELP = "run the whole pipeline for an as-of date (ingest, features, clv, cluster, churn, tiers, report) and print where the results are"
-STAGES = ["ingest", "features", "clv", "cluster", "churn", "tiers", "report"]
+HELP = "run the whole pipeline for an as-of date (ingest, features, clv, cluster, churn, tiers, outcomes, report) and print where the results are"
+STAGES = ["ingest", "features", "clv", "cluster", "churn", "tiers", "outcomes", "report"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    generate.add_arguments(parser)
+    generate.add_feed_arguments(parser)
     ingest.add_arguments(parser)
     add_as_of_argument(parser)
     clv.add_holdout_argument(parser)
@@ -100,6 +103,7 @@ class PipelineResult:
     cluster: object | Resumed | None = None
     churn: ChurnSteps | None = None
     tiers: TiersResult | Resumed | None = None  # None also with clv.holdout_days
+    outcomes: OutcomesResult | Resumed | None = None  # None also with clv.holdout_days
     report: ReportResult | Resumed | None = None  # None also with clv.holdout_days
 
 
@@ -126,6 +130,7 @@ def run(ctx: StageContext, args: argparse.Namespace | None = None) -> PipelineRe
             ("cluster", ["customer_features"], lambda: cluster.run(ctx, args)),
             ("churn", [], lambda: _churn(ctx, args)),
             ("tiers", INPUTS_OF_TIERS, lambda: _tiers(ctx, args)),
+            ("outcomes", list(outcomes.INPUTS), lambda: None if ctx.config.clv.holdout_days else outcomes.run(ctx, args)),
             ("report", ["customer_tiers"], lambda: None if ctx.config.clv.holdout_days else report.run(ctx, args)),
         ]
         for name, inputs, step in steps[:until]:
@@ -260,6 +265,7 @@ OUTPUTS: dict[str, list[str]] = {
     "churn": ["customer_churn"],
     "churn.score": ["customer_churn"],
     "tiers": ["customer_tiers", "customer_tier_history", "tier_migrations", "tier_events"],
+    "outcomes": ["treatment_outcomes"],
     "report": [],
 }
 

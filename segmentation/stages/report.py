@@ -3,7 +3,7 @@ tables (`<storage.root>/reports/`) and logged to MLflow.
 
 It shows tier sizes and revenue shares with the Pareto curve, the value-tier migration
 matrix from the previous snapshot, CLV by tier, the churn champion's lift against its
-baselines, cluster profiles, and KPIs (active customers, repurchase rate, churn rate, mean
+baselines, cluster profiles, the treatment outcomes measured as of the date, and KPIs (active customers, repurchase rate, churn rate, mean
 churn probability, revenue, CLV) with their change since the previous snapshot. Every
 number is a Spark aggregate of the tables; the driver holds a few rows per tier.
 """
@@ -182,6 +182,7 @@ def report_data(ctx: StageContext, snapshot: DataFrame, rows: DataFrame, as_of: 
         "migration": migration,
         "churn": churn_summary(config.churn.registered_model),
         "churn_score_sources": churn_score_sources(snapshot),
+        "outcomes": treatment_outcomes(ctx, as_of),
     }
 
 
@@ -191,6 +192,17 @@ def churn_score_sources(snapshot: DataFrame) -> list[str]:
         return []
     rows = snapshot.where(F.col("churn_score_source").isNotNull()).select("churn_score_source").distinct().collect()
     return sorted(r[0] for r in rows)
+
+
+def treatment_outcomes(ctx: StageContext, as_of: dt.date) -> list[dict]:
+    """The uplifts measured as of `as_of` (`segmentation outcomes`), by snapshot, treatment and metric."""
+    ref = ctx.table("treatment_outcomes")
+    if not tables.exists(ctx.spark, ref):
+        return []
+    rows = tables.read(ctx.spark, ref).where(F.col("measured_as_of") == F.lit(as_of)).orderBy("treatment", "as_of_date", "metric")
+    columns = ["as_of_date", "treatment", "metric", "treated_customers", "control_customers", "treated_value",
+               "control_value", "uplift", "ci_low", "ci_high", "significant", "too_small"]
+    return [{**r.asDict(), "as_of_date": r.as_of_date.isoformat()} for r in rows.select(*columns).collect()]
 
 
 def churn_summary(name: str) -> dict | None:

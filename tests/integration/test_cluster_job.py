@@ -75,9 +75,9 @@ def test_the_champion_scores_feature_rows_through_pyfunc_and_spark(first):
     ctx, result = first
     tracking.configure_mlflow(ctx.config)
     champion = MlflowClient().get_model_version_by_alias("customer_segments", "champion")
-    snapshot = tables.read(ctx.spark, ctx.table("customer_features")).where(F.col("as_of_date") == result["as_of"])
+    snapshot = tables.read(ctx.spark, ctx.table("customer_features")).where(F.col("as_of_date") == F.lit(result.as_of))
     rows = snapshot.orderBy("customer_id").limit(200)
-    clusters = tables.read(ctx.spark, ctx.table("customer_clusters")).where(F.col("as_of_date") == result["as_of"])
+    clusters = tables.read(ctx.spark, ctx.table("customer_clusters")).where(F.col("as_of_date") == F.lit(result.as_of))
     assert {r[0] for r in clusters.select("model_version").distinct().collect()} == {int(champion.version)}
     expected = dict(clusters.join(rows, "customer_id", "inner").select("customer_id", "cluster_id").collect())
     frame = rows.toPandas()

@@ -38,7 +38,7 @@ SETTINGS = ["generate.customers=400", "cluster.restarts=1", "churn.training_cuto
             "churn.gbt={maxIter: 5, maxDepth: 3, stepSize: 0.3, subsamplingRate: 0.8}"]
 FIRST, FIRST_UNTIL = [*SETTINGS, "cluster.k=3", "churn.model=gbt"], "report"
 SECOND, SECOND_UNTIL = [*SETTINGS, "cluster.k=4", "churn.model=logistic_regression"], "churn"  # a retrain, scored
-STAGES = {"pipeline", "ingest", "features", "clv", "cluster", "cluster.candidate", "churn.train", "churn.score", "tiers", "report"}
+STAGES = {"pipeline", "ingest", "features", "clv", "cluster", "cluster.candidate", "churn.train", "churn.score", "tiers", "outcomes", "report"}
 START_SECONDS = 240  # the server imports MLflow's whole app; slow on a busy 2-core machine
 
 

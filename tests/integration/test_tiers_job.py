@@ -16,6 +16,7 @@ from segmentation.stages import clv
 from segmentation.stages import features
 from segmentation.stages import generate
 from segmentation.stages import ingest
+from segmentation.stages import outcomes
 from segmentation.stages import tiers
 from segmentation.stages.context import StageContext
 from segmentation import tables
@@ -48,6 +49,7 @@ def tiered(spark, tmp_path_factory):
         cluster.run(ctx)
         churn.score(ctx)
         results[as_of] = (ctx, tiers.run(ctx))
+    outcomes.run(context(spark, root, LATE))  # EARLY's 90-day window has ended: treatment_outcomes
     return root, results
 
 

@@ -16,6 +16,7 @@ import yaml
 from packaging.specifiers import SpecifierSet
 
 from segmentation.stages import pipeline
+from segmentation.stages import outcomes
 from segmentation.stages import tiers
 from segmentation.cli import STAGES, build_parser
 from segmentation.config import TableLocations, load_config
@@ -32,7 +33,8 @@ READS = {
     "churn train": ["transactions"],
     "churn score": ["customer_features"],
     "tiers": list(tiers.INPUTS),
-    "report": ["customer_tiers"],
+    "outcomes": list(outcomes.INPUTS),
+    "report": ["customer_tiers", "treatment_outcomes"],
     "generate": [],
 }
 WRITES = {
@@ -43,6 +45,7 @@ WRITES = {
     "churn train": [],  # a registered model: the champion churn score needs
     "churn score": pipeline.OUTPUTS["churn.score"],
     "tiers": pipeline.OUTPUTS["tiers"],
+    "outcomes": pipeline.OUTPUTS["outcomes"],
     "report": [],
     "generate": ["raw_transactions"],
 }

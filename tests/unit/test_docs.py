@@ -134,3 +134,9 @@ def test_every_link_of_the_readme_contents_reaches_a_heading():
     assert sorted(set(links) - headings) == []
     contents = readme[readme.index("## Contents"):readme.index("## What it does")]
     assert "(#defining-tiers-and-rules-and-adding-one)" in contents and "(#tables)" in contents
+
+
+def test_readme_lists_the_treatment_outcomes_contract():
+    from segmentation.schema import treatment_outcomes_markdown
+
+    assert treatment_outcomes_markdown() in README

@@ -21,3 +21,11 @@ def test_a_column_missing_from_the_contract_fails_by_name():
     assert columns_of(CLV_COLUMNS, "clv", "x") == ["clv", "x"]
     with pytest.raises(ValueError, match="lifetime_value not in the table contract"):
         columns_of(CLV_COLUMNS, "clv", "lifetime_value")
+
+
+def test_the_treatment_outcomes_contract_has_the_issue_columns():
+    from segmentation.schema import TREATMENT_OUTCOMES_SCHEMA
+
+    required = ["as_of_date", "measured_as_of", "treatment", "metric", "treated_customers", "control_customers",
+                "treated_value", "control_value", "uplift", "ci_low", "ci_high", "significant", "too_small"]
+    assert set(required) <= set(TREATMENT_OUTCOMES_SCHEMA.fieldNames())
