@@ -42,6 +42,12 @@ ARCHETYPES = [
     ("one_off", 0.30, 3.0, 1.2, 35.0, (0.35, 0.30, 0.10, 0.25, 0.00), 0.05, 0.55, 0.10),
 ]
 MAX_REPEAT_PURCHASES = 200
+# Dropout is not only the buy-till-you-die draw: as in retail, deal seekers leave sooner and so
+# do customers who send more back. Each shifts the log-odds of dropping out after a purchase,
+# centred on the archetype's discount-seeker share and mean return rate (its average dropout
+# stays about the same). The features see them (discount_share, return_rate); BG/NBD does not.
+DISCOUNT_SEEKER_LOG_ODDS = 1.0
+RETURN_RATE_LOG_ODDS = 12.0
 # Seasonal weight per month (thinning of candidate purchases): November and December peak.
 SEASONALITY = [0.85, 0.75, 0.9, 0.95, 1.0, 0.95, 0.9, 0.9, 1.0, 1.05, 1.3, 1.6]
 DEFECTS = [
@@ -106,7 +112,7 @@ def generate_customers(spark: SparkSession, config: GenerateConfig) -> DataFrame
             "purchase_rate"
         ),
         # Beta(1, b) by inversion of its CDF.
-        (1.0 - F.pow(1.0 - _uniform(seed, customer, "dropout"), 1.0 / dropout_b)).alias("dropout_probability"),
+        (1.0 - F.pow(1.0 - _uniform(seed, customer, "dropout"), 1.0 / dropout_b)).alias("base_dropout"),
         (_by_archetype([a[4] for a in ARCHETYPES]) * F.exp(0.45 * _normal(seed, customer, "spend"))).alias(
             "order_value"
         ),
@@ -118,7 +124,19 @@ def generate_customers(spark: SparkSession, config: GenerateConfig) -> DataFrame
         (_uniform(seed, customer, "discount") < _by_archetype([a[7] for a in ARCHETYPES])).alias("discount_seeker"),
         (_by_archetype([a[8] for a in ARCHETYPES]) * 2.0 * _uniform(seed, customer, "returns")).alias("return_rate"),
         _pick(_uniform(seed, customer, "region"), REGIONS, [1.0] * len(REGIONS)).alias("region"),
+    ).transform(_with_dropout_probability)
+
+
+def _with_dropout_probability(customers: DataFrame) -> DataFrame:
+    """The dropout probability after each purchase: the Beta draw, its odds raised for discount
+    seekers and for customers who return more, each relative to their archetype's average."""
+    base = F.col("base_dropout")
+    shift = (
+        DISCOUNT_SEEKER_LOG_ODDS * (F.col("discount_seeker").cast("double") - _by_archetype([a[7] for a in ARCHETYPES]))
+        + RETURN_RATE_LOG_ODDS * (F.col("return_rate") - _by_archetype([a[8] for a in ARCHETYPES]))
     )
+    odds = base / (1.0 - base) * F.exp(shift)
+    return customers.select(*[c for c in customers.columns if c != "base_dropout"], (odds / (1.0 + odds)).alias("dropout_probability"))
 
 
 def generate_transactions(customers: DataFrame, config: GenerateConfig) -> DataFrame:
