@@ -48,13 +48,14 @@ from segmentation.churn.plots import calibration_figure, gains_figure, importanc
 from segmentation.churn.risk import risk_tier
 from segmentation.clv.scoring import ScoringSettings, with_clv_scores
 from segmentation.clv.summary import UNIT_DAYS, clv_summary
-from segmentation.errors import DataQualityError, ModelRegistryError
+from segmentation.errors import InsufficientDataError, ModelRegistryError
 from segmentation.features.customer import first_transaction_date, transactions_as_of
 from segmentation.logs import stage
 from segmentation.plots import plt
 from segmentation.registry import CHALLENGER, CHAMPION, ChampionMetric, PromotionRule, RegisteredVersion, decide_promotion
 from segmentation.sampling import customer_sample, sample_fraction
 from segmentation.schema import CHURN_COLUMNS, require_numeric_columns
+from segmentation.sufficiency import churn_history_shortfall, label_shortfall
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,7 @@ MODEL, RECENCY, DROPOUT, QUIET = "model", "recency rule", "1 - P(alive)", "BG/NB
 BASELINE_PREFIXES = {RECENCY: "baseline_recency", DROPOUT: "baseline_p_alive", QUIET: "baseline_expected_purchases"}
 BASELINE_SCORES = {RECENCY: "recency_score", DROPOUT: "dropout_score", QUIET: "quiet_score"}  # larger = riskier
 SCORE_SOURCE_TAG = "score_source"
+SCORED_BY_TAG = "scored_by"  # a churn.score run's ScoreSource.identity
 LOWER_IS_BETTER = {"brier"}
 
 
@@ -154,7 +156,7 @@ def train(ctx: StageContext) -> ChurnTrainResult:
     with tracking.stage_run(config, "churn.train", ctx.pipeline_run_id) as active, stage("churn.train") as summary:
         source, version, transactions = ctx.read_transactions()
         as_of = ctx.as_of(transactions, source)
-        cutoffs = _cutoffs_with_history(transactions, churn_cutoffs(as_of, settings), settings.lookback_days)
+        cutoffs = _cutoffs_with_history(transactions, churn_cutoffs(as_of, settings), as_of, settings)
         channels = config.ingest.channels
         sample = _customer_sample(transactions, as_of, settings)
         transactions = customer_sample(transactions, sample.fraction, settings.seed)
@@ -172,7 +174,7 @@ def train(ctx: StageContext) -> ChurnTrainResult:
         evaluation = evaluation.persist(StorageLevel.MEMORY_AND_DISK)
         scored = None
         try:
-            labels = _label_counts(training, evaluation, cutoffs, sample)
+            labels = _label_counts(training, evaluation, cutoffs, sample, settings.min_positives, settings.min_negatives)
             fitted = _fit(training, labels, cutoffs, settings)
             btyd = _btyd_scores(transactions, cutoffs.evaluation, settings.horizon_days, config.clv)
             scored = _scored_evaluation(fitted.model, evaluation, btyd, settings.recency_baseline)
@@ -266,11 +268,18 @@ def score_source(decision: ChurnDecision, scorer: BaselineScorer) -> str:
     return f"model:{decision.champion_version}" if decision.champion_version else scorer.source
 
 
-def _cutoffs_with_history(transactions: DataFrame, cutoffs: Cutoffs, lookback_days: int) -> Cutoffs:
-    kept, dropped = cutoffs_with_history(cutoffs, first_transaction_date(transactions), lookback_days)
+def _cutoffs_with_history(transactions: DataFrame, cutoffs: Cutoffs, as_of: dt.date, settings) -> Cutoffs:
+    """The cutoffs whose look-back the data cover; an InsufficientDataError when the history
+    cannot hold the kept cutoffs' windows (or none is kept)."""
+    first_day = first_transaction_date(transactions)
+    kept, dropped = cutoffs_with_history(cutoffs, first_day, settings.lookback_days)
     for cutoff in dropped:
         log.warning("training cutoff %s dropped: its look-back of %d days starts before the first transaction",
-                    cutoff, lookback_days)
+                    cutoff, settings.lookback_days)
+    shortfall = churn_history_shortfall(first_day, as_of, settings.lookback_days, settings.horizon_days,
+                                        len(kept.training), len(cutoffs.training))
+    if shortfall:
+        raise InsufficientDataError("churn", shortfall)
     return kept
 
 
@@ -317,8 +326,10 @@ def one_class_only(part: str, rows: int, churners: int, cutoffs: Cutoffs) -> str
     return None
 
 
-def _label_counts(training: DataFrame, evaluation: DataFrame, cutoffs: Cutoffs, sample: CustomerSample) -> LabelCounts:
-    """Rows and churners per cutoff (one small aggregate each); both sets need both classes."""
+def _label_counts(training: DataFrame, evaluation: DataFrame, cutoffs: Cutoffs, sample: CustomerSample,
+                  min_positives: int, min_negatives: int) -> LabelCounts:
+    """Rows and churners per cutoff (one small aggregate each); both sets need both classes,
+    with at least the configured churners and stayers."""
     per_cutoff = {
         r[CUTOFF].isoformat(): {"rows": int(r.rows), "churners": int(r.churners)}
         for r in training.groupBy(CUTOFF).agg(F.count(F.lit(1)).alias("rows"), F.sum(LABEL).alias("churners")).collect()
@@ -336,9 +347,9 @@ def _label_counts(training: DataFrame, evaluation: DataFrame, cutoffs: Cutoffs, 
     )
     for part, rows, churners in (("training", counts.training_rows, counts.training_churners),
                                  ("evaluation", counts.evaluation_rows, counts.evaluation_churners)):
-        problem = one_class_only(part, rows, churners, cutoffs)
+        problem = one_class_only(part, rows, churners, cutoffs) or label_shortfall(part, rows, churners, min_positives, min_negatives)
         if problem:
-            raise DataQualityError(problem)
+            raise InsufficientDataError("churn", problem)
     return counts
 
 
@@ -534,6 +545,12 @@ class ScoreSource:
         return f"model:{self.champion.version}" if self.champion else self.baseline.source  # type: ignore[union-attr]
 
     @property
+    def identity(self) -> str:
+        """What scores, as the churn.score run's `scored_by` tag records it: the model version,
+        or the baseline with the training run that calibrated it."""
+        return self.name if self.champion else f"{self.name}@{self.run_id}"
+
+    @property
     def described(self) -> str:
         if self.champion:
             return f"{self.champion.uri} ({CHAMPION})"
@@ -566,8 +583,21 @@ def score(ctx: StageContext) -> ChurnScoreResult:
 
 
 def _score_source(config) -> ScoreSource:
+    """What scores customers (`current_score_source`); a ModelRegistryError when nothing can."""
+    scoring = current_score_source(config)
+    if scoring is None:
+        raise ModelRegistryError(
+            f"registered model '{config.churn.registered_model}' has no '{CHAMPION}' version in {tracking.tracking_uri(config)}: "
+            "run 'segmentation churn train' first"
+        )
+    if scoring.baseline is not None:
+        log.warning("no churn model is %s: %s scores customers", CHAMPION, scoring.baseline.source)
+    return scoring
+
+
+def current_score_source(config) -> ScoreSource | None:
     """The champion; without one, the baseline scorer of the latest finished training run of
-    the registered model that left no champion."""
+    the registered model that left no champion; None before any such training."""
     settings = config.churn
     champion = registry.aliased_version(MlflowClient(), settings.registered_model, CHAMPION)
     if champion is not None:
@@ -579,19 +609,15 @@ def _score_source(config) -> ScoreSource:
         order_by=["attributes.start_time DESC"], max_results=1,
     )
     if not runs:
-        raise ModelRegistryError(
-            f"registered model '{settings.registered_model}' has no '{CHAMPION}' version in {tracking.tracking_uri(config)}: "
-            "run 'segmentation churn train' first"
-        )
+        return None
     run = runs[0]
     scorer = BaselineScorer.from_dict(mlflow.artifacts.load_dict(f"runs:/{run.info.run_id}/{BASELINE_ARTIFACT}"))
-    log.warning("no churn model is %s: %s scores customers", CHAMPION, scorer.source)
     return ScoreSource(None, scorer, run.info.run_id, scorer.horizon_days)
 
 
 def _record_score_inputs(source, version: int, as_of: dt.date, scoring: ScoreSource, settings) -> None:
     tracking.log_delta_input(source, version, context="customer_features")
-    tags = {"as_of": as_of.isoformat(), SCORE_SOURCE_TAG: scoring.name, "horizon_days": str(scoring.horizon)}
+    tags = {"as_of": as_of.isoformat(), SCORE_SOURCE_TAG: scoring.name, SCORED_BY_TAG: scoring.identity, "horizon_days": str(scoring.horizon)}
     if scoring.champion:
         tags.update(model_version=scoring.champion.version, model_run_id=scoring.champion.run_id)
     else:

@@ -1,10 +1,15 @@
 """run: the whole pipeline for one as-of date, one stage after the other, under one MLflow
 parent run: generate (into an empty storage root, or with --generate; never where real feeds
 were ingested), ingest (the configured source, else the feed ingested last), features,
-clv, cluster, churn training (when no champion exists, or with --train-churn), churn
-scoring, the tier tables, the treatment outcomes of earlier snapshots whose window has
-ended, and the HTML report. The as-of date is resolved once after ingest (default: the
-latest transaction date) and every later stage uses it. --until stops after a stage.
+clv, cluster, churn training (when nothing scores customers yet: no champion and no
+calibrated baseline of an earlier training; or with --train-churn), churn scoring, the tier
+tables, the treatment outcomes of earlier snapshots whose window has ended, and the HTML
+report. The as-of date is resolved once after ingest (default: the latest transaction date)
+and every later stage uses it. --until stops after a stage.
+
+A model stage (clv, cluster, churn) whose data are too few (segmentation/sufficiency.py) is
+skipped with its message: the tier tables are still written, its columns stay null and
+`lineage.missing_predictions` says why.
 """
 
 from __future__ import annotations
@@ -35,8 +40,8 @@ from segmentation.stages.outcomes import OutcomesResult
 from segmentation.stages.report import ReportResult
 from segmentation.stages.tiers import TiersResult
 from segmentation.arguments import add_as_of_argument
-from segmentation import registry, tables, tracking
-from segmentation.errors import DataQualityError
+from segmentation import tables, tracking
+from segmentation.errors import DataQualityError, InsufficientDataError
 from segmentation.logs import stage
 from segmentation.sources import run_source
 
@@ -72,6 +77,22 @@ class Resumed:
 
 
 @dataclass(frozen=True)
+class Skipped:
+    """A model stage not run because the data are too few for it (see segmentation/sufficiency.py)."""
+
+    reason: str
+
+
+# The model stages the pipeline skips on too few data, and the table each would have written.
+SKIPPABLE = {"clv": "customer_clv", "cluster": "customer_clusters", "churn": "customer_churn"}
+
+
+def skipped_inputs(results: dict[str, object]) -> dict[str, str]:
+    """The tier inputs of the model stages skipped in this run: table key -> why."""
+    return {SKIPPABLE[name]: result.reason for name, result in results.items() if isinstance(result, Skipped)}
+
+
+@dataclass(frozen=True)
 class Timing:
     """A stage's wall-clock window (perf_counter seconds)."""
 
@@ -99,9 +120,9 @@ class PipelineResult:
     generate: GenerateResult | None = None
     ingest: IngestResult | None = None
     features: FeaturesResult | Resumed | None = None
-    clv: object | Resumed | None = None
-    cluster: object | Resumed | None = None
-    churn: ChurnSteps | None = None
+    clv: object | Resumed | Skipped | None = None
+    cluster: object | Resumed | Skipped | None = None
+    churn: ChurnSteps | Skipped | None = None
     tiers: TiersResult | Resumed | None = None  # None also with clv.holdout_days
     outcomes: OutcomesResult | Resumed | None = None  # None also with clv.holdout_days
     report: ReportResult | Resumed | None = None  # None also with clv.holdout_days
@@ -129,7 +150,7 @@ def run(ctx: StageContext, args: argparse.Namespace | None = None) -> PipelineRe
             ("clv", ["transactions"], lambda: clv.run(ctx, args)),
             ("cluster", ["customer_features"], lambda: cluster.run(ctx, args)),
             ("churn", [], lambda: _churn(ctx, args)),
-            ("tiers", INPUTS_OF_TIERS, lambda: _tiers(ctx, args)),
+            ("tiers", INPUTS_OF_TIERS, lambda: _tiers(ctx, args, skipped_inputs(results))),
             ("outcomes", list(outcomes.INPUTS), lambda: None if ctx.config.clv.holdout_days else outcomes.run(ctx, args)),
             ("report", ["customer_tiers"], lambda: None if ctx.config.clv.holdout_days else report.run(ctx, args)),
         ]
@@ -139,7 +160,7 @@ def run(ctx: StageContext, args: argparse.Namespace | None = None) -> PipelineRe
                 log.info("%s: already done for these inputs in MLflow run %s: resumed past it", name, done)
                 results[name] = Resumed(done)
                 continue
-            results[name] = _timed(timings, name, step)
+            results[name] = _timed(timings, name, step if name not in SKIPPABLE else _skippable(name, step))
         summary.update(pipeline_run_id=ctx.pipeline_run_id, mlflow_run_id=parent.info.run_id)
         mlflow.set_tag("status", "finished")
     _print_where(ctx, parent.info.run_id, until)
@@ -167,6 +188,20 @@ def _with_run_source(ctx: StageContext, args, timings, results) -> StageContext:
     config = ctx.config
     ingest_config = config.ingest.model_copy(update={"source": plan.source})
     return StageContext(config.model_copy(update={"ingest": ingest_config}), ctx.spark, ctx.pipeline_run_id)
+
+
+def _skippable(name: str, step):
+    """The model stage's step, which gives Skipped when the data are too few for it: the rule
+    tiers are still written, without that stage's columns."""
+    def run_or_skip():
+        try:
+            return step()
+        except InsufficientDataError as error:
+            log.warning("%s skipped: %s", name, error.shortfall)
+            print(f"\n{name} skipped, too few data: {error.shortfall}\n", flush=True)
+            mlflow.set_tag(f"skipped.{name}", error.shortfall[:5000])
+            return Skipped(error.shortfall)
+    return run_or_skip
 
 
 def _timed(timings: dict[str, Timing], name: str, step):
@@ -228,33 +263,33 @@ def _at_as_of(ctx: StageContext) -> StageContext:
     return StageContext(ctx.config.model_copy(update={"as_of": as_of}), ctx.spark, ctx.pipeline_run_id)
 
 
-def champion_scored(scored_run_id: str | None, scored_model_version: str | None, champion_version: str | None) -> bool:
-    """Whether the finished churn.score run found scored these features with today's champion
-    (without a champion a calibrated baseline scores, and this run's training may have changed it)."""
-    return scored_run_id is not None and champion_version is not None and scored_model_version == champion_version
+def champion_scored(scored_run_id: str | None, scored_by: str | None, scoring_now: str | None) -> bool:
+    """Whether the finished churn.score run found scored these features with what scores
+    customers today (the champion's version, or the baseline with the training run that
+    calibrated it: `ScoreSource.identity`)."""
+    return scored_run_id is not None and scoring_now is not None and scored_by == scoring_now
 
 
 def _churn(ctx: StageContext, args) -> ChurnSteps:
-    """Train when asked or when no champion exists yet, then score with the champion (unless
-    the champion already scored this snapshot of the features)."""
-    name = ctx.config.churn.registered_model
-    trained = None
-    if getattr(args, "train_churn", False) or registry.aliased_version(MlflowClient(), name) is None:
-        trained = churn.train(ctx)
+    """Train when asked or when nothing scores customers yet (no champion and no calibrated
+    baseline of an earlier training), then score (unless what scores today already scored
+    this snapshot of the features)."""
+    scoring = churn.current_score_source(ctx.config)
+    if getattr(args, "train_churn", False) or scoring is None:
+        return ChurnSteps(churn.train(ctx), churn.score(ctx))
     scored = _finished_run(ctx, "churn.score", ["customer_features"])
-    champion = registry.aliased_version(MlflowClient(), name) if scored is not None else None
-    scored_with = MlflowClient().get_run(scored).data.tags.get("model_version") if scored is not None else None
-    if champion_scored(scored, scored_with, getattr(champion, "version", None)):
-        log.info("churn.score: the champion already scored these features in MLflow run %s: resumed past it", scored)
-        return ChurnSteps(trained, Resumed(scored))
-    return ChurnSteps(trained, churn.score(ctx))
+    scored_by = MlflowClient().get_run(scored).data.tags.get(churn.SCORED_BY_TAG) if scored is not None else None
+    if champion_scored(scored, scored_by, scoring.identity):
+        log.info("churn.score: %s already scored these features in MLflow run %s: resumed past it", scoring.name, scored)
+        return ChurnSteps(None, Resumed(scored))
+    return ChurnSteps(None, churn.score(ctx))
 
 
-def _tiers(ctx: StageContext, args) -> TiersResult | None:
+def _tiers(ctx: StageContext, args, skipped: dict[str, str]) -> TiersResult | None:
     if ctx.config.clv.holdout_days:
         log.warning("tiers skipped: with clv.holdout_days the CLV snapshot is at the calibration end, not the as-of date")
         return None
-    return tiers.run(ctx, args)
+    return tiers.run(ctx, args, skipped)
 
 
 OUTPUTS: dict[str, list[str]] = {

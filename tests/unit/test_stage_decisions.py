@@ -47,7 +47,10 @@ def test_scoring_resumes_only_when_todays_champion_scored_these_features():
     assert pipeline.champion_scored("run-1", "3", "3")
     assert not pipeline.champion_scored("run-1", "2", "3")  # a new champion since: score again
     assert not pipeline.champion_scored(None, "3", "3")
-    assert not pipeline.champion_scored("run-1", None, None)  # no champion: the baseline scores again
+    assert not pipeline.champion_scored("run-1", None, None)  # nothing scores yet
+    # Without a champion, the baseline scored them, calibrated by the same training run or not.
+    assert pipeline.champion_scored("run-1", "baseline:recency rule@train-1", "baseline:recency rule@train-1")
+    assert not pipeline.champion_scored("run-1", "baseline:recency rule@train-1", "baseline:recency rule@train-2")
 
 
 def test_a_stage_timing_is_its_window():
