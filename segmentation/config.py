@@ -333,6 +333,10 @@ class ClvConfig(_Section):
     # Up to this many distinct triples (or spend groups) are fitted on the driver; beyond,
     # each optimiser step sums the likelihood in Spark instead of collecting the rows.
     max_driver_rows: int = Field(gt=0)
+    # Data sufficiency (checked before the fit, segmentation/sufficiency.py): customers with a
+    # repeat purchase, and the calibration period's length in time units.
+    min_repeat_customers: int = Field(ge=1)
+    min_calibration_units: int = Field(ge=1)
 
 
 class ClusterConfig(_Section):
@@ -361,6 +365,8 @@ class ClusterConfig(_Section):
     # Clusters whose centroids lie within this distance (in standardised units) of a champion
     # cluster keep that cluster's id and name; farther ones get new ids.
     max_match_distance: float = Field(gt=0.0)
+    # Data sufficiency: distinct customers per cluster of the largest k to fit.
+    min_customers_per_cluster: int = Field(ge=1)
 
     @model_validator(mode="after")
     def _consistent(self) -> "ClusterConfig":
@@ -422,6 +428,10 @@ class ChurnConfig(_Section):
     # more than min_improvement in this metric.
     promote_metric: Literal["pr_auc", "roc_auc", "lift_10", "lift_20", "brier"]
     min_improvement: float = Field(ge=0.0)
+    # Data sufficiency: churners (positives) and stayers (negatives) needed in the training
+    # rows and in the evaluation rows.
+    min_positives: int = Field(ge=1)
+    min_negatives: int = Field(ge=1)
     risk_tiers: list[RiskTier]
 
     @field_validator("risk_tiers")

@@ -23,3 +23,13 @@ class ModelFitError(SegmentationError, RuntimeError):
 
 class ModelRegistryError(SegmentationError, LookupError):
     """A registered model, version or alias the stage needs does not exist."""
+
+
+class InsufficientDataError(DataQualityError):
+    """The data are too few for a model stage to fit (see segmentation/sufficiency.py): the
+    message names the shortfall and what to do. `segmentation run` skips the stage."""
+
+    def __init__(self, stage: str, shortfall: str) -> None:
+        super().__init__(shortfall)
+        self.stage = stage
+        self.shortfall = shortfall

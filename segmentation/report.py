@@ -82,6 +82,14 @@ def churn_sources_sentence(sources: list[str]) -> str:
     return f"Churn scores come from {', '.join(s.replace('model:', 'model version ') for s in sources)}."
 
 
+def missing_sentences(missing: dict[str, str]) -> list[str]:
+    """One line per reason: the tier columns a skipped model stage left empty, and why."""
+    by_reason: dict[str, list[str]] = {}
+    for column, reason in missing.items():
+        by_reason.setdefault(reason, []).append(column)
+    return [f"{', '.join(columns)} ({reason})" for reason, columns in by_reason.items()]
+
+
 def lift_figure(churn: dict):
     figure, axis = plt.subplots(figsize=(6, 4))
     names = list(churn["scores"])
@@ -157,6 +165,7 @@ def render(data: dict, figures: dict[str, str]) -> str:
                           f'<img alt="migration matrix" src="{figures["migration"]}">')
     images = {key: f'<img alt="{key}" src="{uri}">' for key, uri in figures.items()}
     outcomes_html = _outcomes_html(data.get("outcomes") or [])
+    missing_html = "".join(f"<p>Not predicted: {html.escape(line)}.</p>" for line in missing_sentences(data.get("missing_predictions") or {}))
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>Customer tiers as of {html.escape(str(data['as_of']))}</title>
 <style>body{{font-family:sans-serif;max-width:1000px;margin:2em auto;color:#222}}table{{border-collapse:collapse;margin:1em 0}}
@@ -165,6 +174,7 @@ img{{max-width:100%;display:block;margin:1em 0}}h2{{border-bottom:1px solid #ddd
 <h1>Customer tiers as of {html.escape(str(data['as_of']))}</h1>
 <p>Pipeline run {html.escape(str(data['pipeline_run_id']))}; value tiers ranked by {html.escape(str(data['value_rank_by']))};
 customer_tiers Delta version {html.escape(str(data['tiers_version']))}.</p>
+{missing_html}
 <h2>KPIs</h2>
 {_table(["KPI", str(data['as_of']), str(data.get('previous_as_of') or '-'), "change"], kpi_rows)}
 <h2>Value tiers</h2>

@@ -26,6 +26,12 @@ TEST_SPARK_SETTINGS = [
 ]
 
 
+# The churn minimums of a small test feed (a few hundred customers): base.yaml's 100 churners
+# and 100 stayers suit a real feed and would skip churn on these (tests/unit/test_sufficiency.py
+# and test_bad_input.py check the minimums themselves).
+SMALL_FEED = ["churn.min_positives=20", "churn.min_negatives=20"]
+
+
 def make_config(root: Path, *overrides: str, env: str = "local") -> Config:
     """The local configuration with storage under `root`, plus test overrides."""
     return load_config(env, CONF_DIR, [f"storage.root={root}", *TEST_SPARK_SETTINGS, *overrides])

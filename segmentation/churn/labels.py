@@ -17,7 +17,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from segmentation.config import ChurnConfig
-from segmentation.errors import ConfigError, DataQualityError
+from segmentation.errors import ConfigError
 from segmentation.features.customer import customer_features, transactions_between
 
 LABEL = "churned"
@@ -70,18 +70,11 @@ def churn_cutoffs(as_of: dt.date, settings: ChurnConfig) -> Cutoffs:
 
 def cutoffs_with_history(cutoffs: Cutoffs, first_day: dt.date, lookback_days: int) -> tuple[Cutoffs, list[dt.date]]:
     """The cutoffs without the training cutoffs whose look-back window starts before the first
-    transaction (their customers' histories are cut short), and those dropped; a
-    DataQualityError says how much history is needed when none is left."""
+    transaction (their customers' histories are cut short), and those dropped. None may be
+    left: `sufficiency.churn_history_shortfall` then says how much history is needed."""
     lookback = dt.timedelta(days=lookback_days)
     dropped = [c for c in cutoffs.training if c - lookback < first_day]
     kept = tuple(c for c in cutoffs.training if c not in dropped)
-    if not kept:
-        earliest = min(cutoffs.training)
-        raise DataQualityError(
-            f"every training cutoff's look-back of {lookback_days} days starts before the first transaction on {first_day} "
-            f"(the earliest cutoff, {earliest}, needs history from {earliest - lookback}); "
-            "use fewer churn.training_cutoffs, a shorter churn.lookback_days or churn.horizon_days, or more history"
-        )
     return Cutoffs(kept, cutoffs.evaluation, cutoffs.horizon_days), dropped
 
 

@@ -106,10 +106,15 @@ def candidate_ks(config: ClusterConfig) -> list[int]:
     return [config.k] if config.k is not None else list(range(config.k_min, config.k_max + 1))
 
 
-def features_without_values(customers: DataFrame, config: ClusterConfig) -> list[str]:
-    """The features no customer has a value for: median imputation has nothing to fill them with."""
-    counts = customers.agg(*[F.count(F.col(f)).alias(f) for f in config.features]).first()
-    return [f for f in config.features if counts[f] == 0]
+def features_without_spread(customers: DataFrame, config: ClusterConfig) -> tuple[list[str], list[str]]:
+    """The features no customer has a value for (median imputation has nothing to fill them
+    with), and those with one value for every customer who has one (they cannot separate
+    clusters); one aggregate."""
+    row = customers.agg(*[agg(F.col(f)).alias(f"{f}__{name}") for f in config.features
+                          for name, agg in (("n", F.count), ("low", F.min), ("high", F.max))]).first()
+    empty = [f for f in config.features if row[f"{f}__n"] == 0]
+    constant = [f for f in config.features if row[f"{f}__n"] > 0 and row[f"{f}__low"] == row[f"{f}__high"]]
+    return empty, constant
 
 
 def distinct_points(points: DataFrame, config: ClusterConfig) -> int:

@@ -34,7 +34,7 @@ from segmentation.clustering.model import (
     candidate_ks,
     choose_k,
     distinct_points,
-    features_without_values,
+    features_without_spread,
     fit_candidate,
     preparation,
     model_space,
@@ -49,7 +49,8 @@ from segmentation.clustering.profiles import (
     cluster_profiles,
     match_to_reference,
 )
-from segmentation.errors import DataQualityError
+from segmentation.errors import DataQualityError, InsufficientDataError
+from segmentation.sufficiency import cluster_shortfall, constant_features_shortfall
 from segmentation.logs import stage
 from segmentation.plots import plt
 from segmentation.registry import CHAMPION, ChampionMetric, PromotionRule, decide_promotion
@@ -193,7 +194,7 @@ def _record(clustering: _Clustering, decision: ClusterDecision) -> None:
 def _fit_candidates(ctx: StageContext, customers: DataFrame, count: int, as_of, source, version: int) -> list[Candidate]:
     settings = ctx.config.cluster
     snapshot = f"{source} as of {as_of}"
-    _check_clusterable(customers, count, settings, snapshot)
+    constant = _check_clusterable(customers, count, settings, snapshot)
     prepared = preparation(settings).fit(customers)
     # Not cached: from an uncached input, K-means caches its own vectors, which it iterates
     # over much faster than over a cached DataFrame (8 s instead of 26 s per k at 100,000 customers).
@@ -206,6 +207,9 @@ def _fit_candidates(ctx: StageContext, customers: DataFrame, count: int, as_of, 
         log.info("K-means fits on a sample of about %d of the %d customers (cluster.fit_sample); all are assigned",
                  round(fit_fraction * count), count)
     distinct = _distinct_points(fit_points, count, settings, snapshot, sampled=fit_fraction < 1)
+    shortfall = constant_features_shortfall(constant, count)
+    if shortfall:
+        raise InsufficientDataError("cluster", f"{snapshot}: {shortfall}")
     candidates = []
     for k in candidate_ks(settings):
         if k >= distinct:
@@ -229,18 +233,20 @@ def _wanted(settings) -> tuple[int, str]:
     return ks[0], f"k = {ks[0]}" if len(ks) == 1 else f"k from {ks[0]} to {ks[-1]}"
 
 
-def _check_clusterable(customers: DataFrame, count: int, settings, snapshot: str) -> None:
-    """A DataQualityError when there are no more customers than the smallest k (K-means needs
-    more customers than clusters) or a feature has no value at all (nothing to impute from)."""
+def _check_clusterable(customers: DataFrame, count: int, settings, snapshot: str) -> list[str]:
+    """An InsufficientDataError when there are no more customers than the smallest k (K-means
+    needs more customers than clusters) or a feature has no value at all (nothing to impute
+    from); the features with one value for all, checked once the points are counted."""
     smallest, wanted = _wanted(settings)
     if count <= smallest:
-        raise DataQualityError(f"{snapshot}: {_customers(count)}, too few for {wanted} (K-means needs more customers than clusters)")
-    empty = features_without_values(customers, settings)
+        raise InsufficientDataError("cluster", f"{snapshot}: {_customers(count)}, too few for {wanted} (K-means needs more customers than clusters)")
+    empty, constant = features_without_spread(customers, settings)
     if empty:
-        raise DataQualityError(
-            f"{snapshot}: cluster.features {', '.join(empty)} have no value for any of the {_customers(count)}; "
+        raise InsufficientDataError(
+            "cluster", f"{snapshot}: cluster.features {', '.join(empty)} have no value for any of the {_customers(count)}; "
             "leave them out of cluster.features"
         )
+    return constant
 
 
 def _distinct_points(points: DataFrame, count: int, settings, snapshot: str, sampled: bool) -> int:
@@ -248,12 +254,15 @@ def _distinct_points(points: DataFrame, count: int, settings, snapshot: str, sam
     apart; a DataQualityError when too few for every k."""
     smallest, wanted = _wanted(settings)
     distinct = distinct_points(points, settings)
+    where = " in the K-means sample (cluster.fit_sample)" if sampled else ""
     if distinct <= smallest:
-        where = " in the K-means sample (cluster.fit_sample)" if sampled else ""
-        raise DataQualityError(
-            f"{snapshot}: {_customers(count)} but only {distinct} with distinct cluster.features{where}, too few for {wanted} "
+        raise InsufficientDataError(
+            "cluster", f"{snapshot}: {_customers(count)} but only {distinct} with distinct cluster.features{where}, too few for {wanted} "
             "(K-means needs more distinct customers than clusters)"
         )
+    shortfall = cluster_shortfall(distinct, candidate_ks(settings)[-1], settings.min_customers_per_cluster)
+    if shortfall:
+        raise InsufficientDataError("cluster", f"{snapshot}{where}: {shortfall}")
     return distinct
 
 

@@ -43,7 +43,8 @@ from segmentation.clv.summary import (
     holdout_purchases,
     spend_groups,
 )
-from segmentation.errors import DataQualityError
+from segmentation.errors import DataQualityError, InsufficientDataError
+from segmentation.sufficiency import clv_shortfall
 from segmentation.logs import stage
 from segmentation.schema import CLV_COLUMNS
 
@@ -124,8 +125,7 @@ def run(ctx: StageContext, args: argparse.Namespace | None = None) -> ClvResult:
 
         customers = clv_summary(transactions, calibration_end, settings.time_unit).persist(StorageLevel.MEMORY_AND_DISK)
         try:
-            if customers.isEmpty():
-                raise DataQualityError(f"no customer has a purchase on or before {calibration_end} in {source}")
+            _check_sufficiency(customers, calibration_end, source, settings)
             fit = _compute(customers, transactions, settings, scoring, calibration_end, as_of)
             written, totals, by_frequency = _write(ctx, fit.snapshot, target, calibration_end, settings)
         finally:
@@ -135,6 +135,19 @@ def run(ctx: StageContext, args: argparse.Namespace | None = None) -> ClvResult:
         summary_log.update(customers=totals.customers, triples=fit.bgnbd.triples, version=written, table=target.location)
         _record(result, scoring, by_frequency, settings, getattr(args, "json", False))
     return result
+
+
+def _check_sufficiency(customers: DataFrame, calibration_end: dt.date, source, settings) -> None:
+    """A DataQualityError without customers; an InsufficientDataError when too few bought
+    again or the calibration period is too short for the time unit (one small aggregate)."""
+    totals = customers.agg(F.count(F.lit(1)).alias("customers"), F.count(F.when(F.col("x") > 0, True)).alias("repeat"),
+                           F.min("first_purchase_date").alias("first")).first()
+    if totals.customers == 0:
+        raise DataQualityError(f"no customer has a purchase on or before {calibration_end} in {source}")
+    shortfall = clv_shortfall(int(totals.repeat), (calibration_end - totals.first).days, UNIT_DAYS[settings.time_unit],
+                              settings.time_unit, settings.min_repeat_customers, settings.min_calibration_units)
+    if shortfall:
+        raise InsufficientDataError("clv", shortfall)
 
 
 def _record_inputs(source, version: int, as_of: dt.date, calibration_end: dt.date, settings) -> None:

@@ -183,7 +183,15 @@ def report_data(ctx: StageContext, snapshot: DataFrame, rows: DataFrame, as_of: 
         "churn": churn_summary(config.churn.registered_model),
         "churn_score_sources": churn_score_sources(snapshot),
         "outcomes": treatment_outcomes(ctx, as_of),
+        "missing_predictions": missing_predictions(snapshot),
     }
+
+
+def missing_predictions(snapshot: DataFrame) -> dict[str, str]:
+    """The tier columns a skipped model stage left null, with why (lineage.missing_predictions)."""
+    if "missing_predictions" not in snapshot.schema["lineage"].dataType.fieldNames():  # written before the field existed
+        return {}
+    return snapshot.select("lineage.missing_predictions").first()[0] or {}
 
 
 def churn_score_sources(snapshot: DataFrame) -> list[str]:

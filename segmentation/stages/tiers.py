@@ -32,7 +32,7 @@ from segmentation.features.rules import UNMATCHED
 from segmentation.logs import stage
 from segmentation.tiers.history import HISTORY_KEY, tier_history
 from segmentation.tiers.migrations import SCORES_BEST_FIRST, check_events, migration_matrix, tier_events
-from segmentation.tiers.snapshot import TIER_COLUMNS, Lineage, customer_tiers, joined_inputs, value_cuts
+from segmentation.tiers.snapshot import PREDICTED_COLUMNS, TIER_COLUMNS, Lineage, customer_tiers, joined_inputs, value_cuts
 
 log = logging.getLogger(__name__)
 
@@ -132,14 +132,16 @@ class _Inputs:
     snapshots: dict[str, DataFrame]  # key -> its rows as of `as_of`
 
 
-def run(ctx: StageContext, args: argparse.Namespace | None = None) -> TiersResult:
+def run(ctx: StageContext, args: argparse.Namespace | None = None, skipped: dict[str, str] | None = None) -> TiersResult:
+    """`skipped`: the model tables a pipeline run skipped for too few data (key -> why); their
+    columns stay null and `lineage.missing_predictions` says why."""
     config = ctx.config
     target = ctx.table("customer_tiers")
     with tracking.stage_run(config, "tiers", ctx.pipeline_run_id) as active, stage("tiers") as summary:
         check_events(config.tiers.events, TIER_COLUMNS, tier_orders(config), tier_names(config))
-        inputs = _read_inputs(ctx)
+        inputs = _read_inputs(ctx, skipped or {})
         _record_inputs(config, inputs)
-        lineage = _lineage(ctx, inputs.read, inputs.snapshots, inputs.as_of)
+        lineage = _lineage(ctx, inputs.read, inputs.snapshots, inputs.as_of, missing_predictions(skipped or {}))
         written = _write_snapshot(ctx, inputs, lineage)
         history = _update_history(ctx, config.tiers.tracked)
         tracking.log_delta_output(target, written.version)
@@ -156,12 +158,18 @@ def run(ctx: StageContext, args: argparse.Namespace | None = None) -> TiersResul
     return result
 
 
-def _read_inputs(ctx: StageContext) -> _Inputs:
-    """The four input tables at their current versions, and their snapshots of the as-of date."""
-    read = {key: ctx.read_input(key, f"does not exist yet; run '{command}' first") for key, command in INPUTS.items()}
+def _read_inputs(ctx: StageContext, skipped: dict[str, str]) -> _Inputs:
+    """The input tables at their current versions, and their snapshots of the as-of date
+    (the skipped ones are not read)."""
+    read = {key: ctx.read_input(key, f"does not exist yet; run '{command}' first") for key, command in INPUTS.items() if key not in skipped}
     features_ref, _, features = read["customer_features"]
     as_of = ctx.snapshot_as_of(features, features_ref, "has no snapshots: run 'segmentation features' first")
     return _Inputs(as_of, read, {key: _snapshot(ref, df, as_of, INPUTS[key]) for key, (ref, _, df) in read.items()})
+
+
+def missing_predictions(skipped: dict[str, str]) -> dict[str, str]:
+    """Each tier column left null by a skipped model table, with why (`lineage.missing_predictions`)."""
+    return {column: f"{key} not written: {reason}" for key, reason in skipped.items() for column in PREDICTED_COLUMNS[key]}
 
 
 def _record_inputs(config: Config, inputs: _Inputs) -> None:
@@ -174,10 +182,13 @@ def _record_inputs(config: Config, inputs: _Inputs) -> None:
 def _write_snapshot(ctx: StageContext, inputs: _Inputs, lineage: Lineage) -> tables.WriteResult:
     """Compute the tier rows of the as-of date and replace its snapshot, under the table's constraints."""
     config, spark, target = ctx.config, ctx.spark, ctx.table("customer_tiers")
-    joined = joined_inputs(*inputs.snapshots.values()).persist(StorageLevel.MEMORY_AND_DISK)
+    snapshots = inputs.snapshots
+    joined = joined_inputs(snapshots["customer_features"], *[snapshots.get(key) for key in PREDICTED_COLUMNS])
+    joined = joined.persist(StorageLevel.MEMORY_AND_DISK)
     try:
-        cuts = value_cuts(joined, config.tiers, config.features)
-        rows = customer_tiers(joined, cuts, config.tiers, config.features, inputs.as_of, lineage)
+        settings = config.tiers.model_copy(update={"value_rank_by": lineage.value_rank_by})
+        cuts = value_cuts(joined, settings, config.features)
+        rows = customer_tiers(joined, cuts, settings, config.features, inputs.as_of, lineage)
         if not tables.exists(spark, target):
             tables.ensure_table(spark, target, rows.schema, partition_by=["as_of_date"], constraints=constraints(config))
         tables.add_constraints(spark, target, constraints(config))
@@ -203,11 +214,25 @@ def _snapshot(ref, df: DataFrame, as_of: dt.date, command: str) -> DataFrame:
     return snapshot
 
 
-def _lineage(ctx: StageContext, read, snapshots, as_of: dt.date) -> Lineage:
+def value_rank_by(configured: str, features_rank_by: str, missing: dict[str, str]) -> str:
+    """The column the value pyramid ranks by: tiers.value_rank_by, or the features' own
+    (features.value_pyramid.rank_by) when a skipped model left it empty."""
+    return features_rank_by if configured in missing else configured
+
+
+def _lineage(ctx: StageContext, read, snapshots, as_of: dt.date, missing: dict[str, str]) -> Lineage:
     """The versions read, the model versions in the inputs and the MLflow runs behind them."""
     client = MlflowClient()
+    rank_by = value_rank_by(ctx.config.tiers.value_rank_by, ctx.config.features.value_pyramid.rank_by, missing)
+    if rank_by != ctx.config.tiers.value_rank_by:
+        log.warning("value tiers ranked by %s: %s", rank_by, missing[ctx.config.tiers.value_rank_by])
+
+    def version_read(key: str) -> int | None:
+        return read[key][1] if key in read else None
 
     def model_version(key: str) -> int | None:
+        if key not in snapshots:
+            return None
         value = snapshots[key].agg(F.max("model_version")).first()[0]
         return None if value is None else int(value)
 
@@ -228,13 +253,14 @@ def _lineage(ctx: StageContext, read, snapshots, as_of: dt.date) -> Lineage:
     cluster_version, churn_version = model_version("customer_clusters"), model_version("customer_churn")
     return Lineage(
         pipeline_run_id=ctx.pipeline_run_id,
-        features_version=read["customer_features"][1], clv_version=read["customer_clv"][1],
-        clusters_version=read["customer_clusters"][1], churn_version=read["customer_churn"][1],
-        clv_run_id=clv_runs[0].info.run_id if clv_runs else None,
+        features_version=read["customer_features"][1], clv_version=version_read("customer_clv"),
+        clusters_version=version_read("customer_clusters"), churn_version=version_read("customer_churn"),
+        clv_run_id=clv_runs[0].info.run_id if clv_runs and "customer_clv" in read else None,
         cluster_model_version=cluster_version, churn_model_version=churn_version,
-        value_rank_by=ctx.config.tiers.value_rank_by,
+        value_rank_by=rank_by,
         cluster_run_id=model_run(ctx.config.cluster.registered_model, cluster_version),
         churn_run_id=model_run(ctx.config.churn.registered_model, churn_version),
+        missing_predictions=missing,
     )
 
 

@@ -12,7 +12,7 @@ in the treatment's holdout) comes from `segmentation.treatments.holdout`.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
@@ -28,10 +28,16 @@ FEATURE_COLUMNS = [
     "r_score", "f_score", "m_score", "rfm_segment", "lifecycle_stage", "business_tier",
     "recency_days", "frequency_orders", "monetary", "revenue_365d", "preferred_channel",
 ]
-# What a tier row takes from each scored table, named against the table's contract.
-CLV_TIER_COLUMNS = columns_of(CLV_COLUMNS, "clv", "probability_alive", "expected_purchases")
-CLUSTER_TIER_COLUMNS = columns_of(CLUSTER_COLUMNS, "cluster_id", "cluster_name")
-CHURN_TIER_COLUMNS = columns_of(CHURN_COLUMNS, "churn_probability", "churn_risk_tier", "churn_score_source")
+# What a tier row takes from each scored table, with its type (null when a pipeline run
+# skipped the model for too few data), named against the table's contract.
+PREDICTED_COLUMNS = {
+    "customer_clv": {"clv": "double", "probability_alive": "double", "expected_purchases": "double"},
+    "customer_clusters": {"cluster_id": "int", "cluster_name": "string"},
+    "customer_churn": {"churn_probability": "double", "churn_risk_tier": "string", "churn_score_source": "string"},
+}
+CLV_TIER_COLUMNS = columns_of(CLV_COLUMNS, *PREDICTED_COLUMNS["customer_clv"])
+CLUSTER_TIER_COLUMNS = columns_of(CLUSTER_COLUMNS, *PREDICTED_COLUMNS["customer_clusters"])
+CHURN_TIER_COLUMNS = columns_of(CHURN_COLUMNS, *PREDICTED_COLUMNS["customer_churn"])
 
 
 @dataclass(frozen=True)
@@ -49,6 +55,8 @@ class Lineage:
     value_rank_by: str
     cluster_run_id: str | None = None  # the MLflow runs that logged the cluster and churn models
     churn_run_id: str | None = None
+    # Tier columns left null because a model stage was skipped for too few data: column -> why.
+    missing_predictions: dict[str, str] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -56,7 +64,14 @@ class Lineage:
     def column(self) -> Column:
         """The lineage as a struct literal, typed even where a value is missing."""
         types = {f.name: ("bigint" if "version" in f.name else "string") for f in fields(self)}
-        return F.struct(*[F.lit(value).cast(types[key]).alias(key) for key, value in self.as_dict().items()])
+        types["missing_predictions"] = "map<string,string>"
+        return F.struct(*[_literal(value).cast(types[key]).alias(key) for key, value in self.as_dict().items()])
+
+
+def _literal(value) -> Column:
+    if isinstance(value, dict):
+        return F.create_map(*[F.lit(v) for item in sorted(value.items()) for v in item])
+    return F.lit(value)
 
 
 TIER_COLUMNS = [
@@ -66,16 +81,19 @@ TIER_COLUMNS = [
 ]
 
 
-def joined_inputs(features: DataFrame, clv: DataFrame, clusters: DataFrame, churn: DataFrame) -> DataFrame:
-    """The features snapshot with the CLV, cluster and churn columns of the same customers."""
+def joined_inputs(features: DataFrame, clv: DataFrame | None, clusters: DataFrame | None, churn: DataFrame | None) -> DataFrame:
+    """The features snapshot with the CLV, cluster and churn columns of the same customers
+    (typed nulls for a model table that is None: skipped for too few data)."""
     # Every feature column stays available to the stickiness and playbook rules; the features'
     # own value tier gives way to the one ranked by tiers.value_rank_by.
-    return (
-        features.drop("as_of_date", "value_tier")
-        .join(clv.select("customer_id", *CLV_TIER_COLUMNS), on="customer_id", how="left")
-        .join(clusters.select("customer_id", *CLUSTER_TIER_COLUMNS), on="customer_id", how="left")
-        .join(churn.select("customer_id", *CHURN_TIER_COLUMNS), on="customer_id", how="left")
-    )
+    joined = features.drop("as_of_date", "value_tier")
+    for key, snapshot in zip(PREDICTED_COLUMNS, (clv, clusters, churn)):
+        columns = PREDICTED_COLUMNS[key]
+        if snapshot is None:
+            joined = joined.select("*", *[F.lit(None).cast(kind).alias(name) for name, kind in columns.items()])
+        else:
+            joined = joined.join(snapshot.select("customer_id", *columns), on="customer_id", how="left")
+    return joined
 
 
 def value_cuts(joined: DataFrame, tiers: TiersConfig, features: FeaturesConfig) -> TierCuts:

@@ -28,6 +28,7 @@ from pyspark.sql import functions as F
 
 from segmentation.stages import churn
 from segmentation.stages import cluster
+from segmentation.stages import clv
 from segmentation.stages import ingest
 from segmentation.stages import pipeline
 from segmentation.stages.context import StageContext
@@ -460,8 +461,15 @@ def edge_feed(spark, folder, mlflow_store, lines, *settings):
 def test_one_customer_gets_features_and_clear_errors_from_the_models(spark, tmp_path, mlflow_store):
     dates = ["2025-01-05", "2025-02-03", "2025-03-09", "2025-05-02", "2025-06-01"]
     ctx = edge_feed(spark, tmp_path, mlflow_store, [row(f"O{i}", transaction_ts=f"{day} 10:00:00") for i, day in enumerate(dates)])
-    with pytest.raises(DataQualityError, match=r"^BG/NBD triples: 1 customer, too few to fit; the model needs customers whose \(x, t_x, T\) differ$"):
-        pipeline.run(ctx, UNTIL_THE_END)
+    # The pipeline skips the model stages with their sufficiency messages (standalone, they fail with them).
+    results = pipeline.run(ctx, UNTIL_THE_END)
+    assert results.clv == pipeline.Skipped(
+        "1 customer bought more than once by the calibration end, fewer than clv.min_repeat_customers=30; "
+        "BG/NBD learns from repeat customers: collect more history or more customers"
+    )
+    assert results.churn.reason.startswith("147 days of history (2025-01-05 to 2025-06-01)")
+    with pytest.raises(DataQualityError, match=r"^1 customer bought more than once by the calibration end"):
+        clv.run(ctx)
     assert read(ctx, "transactions").count() == 5
     [customer] = read(ctx, "customer_features").collect()
     assert (customer.customer_id, customer.as_of_date, customer.recency_days) == (pseudonym("C1"), dt.date(2025, 6, 1), 0)
@@ -470,9 +478,47 @@ def test_one_customer_gets_features_and_clear_errors_from_the_models(spark, tmp_
 
     with pytest.raises(DataQualityError, match=r"customer_features .* as of 2025-06-01: 1 customer, too few for k from 3 to 8 \(K-means needs more customers than clusters\)$"):
         cluster.run(ctx)
-    with pytest.raises(DataQualityError, match=r"^the training rows need churners and stayers: 0 churners among 0 rows"):
+    with pytest.raises(DataQualityError, match=(
+        r"^147 days of history \(2025-01-05 to 2025-06-01\), 0 of 4 training cutoffs have a full look-back; the churn model "
+        r"needs churn.lookback_days 365 \+ churn.horizon_days 90 x \(1 cutoffs \+ 1\) = 545 days"
+    )):
         churn.train(ctx)
     assert not tables.exists(spark, ctx.table("customer_clusters")) and not tables.exists(spark, ctx.table("customer_churn"))
+
+
+def test_a_tiny_feed_gets_rule_tiers_and_the_model_stages_say_why_they_were_skipped(spark, tmp_path, mlflow_store, capsys):
+    """50 customers over two months: too few for every model; `segmentation run` still writes
+    the rule tiers, and the tier table says which predictive columns are missing and why."""
+    lines = [
+        row(f"T{c}-{n}", customer_id=f"C{c}", transaction_ts=f"{dt.date(2025, 5, 1) + dt.timedelta(days=(c * 7 + n * 19) % 60)} 10:00:00",
+            net_amount=f"{10 + c % 13}.50", channel=("store", "web")[(c + n) % 2])
+        for c in range(50) for n in range(1 + c % 3)
+    ]
+    ctx = edge_feed(spark, tmp_path, mlflow_store, lines)
+    results = pipeline.run(ctx, UNTIL_THE_END)
+    out = capsys.readouterr().out
+    assert results.clv.reason.startswith("the calibration period spans ") and "shorter than clv.min_calibration_units=12 weeks" in results.clv.reason
+    assert "customers with distinct cluster.features, fewer than 80 (k up to 8 x cluster.min_customers_per_cluster=10)" in results.cluster.reason
+    assert results.churn.reason.startswith("59 days of history (2025-05-01 to 2025-06-29), 0 of 4 training cutoffs have a full look-back")
+    for name in ("clv", "cluster", "churn"):
+        assert f"{name} skipped, too few data: {getattr(results, name).reason}" in out
+    assert "Traceback" not in out
+    for key in ("customer_clv", "customer_clusters", "customer_churn"):
+        assert not tables.exists(spark, ctx.table(key))
+
+    tiers = read(ctx, "customer_tiers")
+    assert tiers.count() == 50 and results.tiers.customers == 50
+    assert tiers.where(F.col("clv").isNotNull() | F.col("cluster_id").isNotNull() | F.col("churn_probability").isNotNull()).isEmpty()
+    assert tiers.where(F.col("value_tier").isNull() | F.col("rfm_segment").isNull() | F.col("stickiness").isNull()).isEmpty()
+    lineage = tiers.select("lineage.*").first()
+    assert lineage.value_rank_by == "revenue_365d"  # the features' own ranking, without a CLV
+    missing = lineage.missing_predictions
+    assert set(missing) == {"clv", "probability_alive", "expected_purchases", "cluster_id", "cluster_name",
+                            "churn_probability", "churn_risk_tier", "churn_score_source"}
+    assert missing["churn_probability"] == f"customer_churn not written: {results.churn.reason}"
+    assert missing["cluster_name"] == f"customer_clusters not written: {results.cluster.reason}"
+    report = results.report.path.read_text(encoding="utf-8")
+    assert "Not predicted: clv, probability_alive, expected_purchases (customer_clv not written: the calibration period spans" in report
 
 
 def test_only_returns_get_features_and_clear_errors_from_the_models(spark, tmp_path, mlflow_store):

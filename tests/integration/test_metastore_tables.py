@@ -18,10 +18,10 @@ from pyspark.sql import functions as F
 import segmentation.spark
 from segmentation import cli, tables
 from segmentation.config import TableLocations, load_config
-from tests.conftest import CONF_DIR, REPO, TEST_SPARK_SETTINGS
+from tests.conftest import CONF_DIR, REPO, SMALL_FEED, TEST_SPARK_SETTINGS
 
 SCHEMA = "segmentation_metastore_test"
-SETTINGS = ["generate.customers=400", "cluster.k=3", "cluster.restarts=1", "churn.model=logistic_regression"]
+SETTINGS = ["generate.customers=400", "cluster.k=3", "cluster.restarts=1", "churn.model=logistic_regression", *SMALL_FEED]
 # The bundle's tasks, in an order its dependencies allow (conf/bundle/resources).
 COMMANDS = [
     ["generate"], ["ingest"], ["features", "--as-of", ""], ["clv", "--as-of", ""], ["cluster", "--as-of", ""],

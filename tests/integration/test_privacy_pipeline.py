@@ -33,7 +33,7 @@ from segmentation.stages.context import StageContext
 from segmentation import cli, tables, tracking
 from segmentation.privacy import key_fingerprint
 from segmentation.schema import RAW_COLUMNS
-from tests.conftest import CONF_DIR, TEST_SPARK_SETTINGS, make_config
+from tests.conftest import CONF_DIR, SMALL_FEED, TEST_SPARK_SETTINGS, make_config
 
 pytestmark = pytest.mark.slow
 
@@ -50,7 +50,7 @@ KEPT = ["planted-customer-0002", "planted-customer-0003"]
 RAW_STRINGS = sorted({*PLANTED, *PLANTED.values()})
 SETTINGS = [
     "generate.customers=150", "cluster.k=3", "cluster.restarts=1", "churn.model=logistic_regression",
-    "churn.training_cutoffs=2",
+    "churn.training_cutoffs=2", *SMALL_FEED,
     "privacy.allow_demo_key=false",
 ]
 ARGS = argparse.Namespace(generate=False, train_churn=False, until="report")

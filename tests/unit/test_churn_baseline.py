@@ -13,7 +13,6 @@ from segmentation.churn.baseline import (
 )
 from segmentation.churn.evaluation import Bucket
 from segmentation.churn.labels import Cutoffs, cutoffs_with_history
-from segmentation.errors import DataQualityError
 from segmentation.report import churn_sources_sentence
 
 # Riskiest first, as score_buckets returns them; the 20-40 bucket churns less than the 0-20 one.
@@ -74,9 +73,8 @@ def test_cutoffs_whose_lookback_starts_before_the_data_are_dropped():
     assert kept == Cutoffs((dt.date(2024, 4, 1), dt.date(2024, 7, 1)), dt.date(2024, 10, 1), 90)
     # A look-back starting exactly on the first day keeps the cutoff.
     assert cutoffs_with_history(cutoffs, dt.date(2023, 1, 1), 365) == (cutoffs, [])
-    with pytest.raises(DataQualityError, match=r"every training cutoff's look-back of 365 days starts before the first "
-                                                 r"transaction on 2024-01-01 .*needs history from 2023-01-01"):
-        cutoffs_with_history(cutoffs, dt.date(2024, 1, 1), 365)
+    # None may be left: the sufficiency check then says how much history is needed.
+    assert cutoffs_with_history(cutoffs, dt.date(2024, 1, 1), 365) == (Cutoffs((), dt.date(2024, 10, 1), 90), list(cutoffs.training))
 
 
 def test_the_report_says_what_scored_the_customers():
