@@ -4,7 +4,8 @@ Customers come from `spark.range`, so nothing loops over customers on the driver
 gets an archetype (VIP, regular, occasional, one-off) with its own purchase rate, dropout
 probability, spend level, channel and category preferences; purchases then follow the
 "buy till you die" process (exponential gaps between purchases, a coin flip for dropout
-after each one), thinned by a seasonal curve. Orders have one or more lines, some lines are
+after each one, more likely for discount seekers and customers who return more), thinned
+by a seasonal curve. Orders have one or more lines, some lines are
 returned later, and a configurable share of rows is made defective on purpose.
 
 All randomness is a hash of (seed, customer, stream, index): the output is the same for

@@ -90,3 +90,13 @@ def test_a_skipped_model_stage_leaves_its_tier_columns_null_and_says_why():
     # Without a CLV, the value pyramid ranks by the features' own column.
     assert value_rank_by("clv", "revenue_365d", missing) == "revenue_365d"
     assert value_rank_by("clv", "revenue_365d", {}) == "clv"
+
+
+def test_the_report_names_the_missing_columns_once_per_reason():
+    from segmentation.report import missing_sentences
+
+    missing = {"clv": "customer_clv not written: short", "probability_alive": "customer_clv not written: short",
+               "cluster_id": "customer_clusters not written: few"}
+    assert missing_sentences(missing) == ["clv, probability_alive (customer_clv not written: short)",
+                                          "cluster_id (customer_clusters not written: few)"]
+    assert missing_sentences({}) == []
