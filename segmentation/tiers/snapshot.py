@@ -70,7 +70,7 @@ class Lineage:
 
 def _literal(value) -> Column:
     if isinstance(value, dict):
-        return F.create_map(*[F.lit(v) for item in sorted(value.items()) for v in item])
+        return F.create_map(*[F.lit(v) for item in value.items() for v in item])
     return F.lit(value)
 
 
