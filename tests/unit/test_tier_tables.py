@@ -111,6 +111,8 @@ def test_tier_rows_rank_by_clv_and_attach_the_playbook(spark):
         "preferred_channel string, clv double, probability_alive double, expected_purchases double, cluster_id int, "
         "cluster_name string, churn_probability double, churn_risk_tier string, orders_365d long",
     )
+    # customer_churn names what scored each customer (churn_score_source), like the model version 5 of the lineage.
+    joined = joined.withColumn("churn_score_source", F.when(F.col("churn_probability").isNotNull(), F.lit("model:5")))
     # 20 customers: the top 5% by CLV is one customer (900), the next 15% three (800, 200, 25).
     cuts = TierCuts(value=[24.5, 100.0, 850.0])
     lineage = Lineage("run", 1, 2, 3, 4, None, 5, None, "clv")
