@@ -29,6 +29,7 @@ from segmentation import registry, tables, tracking
 from segmentation.errors import DataQualityError
 from segmentation.features.tiers import value_pyramid_summary
 from segmentation.logs import stage
+from segmentation.tiers.snapshot import TIER_COLUMNS
 
 log = logging.getLogger(__name__)
 
@@ -191,7 +192,8 @@ def missing_predictions(snapshot: DataFrame) -> dict[str, str]:
     """The tier columns a skipped model stage left null, with why (lineage.missing_predictions)."""
     if "missing_predictions" not in snapshot.schema["lineage"].dataType.fieldNames():  # written before the field existed
         return {}
-    return snapshot.select("lineage.missing_predictions").first()[0] or {}
+    missing = snapshot.select("lineage.missing_predictions").first()[0] or {}
+    return {column: missing[column] for column in TIER_COLUMNS if column in missing}  # a Delta map keeps no order
 
 
 def churn_score_sources(snapshot: DataFrame) -> list[str]:
