@@ -1,0 +1,148 @@
+"""Where a stage's time goes: its Spark jobs, their seconds, and the time outside Spark.
+
+Every stage of `segmentation run` tags the Spark jobs it starts (`stage_tag`). Spark's own
+status API (the REST API of the driver's UI, `/api/v1/applications/<id>/jobs`) lists the
+jobs with their tags, call sites and times; `stage_profiles` turns them into one profile per
+stage. Spark seconds are the union of the stage's job intervals (jobs of one thread do not
+overlap, but a job started in another thread could), so outside-Spark seconds (planning,
+the Delta log, MLflow, Python) are the rest of the stage's wall-clock time.
+
+The REST API needs the UI (`spark.ui.enabled`, on by default) and keeps the last
+`spark.ui.retainedJobs` jobs (1000 by default); `segmentation bench` raises that limit.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+
+log = logging.getLogger(__name__)
+
+TAG_PREFIX = "segmentation-stage-"
+TOP_CALL_SITES = 5
+
+
+@dataclass(frozen=True)
+class SparkJob:
+    job_id: int
+    name: str  # Spark's call site, e.g. "count at /path/module.py:123"
+    tags: tuple[str, ...]
+    submitted_ms: int
+    completed_ms: int | None  # None: still running
+
+    @property
+    def seconds(self) -> float:
+        return 0.0 if self.completed_ms is None else (self.completed_ms - self.submitted_ms) / 1000
+
+
+@dataclass(frozen=True)
+class CallSite:
+    name: str
+    jobs: int
+    seconds: float
+
+
+@dataclass(frozen=True)
+class StageProfile:
+    stage: str
+    seconds: float  # the stage's wall-clock time
+    jobs: int
+    spark_seconds: float
+    outside_spark_seconds: float
+    top_call_sites: list[CallSite]  # the call sites with the most Spark seconds
+
+
+def stage_tag(stage: str) -> str:
+    return f"{TAG_PREFIX}{stage}"
+
+
+@contextmanager
+def tagged(spark, stage: str) -> Iterator[None]:
+    """Tag every Spark job this thread starts inside the block with the stage's name."""
+    tag = stage_tag(stage)
+    spark.addTag(tag)
+    try:
+        yield
+    finally:
+        spark.removeTag(tag)
+
+
+def _epoch_ms(stamp: str | None) -> int | None:
+    """Spark's REST time stamps, e.g. 2026-12-05T19:01:04.123GMT."""
+    if not stamp:
+        return None
+    return int(datetime.strptime(stamp.replace("GMT", "+0000"), "%Y-%m-%dT%H:%M:%S.%f%z").timestamp() * 1000)
+
+
+def parse_jobs(payload: list[dict]) -> list[SparkJob]:
+    """The jobs of a `/applications/<id>/jobs` response."""
+    return [
+        SparkJob(int(j["jobId"]), j.get("name", ""), tuple(j.get("jobTags") or ()), _epoch_ms(j.get("submissionTime")) or 0,
+                 _epoch_ms(j.get("completionTime")))
+        for j in payload
+        if j.get("submissionTime")
+    ]
+
+
+def spark_jobs(spark) -> list[SparkJob] | None:
+    """Every job the driver's UI still holds, or None when there is no UI to ask (disabled,
+    or a Spark Connect session, whose server's UI this client cannot tell apart)."""
+    try:
+        context = spark.sparkContext
+    except Exception:  # Spark Connect: no SparkContext on the client
+        return None
+    url = context.uiWebUrl
+    if not url:
+        return None
+    try:
+        with urllib.request.urlopen(f"{url}/api/v1/applications/{context.applicationId}/jobs", timeout=30) as response:
+            return parse_jobs(json.load(response))
+    except OSError as error:
+        log.warning("profile: the Spark UI at %s did not answer (%s); no per-job profile", url, error)
+        return None
+
+
+def _union_seconds(intervals: list[tuple[int, int]]) -> float:
+    total, end = 0, None
+    for start, stop in sorted(intervals):
+        if end is None or start > end:
+            total += stop - start
+            end = stop
+        elif stop > end:
+            total += stop - end
+            end = stop
+    return total / 1000
+
+
+def stage_profiles(jobs: list[SparkJob], stage_seconds: dict[str, float]) -> list[StageProfile]:
+    """One profile per stage of `stage_seconds` (stage -> wall-clock seconds), from the jobs
+    tagged with its name."""
+    profiles = []
+    for stage, seconds in stage_seconds.items():
+        tag = stage_tag(stage)
+        mine = [j for j in jobs if tag in j.tags and j.completed_ms is not None]
+        spark_seconds = _union_seconds([(j.submitted_ms, j.completed_ms) for j in mine])
+        sites: dict[str, list[SparkJob]] = {}
+        for job in mine:
+            sites.setdefault(job.name, []).append(job)
+        top = sorted((CallSite(name, len(js), round(sum(j.seconds for j in js), 2)) for name, js in sites.items()),
+                     key=lambda site: -site.seconds)[:TOP_CALL_SITES]
+        profiles.append(StageProfile(stage, round(seconds, 2), len(mine), round(spark_seconds, 2),
+                                     round(max(seconds - spark_seconds, 0.0), 2), top))
+    return profiles
+
+
+def profile_markdown(profiles: list[dict]) -> str:
+    """The profiles (as `dataclasses.asdict` gives them, as the bench's JSON holds them) as a table."""
+    lines = ["| stage | seconds | Spark jobs | in Spark jobs (s) | outside Spark (s) | costliest call sites (jobs, s) |",
+             "|---|---:|---:|---:|---:|---|"]
+    for p in profiles:
+        sites = "; ".join(f"`{s['name']}` ({s['jobs']}, {s['seconds']:.1f})" for s in p["top_call_sites"][:3])
+        lines.append(f"| {p['stage']} | {p['seconds']:.1f} | {p['jobs']} | {p['spark_seconds']:.1f} | "
+                     f"{p['outside_spark_seconds']:.1f} | {sites} |")
+    return "\n".join(lines)
