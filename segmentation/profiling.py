@@ -1,8 +1,8 @@
 """Where a stage's time goes: its Spark jobs, their seconds, and the time outside Spark.
 
-Every stage of `segmentation run` tags the Spark jobs it starts (`stage_tag`). Spark's own
-status API (the REST API of the driver's UI, `/api/v1/applications/<id>/jobs`) lists the
-jobs with their tags, call sites and times; `stage_profiles` turns them into one profile per
+Every stage of `segmentation run` puts the Spark jobs it starts in a job group named after
+it (`stage_group`). Spark's own status API (the REST API of the driver's UI,
+`/api/v1/applications/<id>/jobs`) lists the jobs with their groups, call sites and times; `stage_profiles` turns them into one profile per
 stage. Spark seconds are the union of the stage's job intervals (jobs of one thread do not
 overlap, but a job started in another thread could), so outside-Spark seconds (planning,
 the Delta log, MLflow, Python) are the rest of the stage's wall-clock time.
@@ -23,7 +23,7 @@ from datetime import datetime
 
 log = logging.getLogger(__name__)
 
-TAG_PREFIX = "segmentation-stage-"
+GROUP_PREFIX = "segmentation-stage-"
 TOP_CALL_SITES = 5
 
 
@@ -31,7 +31,7 @@ TOP_CALL_SITES = 5
 class SparkJob:
     job_id: int
     name: str  # Spark's call site, e.g. "count at /path/module.py:123"
-    tags: tuple[str, ...]
+    group: str | None  # the job group, `stage_group(stage)` for a stage's jobs
     submitted_ms: int
     completed_ms: int | None  # None: still running
 
@@ -57,19 +57,34 @@ class StageProfile:
     top_call_sites: list[CallSite]  # the call sites with the most Spark seconds
 
 
-def stage_tag(stage: str) -> str:
-    return f"{TAG_PREFIX}{stage}"
+def stage_group(stage: str) -> str:
+    return f"{GROUP_PREFIX}{stage}"
+
+
+def _spark_context(spark):
+    try:
+        return spark.sparkContext
+    except Exception:  # Spark Connect: no SparkContext on the client
+        return None
 
 
 @contextmanager
-def tagged(spark, stage: str) -> Iterator[None]:
-    """Tag every Spark job this thread starts inside the block with the stage's name."""
-    tag = stage_tag(stage)
-    spark.addTag(tag)
+def grouped(spark, stage: str) -> Iterator[None]:
+    """Put every Spark job this thread starts inside the block in the stage's job group.
+    (A job group rather than a session tag: Spark 4.2 then fails to serialise the tasks of
+    some ML summaries, which hold the session.) A Spark Connect session has no job groups
+    and no status API here: nothing is grouped."""
+    context = _spark_context(spark)
+    if context is None:
+        yield
+        return
+    group = context.getLocalProperty("spark.jobGroup.id")
+    context.setJobGroup(stage_group(stage), f"segmentation stage {stage}")
     try:
         yield
     finally:
-        spark.removeTag(tag)
+        context.setLocalProperty("spark.jobGroup.id", group)  # None removes it
+        context.setLocalProperty("spark.job.description", None)
 
 
 def _epoch_ms(stamp: str | None) -> int | None:
@@ -82,7 +97,7 @@ def _epoch_ms(stamp: str | None) -> int | None:
 def parse_jobs(payload: list[dict]) -> list[SparkJob]:
     """The jobs of a `/applications/<id>/jobs` response."""
     return [
-        SparkJob(int(j["jobId"]), j.get("name", ""), tuple(j.get("jobTags") or ()), _epoch_ms(j.get("submissionTime")) or 0,
+        SparkJob(int(j["jobId"]), j.get("name", ""), j.get("jobGroup"), _epoch_ms(j.get("submissionTime")) or 0,
                  _epoch_ms(j.get("completionTime")))
         for j in payload
         if j.get("submissionTime")
@@ -92,11 +107,8 @@ def parse_jobs(payload: list[dict]) -> list[SparkJob]:
 def spark_jobs(spark) -> list[SparkJob] | None:
     """Every job the driver's UI still holds, or None when there is no UI to ask (disabled,
     or a Spark Connect session, whose server's UI this client cannot tell apart)."""
-    try:
-        context = spark.sparkContext
-    except Exception:  # Spark Connect: no SparkContext on the client
-        return None
-    url = context.uiWebUrl
+    context = _spark_context(spark)
+    url = context.uiWebUrl if context is not None else None
     if not url:
         return None
     try:
@@ -121,11 +133,11 @@ def _union_seconds(intervals: list[tuple[int, int]]) -> float:
 
 def stage_profiles(jobs: list[SparkJob], stage_seconds: dict[str, float]) -> list[StageProfile]:
     """One profile per stage of `stage_seconds` (stage -> wall-clock seconds), from the jobs
-    tagged with its name."""
+    in its job group."""
     profiles = []
     for stage, seconds in stage_seconds.items():
-        tag = stage_tag(stage)
-        mine = [j for j in jobs if tag in j.tags and j.completed_ms is not None]
+        group = stage_group(stage)
+        mine = [j for j in jobs if j.group == group and j.completed_ms is not None]
         spark_seconds = _union_seconds([(j.submitted_ms, j.completed_ms) for j in mine])
         sites: dict[str, list[SparkJob]] = {}
         for job in mine:

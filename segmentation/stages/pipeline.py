@@ -170,11 +170,11 @@ def _with_run_source(ctx: StageContext, args, timings, results) -> StageContext:
 
 
 def _timed(spark, timings: dict[str, Timing], name: str, step):
-    """Run a stage with its Spark jobs tagged by its name (`profiling.tagged`) and record its
+    """Run a stage with its Spark jobs in a job group named after it (`profiling.grouped`) and record its
     wall-clock window (perf_counter), also when it fails."""
     started = time.perf_counter()
     try:
-        with profiling.tagged(spark, name):
+        with profiling.grouped(spark, name):
             return step()
     finally:
         timings[name] = Timing(started, time.perf_counter())

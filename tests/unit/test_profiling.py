@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from dataclasses import asdict
 
-from segmentation.profiling import SparkJob, parse_jobs, profile_markdown, stage_profiles, stage_tag
+from segmentation.profiling import SparkJob, parse_jobs, profile_markdown, stage_profiles, stage_group
 
 
 def job(job_id: int, stage: str, start: int, end: int | None, name: str = "count at x.py:1") -> SparkJob:
-    return SparkJob(job_id, name, (stage_tag(stage), "other-tag"), start, end)
+    return SparkJob(job_id, name, stage_group(stage), start, end)
 
 
 def test_spark_seconds_are_the_union_of_the_stage_jobs_and_the_rest_is_outside_spark():
@@ -30,13 +30,13 @@ def test_spark_seconds_are_the_union_of_the_stage_jobs_and_the_rest_is_outside_s
 def test_the_rest_api_payload_is_read_with_its_tags_and_gmt_times():
     payload = [
         {"jobId": 7, "name": "collect at a.py:3", "submissionTime": "2026-12-05T19:01:04.123GMT",
-         "completionTime": "2026-12-05T19:01:05.623GMT", "jobTags": [stage_tag("cluster")], "status": "SUCCEEDED"},
+         "completionTime": "2026-12-05T19:01:05.623GMT", "jobGroup": stage_group("cluster"), "status": "SUCCEEDED"},
         {"jobId": 8, "name": "count at a.py:4", "submissionTime": "2026-12-05T19:01:06.000GMT", "status": "RUNNING"},
         {"jobId": 9, "name": "never submitted", "status": "UNKNOWN"},
     ]
     [done, running] = parse_jobs(payload)
-    assert (done.job_id, done.tags, done.seconds) == (7, (stage_tag("cluster"),), 1.5)
-    assert (running.job_id, running.completed_ms, running.tags) == (8, None, ())
+    assert (done.job_id, done.group, done.seconds) == (7, stage_group("cluster"), 1.5)
+    assert (running.job_id, running.completed_ms, running.group) == (8, None, None)
 
 
 def test_the_markdown_table_has_a_row_per_stage():
