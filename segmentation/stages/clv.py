@@ -5,8 +5,9 @@ The fit sees only the distinct (x, t_x, T) triples and (x, m) spend groups with 
 customer counts; beyond `clv.max_driver_rows` of them, each optimiser step sums the
 likelihood in Spark instead. Scores (probability alive, expected purchases over
 `clv.horizon_days`, expected spend per purchase, discounted CLV over `clv.months`) are
-computed in Spark. With `clv.holdout_days`, the models are fitted on the transactions up to
-as_of minus the holdout, and the predictions are compared with what customers bought in it.
+computed in Spark, with the expected next purchase date. With `clv.holdout_days`, the models
+are fitted on the transactions up to as_of minus the holdout, the predictions (and the next
+purchase dates) are compared with what customers bought in it, and the fit is graded.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@ tables (`<storage.root>/reports/`) and logged to MLflow.
 
 It shows tier sizes and revenue shares with the Pareto curve, the value-tier migration
 matrix from the previous snapshot, CLV by tier, the churn champion's lift against its
-baselines, cluster profiles, the treatment outcomes measured as of the date, and KPIs (active customers, repurchase rate, churn rate, mean
+baselines, both models' quality grades, cluster profiles, the treatment outcomes measured as of the date, and KPIs (active customers, repurchase rate, churn rate, mean
 churn probability, revenue, CLV) with their change since the previous snapshot. Every
 number is a Spark aggregate of the tables; the driver holds a few rows per tier.
 """
