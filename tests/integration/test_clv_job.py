@@ -141,7 +141,9 @@ def test_next_purchase_dates_against_the_holdout_and_the_grade(spark, cdnow):
     assert run.data.tags["quality_grade"] == result.grade.grade
     assert run.data.metrics["next_purchase_bought_share"] == pytest.approx(totals.next_purchase_bought_share)
     assert run.data.metrics["next_purchase_expected_share"] == pytest.approx(totals.next_purchase_expected_share)
-    model = mlflow.search_logged_models(filter_string=f"source_run_id = '{run.info.run_id}'", output_format="list")[0]
+    model = mlflow.search_logged_models(
+        experiment_ids=[run.info.experiment_id], filter_string=f"source_run_id = '{run.info.run_id}'", output_format="list",
+    )[0]
     assert model.tags["quality_grade"] == result.grade.grade
     print(f"next purchase check: {totals.next_purchase_checked} customers, bought {totals.next_purchase_bought_share:.4f}, "
           f"expected {totals.next_purchase_expected_share:.4f}; grade {result.grade.grade} ({result.grade.reason})")
