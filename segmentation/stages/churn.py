@@ -34,7 +34,7 @@ from segmentation.stages.clv import fit_purchases
 from segmentation.stages.context import StageContext
 from segmentation.arguments import add_as_of_argument, as_of_overrides, positive_int, option_overrides
 from segmentation import registry, tables, tracking
-from segmentation.churn.evaluation import ScoreEvaluation, confusion_matrix, evaluate_score, operating_threshold
+from segmentation.churn.evaluation import ScoreEvaluation, confusion_matrix, evaluate_score, evaluate_scores, operating_threshold
 from segmentation.churn.labels import CUTOFF, LABEL, Cutoffs, churn_cutoffs, churn_examples, eligible_customers, training_examples
 from segmentation.churn.model import PROBABILITY, FittedChurn, class_weights, classifier, feature_importance, fit_churn_model, score_churn
 from segmentation.churn.plots import calibration_figure, gains_figure, importance_figure, precision_recall_figure, roc_figure
@@ -204,12 +204,11 @@ def _fit(training: DataFrame, labels: LabelCounts, cutoffs: Cutoffs, settings) -
 
 def _evaluate(scored: DataFrame, fitted: FittedChurn, settings) -> _Evaluated:
     """The model and the baselines on the scored evaluation rows, and the operating point."""
-    evaluations = {
-        MODEL: evaluate_score(scored, PROBABILITY, is_probability=True),
-        RECENCY: evaluate_score(scored, "recency_score", is_probability=False),
-        DROPOUT: evaluate_score(scored, "dropout_score", is_probability=True),
-        QUIET: evaluate_score(scored, "quiet_score", is_probability=False),
-    }
+    # score column and whether it is a probability; all four share their Spark jobs
+    scores = {MODEL: (PROBABILITY, True), RECENCY: ("recency_score", False), DROPOUT: ("dropout_score", True),
+              QUIET: ("quiet_score", False)}
+    by_column = evaluate_scores(scored, dict(scores.values()))
+    evaluations = {name: by_column[column] for name, (column, _) in scores.items()}
     point = operating_threshold(evaluations[MODEL].curve, settings.operating_point, settings.contact_budget)
     confusion = confusion_matrix(scored, PROBABILITY, point["threshold"])
     importance = feature_importance(fitted.model, settings.features)
