@@ -143,10 +143,21 @@ class TreeExplainer:
             reached = (~(values <= leaf.lower) & ((values <= leaf.upper) | np.isinf(leaf.upper))).astype(np.int64)
             # Rows share few reach patterns (at most 2^depth): solve each pattern once.
             bits = np.arange(len(leaf.features))
-            codes, inverse = np.unique(reached @ (1 << bits), return_inverse=True)
+            codes, inverse = _distinct(reached @ (1 << bits), len(bits))
             patterns = (codes[:, None] >> bits) & 1
             phi[:, leaf.features] += shapley_of_leaf(leaf.value, leaf.cover_share, patterns)[inverse]
         return phi
+
+
+def _distinct(codes: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct codes and each row's position among them (np.unique without a sort
+    while the codes are few)."""
+    if bits > 20:
+        return np.unique(codes, return_inverse=True)
+    present = np.flatnonzero(np.bincount(codes, minlength=1 << bits))
+    position = np.empty(1 << bits, dtype=np.int64)
+    position[present] = np.arange(len(present))
+    return present, position[codes]
 
 
 def trees_of(model, spark: SparkSession) -> tuple[list[Tree], list[float]]:
