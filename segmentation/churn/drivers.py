@@ -78,6 +78,7 @@ class LeafPath:
 
 
 def leaf_paths(tree: Tree, weight: float) -> list[LeafPath]:
+    """Every leaf of `tree`, its output scaled by the tree's weight in the ensemble."""
     paths: list[LeafPath] = []
 
     def walk(node: int, bounds: dict[int, list[float]]) -> None:
