@@ -73,6 +73,13 @@ def set_challenger(client: MlflowClient, name: str, version: str) -> None:
     client.set_registered_model_alias(name, CHALLENGER, version)
 
 
+def record_grade(client: MlflowClient, name: str, version: str, tags: Mapping[str, str]) -> None:
+    """Tag the active run and the version it registered with a quality grade (`grades.Grade.tags`)."""
+    mlflow.set_tags(dict(tags))
+    for key, value in tags.items():
+        client.set_model_version_tag(name, version, key, value)
+
+
 # ---------------------------------------------------------------------------- promotion
 
 

@@ -44,6 +44,7 @@ from segmentation.clv.scoring import ScoringSettings, with_clv_scores
 from segmentation.clv.summary import UNIT_DAYS, clv_summary
 from segmentation.errors import DataQualityError, ModelRegistryError
 from segmentation.features.customer import transactions_as_of
+from segmentation.grades import churn_grade
 from segmentation.logs import stage
 from segmentation.plots import plt
 from segmentation.registry import CHALLENGER, CHAMPION, ChampionMetric, PromotionRule, RegisteredVersion, decide_promotion
@@ -189,6 +190,10 @@ def train(ctx: StageContext) -> ChurnTrainResult:
         )
         _log_evaluation(evaluations, evaluated.point, evaluated.confusion, evaluated.importance, evaluated.fitted, labels, decision)
         _log_driver_importance(drivers)
+        model = evaluations[MODEL].metrics
+        grade = churn_grade(model["pr_auc"], model["churn_rate"], model["calibration_error"])
+        registry.record_grade(MlflowClient(), settings.registered_model, decision.model_version, grade.tags())
+        log.info("churn model version %s graded %s: %s", decision.model_version, grade.grade, grade.reason)
         print(train_report(cutoffs, labels, evaluations, evaluated.point, evaluated.confusion, decision, settings.promote_metric), flush=True)
     return result
 

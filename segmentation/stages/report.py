@@ -3,7 +3,7 @@ tables (`<storage.root>/reports/`) and logged to MLflow.
 
 It shows tier sizes and revenue shares with the Pareto curve, the value-tier migration
 matrix from the previous snapshot, CLV by tier, the churn champion's lift against its
-baselines, the top churn drivers of each risk tier, cluster profiles, the treatment outcomes measured as of the date, and KPIs (active customers, repurchase rate, churn rate, mean
+baselines, both models' quality grades, the top churn drivers of each risk tier, cluster profiles, the treatment outcomes measured as of the date, and KPIs (active customers, repurchase rate, churn rate, mean
 churn probability, revenue, CLV) with their change since the previous snapshot. Every
 number is a Spark aggregate of the tables; the driver holds a few rows per tier.
 """
@@ -30,6 +30,7 @@ from segmentation import report as html_report
 from segmentation import registry, tables, tracking
 from segmentation.errors import DataQualityError
 from segmentation.features.tiers import value_pyramid_summary
+from segmentation.grades import GRADE_REASON_TAG, GRADE_TAG
 from segmentation.logs import stage
 
 log = logging.getLogger(__name__)
@@ -169,7 +170,7 @@ def report_data(ctx: StageContext, snapshot: DataFrame, rows: DataFrame, as_of: 
                 (F.col("to_date") == F.lit(as_of)) & (F.col("from_date") == F.lit(previous_as_of)) & (F.col("dimension") == "value_tier")
             )
             migration = [{"from_tier": r.from_tier, "to_tier": r.to_tier, "customers": int(r.customers)} for r in cells.collect()]
-    lineage = snapshot.select("lineage.pipeline_run_id", "lineage.value_rank_by").first()
+    lineage = snapshot.select("lineage.pipeline_run_id", "lineage.value_rank_by", "lineage.clv_run_id").first()
     return {
         "as_of": as_of.isoformat(),
         "previous_as_of": previous_as_of.isoformat() if previous_as_of else None,
@@ -184,6 +185,7 @@ def report_data(ctx: StageContext, snapshot: DataFrame, rows: DataFrame, as_of: 
         "migration": migration,
         "churn": churn_summary(config.churn.registered_model),
         "churn_drivers": churn_drivers_by_tier(snapshot, [t.name for t in config.churn.risk_tiers]),
+        "clv_grade": clv_grade_summary(lineage.clv_run_id),
         "outcomes": treatment_outcomes(ctx, as_of),
     }
 
@@ -238,4 +240,15 @@ def churn_summary(name: str) -> dict | None:
         "evaluation_cutoff": tags.get("evaluation_cutoff"),
         "horizon_days": tags.get("horizon_days"),
         "scores": scores,
+        **graded(tags),
     }
+
+
+def graded(tags: dict[str, str]) -> dict[str, str | None]:
+    """The quality grade a run was tagged with (None for runs from before grades)."""
+    return {"grade": tags.get(GRADE_TAG), "grade_reason": tags.get(GRADE_REASON_TAG)}
+
+
+def clv_grade_summary(run_id: str | None) -> dict[str, str | None]:
+    """The grade of the lifetime value fit behind the snapshot (None without a holdout check)."""
+    return graded(MlflowClient().get_run(run_id).data.tags if run_id else {})
