@@ -112,6 +112,17 @@ def _outcomes_html(outcomes: list[dict]) -> str:
     return "\n".join(sections)
 
 
+def _drivers_html(drivers: list[dict]) -> str:
+    """Per risk tier, its top churn drivers: mean contribution and share of the tier."""
+    if not drivers:
+        return ""
+    rows = [[d["churn_risk_tier"], str(d["rank"]), d["feature"], f"{d['mean_contribution']:+.3f}", _pct(d["customer_share"])]
+            for d in drivers]
+    return ("<h3>Top churn drivers by risk tier</h3><p>Mean contribution to the model's margin over the tier's "
+            "customers (0 where a feature is not among a customer's three drivers), and the share of the tier with it "
+            "among its drivers.</p>" + _table(["risk tier", "rank", "feature", "mean contribution", "share of tier"], rows))
+
+
 def grade_html(what: str, graded: dict | None, ungraded: str) -> str:
     """One sentence: a model's quality grade and why (see the README's "Quality grades")."""
     if not graded or not graded.get("grade"):
@@ -174,6 +185,7 @@ customer_tiers Delta version {html.escape(str(data['tiers_version']))}.</p>
 {images['clv']}
 <h2>Churn model against its baselines</h2>
 {churn_html}
+{_drivers_html(data.get("churn_drivers") or [])}
 <h2>Clusters</h2>
 {_table(["cluster", "customers", "share", "revenue share", "mean CLV", "mean churn probability"], cluster_rows)}
 {outcomes_html}

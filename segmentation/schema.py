@@ -88,7 +88,7 @@ CLV_COLUMNS = [
     "expected_purchases", "expected_average_value", "clv", "holdout_expected_purchases", "holdout_purchases",
 ]
 CLUSTER_COLUMNS = ["customer_id", "as_of_date", "cluster_id", "cluster_name", "distance_to_centroid", "model_version"]
-CHURN_COLUMNS = ["customer_id", "as_of_date", "churn_probability", "churn_risk_tier", "model_version"]
+CHURN_COLUMNS = ["customer_id", "as_of_date", "churn_probability", "churn_risk_tier", "model_version", "churn_drivers"]
 
 
 def columns_of(table: Sequence[str], *names: str) -> list[str]:

@@ -34,6 +34,7 @@ from segmentation.stages.clv import fit_purchases
 from segmentation.stages.context import StageContext
 from segmentation.arguments import add_as_of_argument, as_of_overrides, positive_int, option_overrides
 from segmentation import registry, tables, tracking
+from segmentation.churn.drivers import DRIVERS, driver_importance, score_with_drivers
 from segmentation.churn.evaluation import ScoreEvaluation, confusion_matrix, evaluate_score, evaluate_scores, operating_threshold
 from segmentation.churn.labels import CUTOFF, LABEL, Cutoffs, churn_cutoffs, churn_examples, eligible_customers, training_examples
 from segmentation.churn.model import PROBABILITY, FittedChurn, class_weights, classifier, feature_importance, fit_churn_model, score_churn
@@ -167,6 +168,7 @@ def train(ctx: StageContext) -> ChurnTrainResult:
             btyd = _btyd_scores(transactions, cutoffs.evaluation, settings.horizon_days, config.clv)
             scored = _scored_evaluation(fitted.model, evaluation, btyd, settings.recency_baseline)
             evaluated = _evaluate(scored, fitted, settings)
+            drivers = driver_importance(fitted.model, evaluation)
             champion, champion_metric = _champion_on(evaluation, settings)
             decision = _register_and_decide(evaluated, evaluation, champion, champion_metric, settings)
         finally:
@@ -187,6 +189,7 @@ def train(ctx: StageContext) -> ChurnTrainResult:
             champion=decision.champion_version,
         )
         _log_evaluation(evaluations, evaluated.point, evaluated.confusion, evaluated.importance, evaluated.fitted, labels, decision)
+        _log_driver_importance(drivers)
         model = evaluations[MODEL].metrics
         grade = churn_grade(model["pr_auc"], model["churn_rate"], model["calibration_error"])
         registry.record_grade(MlflowClient(), settings.registered_model, decision.model_version, grade.tags())
@@ -407,6 +410,13 @@ def _log_evaluation(evaluations: dict[str, ScoreEvaluation], point, confusion, i
     plt.close("all")
 
 
+def _log_driver_importance(importance: dict[str, float]) -> None:
+    """Mean absolute contribution to the margin per feature, on the evaluation rows."""
+    mlflow.log_dict(importance, "churn/driver_importance.json")
+    mlflow.log_figure(importance_figure(importance, "mean |contribution| to the margin (evaluation rows)"), "churn/driver_importance.png")
+    plt.close("all")
+
+
 def _sample_line(sample: CustomerSample) -> list[str]:
     if sample.fraction >= 1:
         return []
@@ -506,16 +516,17 @@ def _record_score_inputs(source, version: int, as_of: dt.date, champion: Registe
 def _scores(model: PipelineModel, snapshot: DataFrame, as_of: dt.date, champion: RegisteredVersion, settings) -> DataFrame:
     """customer_churn's rows: the eligible customers of the snapshot, scored by the champion."""
     probability = F.col(PROBABILITY)
-    return score_churn(model, eligible_customers(snapshot, settings.lookback_days)).select(
+    return score_with_drivers(model, eligible_customers(snapshot, settings.lookback_days)).select(
         "customer_id", F.lit(as_of).alias("as_of_date"), probability.alias("churn_probability"),
         risk_tier(probability, settings.risk_tiers).alias("churn_risk_tier"),
-        F.lit(int(champion.version)).alias("model_version"),
+        F.lit(int(champion.version)).alias("model_version"), DRIVERS,
     ).select(*CHURN_COLUMNS)
 
 
 def _write_scores(ctx: StageContext, scored: DataFrame, target, as_of: dt.date) -> tuple[int | None, DataFrame]:
     """Replace the as-of date's snapshot; the version written and its rows, read back."""
-    result = tables.write_snapshot(scored, target, as_of, run_id=ctx.pipeline_run_id)
+    # a table written before a column was added (churn_drivers) gains it
+    result = tables.write_snapshot(scored, target, as_of, run_id=ctx.pipeline_run_id, merge_schema=True)
     tracking.log_delta_output(target, result.version)
     return result.version, tables.read(ctx.spark, target, result.version).where(F.col("as_of_date") == F.lit(as_of))
 

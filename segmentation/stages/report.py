@@ -3,7 +3,7 @@ tables (`<storage.root>/reports/`) and logged to MLflow.
 
 It shows tier sizes and revenue shares with the Pareto curve, the value-tier migration
 matrix from the previous snapshot, CLV by tier, the churn champion's lift against its
-baselines, both models' quality grades, cluster profiles, the treatment outcomes measured as of the date, and KPIs (active customers, repurchase rate, churn rate, mean
+baselines, both models' quality grades, the top churn drivers of each risk tier, cluster profiles, the treatment outcomes measured as of the date, and KPIs (active customers, repurchase rate, churn rate, mean
 churn probability, revenue, CLV) with their change since the previous snapshot. Every
 number is a Spark aggregate of the tables; the driver holds a few rows per tier.
 """
@@ -19,9 +19,11 @@ from pathlib import Path
 import mlflow
 from mlflow.tracking import MlflowClient
 from pyspark.sql import DataFrame
+from pyspark.sql import Window
 from pyspark.sql import functions as F
 
 from segmentation.stages.churn import BASELINE_PREFIXES, MODEL
+from segmentation.churn.drivers import DRIVERS, TOP_DRIVERS
 from segmentation.stages.context import StageContext
 from segmentation.arguments import add_as_of_argument, as_of_overrides
 from segmentation import report as html_report
@@ -182,6 +184,7 @@ def report_data(ctx: StageContext, snapshot: DataFrame, rows: DataFrame, as_of: 
         "clusters": clusters,
         "migration": migration,
         "churn": churn_summary(config.churn.registered_model),
+        "churn_drivers": churn_drivers_by_tier(snapshot, [t.name for t in config.churn.risk_tiers]),
         "clv_grade": clv_grade_summary(lineage.clv_run_id),
         "outcomes": treatment_outcomes(ctx, as_of),
     }
@@ -196,6 +199,30 @@ def treatment_outcomes(ctx: StageContext, as_of: dt.date) -> list[dict]:
     columns = ["as_of_date", "treatment", "metric", "treated_customers", "control_customers", "treated_value",
                "control_value", "uplift", "ci_low", "ci_high", "significant", "too_small"]
     return [{**r.asDict(), "as_of_date": r.as_of_date.isoformat()} for r in rows.select(*columns).collect()]
+
+
+def churn_drivers_by_tier(snapshot: DataFrame, risk_tiers: list[str], top: int = TOP_DRIVERS) -> list[dict]:
+    """Per risk tier (in `risk_tiers` order), the `top` features with the largest mean
+    contribution over the tier's customers with drivers (a feature outside a customer's
+    `churn_drivers` counts 0), and the share of those customers whose drivers include it."""
+    if DRIVERS not in snapshot.columns:  # a snapshot written before the drivers existed
+        return []
+    explained = snapshot.where(F.col(DRIVERS).isNotNull())
+    sizes = explained.groupBy("churn_risk_tier").agg(F.count(F.lit(1)).alias("tier_customers"))
+    totals = (
+        explained.select("churn_risk_tier", F.explode(DRIVERS).alias("driver"))
+        .groupBy("churn_risk_tier", F.col("driver.feature").alias("feature"))
+        .agg(F.sum("driver.contribution").alias("total"), F.count(F.lit(1)).alias("customers"))
+        .join(sizes, on="churn_risk_tier", how="inner")
+    )
+    order = Window.partitionBy("churn_risk_tier").orderBy(F.desc("mean_contribution"), "feature")
+    ranked = totals.select(
+        "churn_risk_tier", "feature", (F.col("total") / F.col("tier_customers")).alias("mean_contribution"),
+        (F.col("customers") / F.col("tier_customers")).alias("customer_share"),
+    ).withColumn("rank", F.row_number().over(order)).where(F.col("rank") <= top)
+    rows = [r.asDict() for r in ranked.collect()]  # at most `top` per tier
+    return sorted(rows, key=lambda r: (risk_tiers.index(r["churn_risk_tier"]) if r["churn_risk_tier"] in risk_tiers else len(risk_tiers),
+                                       r["rank"]))
 
 
 def churn_summary(name: str) -> dict | None:

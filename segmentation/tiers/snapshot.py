@@ -31,7 +31,7 @@ FEATURE_COLUMNS = [
 # What a tier row takes from each scored table, named against the table's contract.
 CLV_TIER_COLUMNS = columns_of(CLV_COLUMNS, "clv", "probability_alive", "next_purchase_date", "expected_purchases")
 CLUSTER_TIER_COLUMNS = columns_of(CLUSTER_COLUMNS, "cluster_id", "cluster_name")
-CHURN_TIER_COLUMNS = columns_of(CHURN_COLUMNS, "churn_probability", "churn_risk_tier")
+CHURN_TIER_COLUMNS = columns_of(CHURN_COLUMNS, "churn_probability", "churn_risk_tier", "churn_drivers")
 
 
 @dataclass(frozen=True)
