@@ -7,6 +7,7 @@ Where a session already exists (Databricks, a notebook, a test) it is used as it
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import re
@@ -222,8 +223,9 @@ def _connect_session(config: SparkConfig, remote: str):
         if key.startswith(_SESSION_CONF):
             builder = builder.config(key, conf_value(value))
     spark = builder.getOrCreate()
-    import delta.connect.exceptions  # noqa: F401  (Delta's commit conflicts raised as delta.exceptions classes)
-
+    # Registers Delta's commit conflicts in pyspark's Connect error conversion, so they are
+    # raised as delta.exceptions classes (tables retries them) as on a classic session.
+    importlib.import_module("delta.connect.exceptions")
     _quiet_query_context_loggers(config)
     _check_delta_loaded(spark, "server")
     log.info("Spark Connect session on %s (Spark %s)", remote, spark.version)
