@@ -67,7 +67,7 @@ def register_spark_model(model: PipelineModel, name: str, inputs: pd.DataFrame, 
     with warnings.catch_warnings():  # an integer output (a cluster index) is never missing
         warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer")
         signature = infer_signature(inputs, outputs)
-    if is_remote():
+    if _connect_client():
         # mlflow.spark's own save copies the saved model through the JVM's Hadoop FileSystem,
         # which a Spark Connect client has not. The same artifact, logged the way
         # mlflow.spark.log_model logs to a local artifact store (Model._log_v2).
@@ -85,7 +85,7 @@ def register_spark_model(model: PipelineModel, name: str, inputs: pd.DataFrame, 
 def load_spark_model(uri: str) -> PipelineModel:
     """A registered Spark ML pipeline (`models:/name/version`), on a classic or a Spark
     Connect session. Connect: the artifact is downloaded here and the server reads it."""
-    if not is_remote():
+    if not _connect_client():
         return mlflow.spark.load_model(uri)
     from pyspark.ml import PipelineModel
 
@@ -93,6 +93,14 @@ def load_spark_model(uri: str) -> PipelineModel:
     data = mlflow.models.Model.load(local).flavors[mlflow.spark.FLAVOR_NAME]["model_data"]
     # The server reads this client's folder: it runs on this machine (make connect-server).
     return PipelineModel.load(os.path.join(local, data))
+
+
+def _connect_client() -> bool:
+    """A Spark Connect session outside Databricks (where mlflow.spark stages models in a
+    Unity Catalog volume itself)."""
+    from segmentation.spark import running_on_databricks
+
+    return is_remote() and not running_on_databricks()
 
 
 class _ConnectSparkFlavor:

@@ -228,8 +228,29 @@ def _connect_session(config: SparkConfig, remote: str):
     importlib.import_module("delta.connect.exceptions")
     _quiet_query_context_loggers(config)
     _check_delta_loaded(spark, "server")
+    if not running_on_databricks():
+        _check_shared_files(spark, remote)
     log.info("Spark Connect session on %s (Spark %s)", remote, spark.version)
     return spark
+
+
+def _check_shared_files(spark, remote: str) -> None:
+    """Fail at start unless the Connect server sees this machine's files: the Spark ML models
+    go to and come from MLflow through them (mlflow.spark's own way needs a local JVM)."""
+    from pyspark.errors import AnalysisException
+
+    with tempfile.TemporaryDirectory(prefix="segmentation-connect-") as folder:
+        (Path(folder) / "probe").write_text("probe")
+        try:
+            seen = spark.read.format("binaryFile").load(folder).inputFiles()
+        except AnalysisException:
+            seen = []
+    if not seen:
+        raise SetupError(
+            f"the Spark Connect server {remote} does not see this machine's files, through which Spark ML models are "
+            "logged to and loaded from MLflow (mlflow.spark otherwise needs a local JVM): run the server on this "
+            "machine ('make connect-server')"
+        )
 
 
 def _submitted_conf() -> dict[str, str]:

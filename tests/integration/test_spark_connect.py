@@ -19,12 +19,15 @@ import sys
 import time
 from pathlib import Path
 
+import mlflow
 import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 from pyspark.sql import functions as F
 
 from segmentation import tables
+from segmentation.churn.model import PROBABILITY
+from segmentation.clustering.model import CLUSTER_ID
 from segmentation.stages import generate, pipeline
 from segmentation.stages.context import StageContext
 from tests.conftest import REPO, TEST_SPARK_SETTINGS, make_config
@@ -196,3 +199,27 @@ def test_delta_lineage_is_the_classic_sessions(spark, two_pipelines):
     actual = _delta_lineage(spark, connect, _mlflow(connect)[2])
     assert {"transactions", "customer_tiers", "customer_tier_history"} <= set(expected)
     assert actual == expected
+
+
+def _champion_outputs(spark, root: Path) -> dict[str, list]:
+    """Each champion, loaded as a reviewer loads it (mlflow.spark on a classic session, and
+    mlflow.pyfunc), on the SECOND snapshot's customer features."""
+    config = make_config(root, *SETTINGS)
+    mlflow.set_tracking_uri(f"sqlite:///{root / 'mlflow.db'}")
+    rows = tables.read(spark, tables.table_ref(config, "customer_features")).where(F.col("as_of_date") == F.lit(SECOND))
+    outputs = {}
+    for name, settings, output in (("customer_segments", config.cluster, CLUSTER_ID), ("churn_classifier", config.churn, PROBABILITY)):
+        sample = rows.orderBy("customer_id").select(*[F.col(c).cast("double") for c in settings.features]).limit(20)
+        outputs[name] = [r[0] for r in mlflow.spark.load_model(f"models:/{name}@champion").transform(sample).select(output).collect()]
+        predicted = mlflow.pyfunc.load_model(f"models:/{name}@champion").predict(sample.toPandas())
+        outputs[f"{name} (pyfunc)"] = list(pd.DataFrame(predicted).iloc[:, 0])
+    return outputs
+
+
+def test_reviewers_load_and_score_the_models_the_connect_client_registered(spark, two_pipelines):
+    classic, connect, _ = two_pipelines
+    expected, actual = _champion_outputs(spark, classic), _champion_outputs(spark, connect)
+    assert len(expected["churn_classifier"]) == 20 and all(0 <= p <= 1 for p in expected["churn_classifier"])
+    assert set(actual) == set(expected)
+    for name, outputs in expected.items():
+        assert actual[name] == pytest.approx(outputs, abs=1e-6), name
