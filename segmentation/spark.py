@@ -168,9 +168,9 @@ def get_spark(config: SparkConfig):
     from pyspark.sql import SparkSession
 
     remote = remote_url(config)
-    if remote:
-        return _connect_session(config, remote)
     active = SparkSession.getActiveSession()
+    if active is None and remote:
+        return _connect_session(config, remote)
     if active is None and running_on_databricks():
         # A job's Python process (script or wheel task) need not have made the cluster's
         # session active yet; the builder hands back that session as the cluster configured it.
@@ -222,6 +222,9 @@ def _connect_session(config: SparkConfig, remote: str):
     for key, value in config.conf.items():
         if key.startswith(_SESSION_CONF):
             builder = builder.config(key, conf_value(value))
+    server_side = sorted(key for key in config.conf if not key.startswith(_SESSION_CONF))
+    if server_side:
+        log.info("Spark Connect: settings left to the server (a client cannot change them): %s", ", ".join(server_side))
     spark = builder.getOrCreate()
     # Registers Delta's commit conflicts in pyspark's Connect error conversion, so they are
     # raised as delta.exceptions classes (tables retries them) as on a classic session.
