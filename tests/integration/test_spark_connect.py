@@ -3,7 +3,7 @@ segmentation.connect serve`, what `make connect-server` runs), against a classic
 
 From the same raw table, `segmentation run` for two snapshots (the first trains the churn
 model) runs once on the test's classic session and once as a Connect client in its own
-process, whose environment has no Java: the tier tables are equal value for value, and the
+process, whose JAVA_HOME points nowhere: the tier tables are equal value for value, and the
 MLflow runs, registry aliases and Delta histories are the same.
 """
 
@@ -94,13 +94,9 @@ def connect_server(tmp_path_factory):
             server.kill()
 
 
-def _without_java() -> dict[str, str]:
-    """This environment without Java: no JAVA_HOME, no folder on PATH that has a `java`."""
-    env = {key: value for key, value in os.environ.items() if key not in ("JAVA_HOME", "SEGMENTATION_PSEUDONYMISATION_KEY")}
-    env["PATH"] = os.pathsep.join(
-        folder for folder in env.get("PATH", "").split(os.pathsep) if folder and not (Path(folder) / "java").exists()
-    )
-    return env
+# Where the client is told Java is: nowhere (pyspark's launcher and `segmentation setup`
+# take JAVA_HOME over PATH), so any JVM it tried to start would fail.
+NO_JAVA_HOME = "/nonexistent/java-home"
 
 
 @pytest.fixture(scope="module")
@@ -116,7 +112,8 @@ def two_pipelines(spark, connect_server, tmp_path_factory):
 
     overrides = [arg for setting in [f"storage.root={connect}", *TEST_SPARK_SETTINGS, *SETTINGS] for arg in ("--set", setting)]
     runs = [["run", *overrides, "--as-of", as_of.isoformat()] for as_of in (FIRST, SECOND)]
-    env = {**_without_java(), "SPARK_REMOTE": connect_server, "PYTHONPATH": str(REPO)}
+    env = {key: value for key, value in os.environ.items() if key != "SEGMENTATION_PSEUDONYMISATION_KEY"}
+    env.update(JAVA_HOME=NO_JAVA_HOME, SPARK_REMOTE=connect_server, PYTHONPATH=str(REPO))
     log = source / "client.log"
     with log.open("w") as out:
         client = subprocess.Popen([sys.executable, "-c", CLIENT, json.dumps(runs)], cwd=connect, env=env,
@@ -137,7 +134,7 @@ def two_pipelines(spark, connect_server, tmp_path_factory):
 def test_the_connect_client_starts_no_jvm(two_pipelines):
     _, _, report = two_pipelines
     assert not report["gateway"] and report["java"] == []
-    assert shutil.which("java", path=_without_java()["PATH"]) is None  # and it could not have
+    assert not Path(NO_JAVA_HOME).exists()  # and it could not have
 
 
 def _tiers(spark, root: Path) -> pd.DataFrame:
