@@ -44,11 +44,12 @@ SERVER_START_SECONDS = 240
 # The Connect client: `segmentation run` for each date, then whether a JVM was started here.
 CLIENT = """
 import json, sys
+import psutil
 from pyspark import SparkContext
 from segmentation.cli import main
 
 codes = [main(args) for args in json.loads(sys.argv[1])]
-java = [p.info["name"] for p in psutil.Process().children(recursive=True) if "java" in (p.info["name"] or "")]
+java = [p.name() for p in psutil.Process().children(recursive=True) if "java" in p.name()]
 print("CLIENT " + json.dumps({"codes": codes, "gateway": SparkContext._gateway is not None, "java": java}))
 """
 
