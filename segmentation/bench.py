@@ -136,7 +136,7 @@ def pipeline_report(ctx: StageContext, config, results, memory: "ProcessTreeMemo
         "transactions": lines,
         "as_of": results.as_of.isoformat(),
         "machine": _machine(),
-        "spark": {"master": ctx.spark.sparkContext.master, **{k: v for k, v in config.spark.conf.items() if "memory" in k or "partitions" in k}},
+        "spark": {"master": ctx.spark.conf.get("spark.master", None), **{k: v for k, v in config.spark.conf.items() if "memory" in k or "partitions" in k}},
         "command": " ".join(["segmentation", *sys.argv[1:]]) if sys.argv else "segmentation bench",
         "stages": stages,
         "pipeline_seconds": round(pipeline_seconds, 1),

@@ -104,6 +104,8 @@ class SparkConfig(_Section):
     jars_dir: str | None
     log_level: Literal["ERROR", "WARN", "INFO", "DEBUG"]
     conf: dict[str, str | int | float | bool]
+    # sc://host:port of a Spark Connect server (null: pyspark's SPARK_REMOTE, else a classic session)
+    remote: str | None
 
 
 class MlflowConfig(_Section):

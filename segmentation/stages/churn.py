@@ -342,7 +342,7 @@ def horizon_mismatch(horizon: int | None, configured: int) -> str | None:
 def _champion_metric(champion: RegisteredVersion, evaluation: DataFrame, metric: str) -> float | None:
     """The champion's metric on the new model's evaluation rows (None when it cannot score them)."""
     try:
-        model = mlflow.spark.load_model(champion.uri)
+        model = registry.load_spark_model(champion.uri)
         scored = score_churn(model, evaluation).persist(StorageLevel.MEMORY_AND_DISK)
     except Exception as error:  # noqa: BLE001 - any failure to load or apply it is reported, not fatal
         log.warning("champion version %s cannot score the evaluation rows (%s)", champion.version, str(error).splitlines()[0])
@@ -485,7 +485,7 @@ def score(ctx: StageContext) -> ChurnScoreResult:
                 f"registered model '{settings.registered_model}' has no '{CHAMPION}' version in {tracking.tracking_uri(config)}: "
                 "run 'segmentation churn train' first"
             )
-        model = mlflow.spark.load_model(champion.uri)
+        model = registry.load_spark_model(champion.uri)
         snapshot = features.where(F.col("as_of_date") == F.lit(as_of))
         _record_score_inputs(source, version, as_of, champion, settings)
 
