@@ -7,6 +7,7 @@ Where a session already exists (Databricks, a notebook, a test) it is used as it
 
 from __future__ import annotations
 
+import atexit
 import importlib
 import logging
 import os
@@ -226,6 +227,11 @@ def _connect_session(config: SparkConfig, remote: str):
     if server_side:
         log.info("Spark Connect: settings left to the server (a client cannot change them): %s", ", ".join(server_side))
     spark = builder.getOrCreate()
+    # Stop the session before the interpreter tears down: Spark ML models fitted through it
+    # release their server-side copies when they are garbage-collected, and at shutdown that
+    # call waits forever on the closing gRPC channel (the process would never exit). Once
+    # the session is stopped, they skip the call.
+    atexit.register(_stop_quietly, spark)
     # Registers Delta's commit conflicts in pyspark's Connect error conversion, so they are
     # raised as delta.exceptions classes (tables retries them) as on a classic session.
     importlib.import_module("delta.connect.exceptions")
@@ -235,6 +241,13 @@ def _connect_session(config: SparkConfig, remote: str):
         _check_shared_files(spark, remote)
     log.info("Spark Connect session on %s (Spark %s)", remote, spark.version)
     return spark
+
+
+def _stop_quietly(spark) -> None:
+    try:
+        spark.stop()
+    except Exception as error:  # the server may be gone already; the process is ending anyway
+        log.debug("Spark Connect session stop at exit: %s", error)
 
 
 def _check_shared_files(spark, remote: str) -> None:
