@@ -297,12 +297,11 @@ def _quiet_query_context_loggers(config: SparkConfig) -> None:
 def delta_loaded(spark) -> bool:
     """Whether the session reads the delta format. Asked through Spark itself (the analysis of
     a read of a path that is not there), so it works on a classic and a Connect session."""
-    from pyspark.errors import PySparkException
-
     try:
         spark.read.format("delta").load(f"/nonexistent-{uuid.uuid4().hex}").schema
-    except PySparkException as exc:
-        return "DATA_SOURCE_NOT_FOUND" not in str(exc)
+    except Exception as exc:  # a PySparkException, or on a classic session a Py4JJavaError (SparkClassNotFoundException)
+        text = str(exc)
+        return "DATA_SOURCE_NOT_FOUND" not in text and "delta.DefaultSource" not in text
     return True
 
 
