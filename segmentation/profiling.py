@@ -78,13 +78,15 @@ def grouped(spark, stage: str) -> Iterator[None]:
     if context is None:
         yield
         return
-    group = context.getLocalProperty("spark.jobGroup.id")
+    # setJobGroup sets these; the caller's own (a notebook cell's group, say) come back after.
+    keys = ("spark.jobGroup.id", "spark.job.description", "spark.job.interruptOnCancel")
+    previous = {key: context.getLocalProperty(key) for key in keys}
     context.setJobGroup(stage_group(stage), f"segmentation stage {stage}")
     try:
         yield
     finally:
-        context.setLocalProperty("spark.jobGroup.id", group)  # None removes it
-        context.setLocalProperty("spark.job.description", None)
+        for key, value in previous.items():
+            context.setLocalProperty(key, value)  # None removes it
 
 
 def _epoch_ms(stamp: str | None) -> int | None:

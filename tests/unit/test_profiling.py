@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict
 
-from segmentation.profiling import SparkJob, parse_jobs, profile_markdown, stage_profiles, stage_group
+from segmentation.profiling import SparkJob, grouped, parse_jobs, profile_markdown, stage_group, stage_profiles
 
 
 def job(job_id: int, stage: str, start: int, end: int | None, name: str = "count at x.py:1") -> SparkJob:
@@ -44,3 +44,19 @@ def test_the_markdown_table_has_a_row_per_stage():
     table = profile_markdown(profiles).splitlines()
     assert len(table) == 4
     assert table[2] == "| ingest | 4.0 | 1 | 1.5 | 2.5 | `count at x.py:1` (1, 1.5) |"
+
+
+def test_a_stage_group_gives_the_callers_own_group_back(spark):
+    context = spark.sparkContext
+    context.setJobGroup("cell-7", "a notebook cell")
+    try:
+        with grouped(spark, "tiers"):
+            assert context.getLocalProperty("spark.jobGroup.id") == stage_group("tiers")
+        assert context.getLocalProperty("spark.jobGroup.id") == "cell-7"
+        assert context.getLocalProperty("spark.job.description") == "a notebook cell"
+    finally:
+        context.setLocalProperty("spark.jobGroup.id", None)
+        context.setLocalProperty("spark.job.description", None)
+    with grouped(spark, "tiers"):
+        pass
+    assert context.getLocalProperty("spark.jobGroup.id") is None and context.getLocalProperty("spark.job.description") is None
