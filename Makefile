@@ -4,6 +4,8 @@
 # And for reviewers:
 #   make mlflow-server   an MLflow tracking server (SQLite + artifact folder under MLFLOW_DIR) on MLFLOW_PORT;
 #                        point the pipeline at it with --set mlflow.tracking_uri=http://127.0.0.1:$(MLFLOW_PORT)
+#   make connect-server  a Spark Connect server with Delta (cached jars, no network) on CONNECT_PORT;
+#                        point the pipeline at it with SPARK_REMOTE=sc://localhost:$(CONNECT_PORT)
 PYTHON ?= python3.11
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -14,8 +16,9 @@ MLFLOW_PORT ?= 5000
 MLFLOW_HOST ?= 127.0.0.1
 MLFLOW_BACKEND_STORE_URI ?= sqlite:///$(abspath $(MLFLOW_DIR))/mlflow.db
 MLFLOW_ARTIFACTS ?= $(abspath $(MLFLOW_DIR))/artifacts
+CONNECT_PORT ?= 15002
 
-.PHONY: setup demo test mlflow-server java-check clean
+.PHONY: setup demo test mlflow-server connect-server java-check clean
 
 setup: $(VENV)/.installed
 	@$(BIN)/segmentation setup
@@ -46,6 +49,10 @@ mlflow-server: $(VENV)/.installed
 	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(BIN)/mlflow server \
 	  --backend-store-uri $(MLFLOW_BACKEND_STORE_URI) --artifacts-destination $(MLFLOW_ARTIFACTS) \
 	  --host $(MLFLOW_HOST) --port $(MLFLOW_PORT) --workers 1
+
+# The server's Spark settings are those of the local environment (ARGS="--set key=value ..." changes them).
+connect-server: setup
+	$(BIN)/python -m segmentation.connect serve --port $(CONNECT_PORT) $(ARGS)
 
 clean:
 	rm -rf segmentation-data spark-warehouse metastore_db derby.log .pytest_cache

@@ -28,12 +28,12 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from segmentation.stages.context import StageContext
 from segmentation.arguments import positive_int
-from segmentation import tables
+from segmentation import profiling, tables
 from segmentation.errors import ConfigError, SetupError
 
 log = logging.getLogger(__name__)
@@ -89,6 +89,7 @@ def run(ctx: StageContext, args: argparse.Namespace | None = None) -> BenchResul
     with ProcessTreeMemory() as memory:
         results = pipeline.run(bench_ctx, pipeline_args)
     report = pipeline_report(ctx, bench_ctx.config, results, memory)
+    report["profile"] = _profile(ctx.spark, results.timings)
     if not getattr(args, "no_baselines", False):
         report.update(_baselines(bench_ctx, results, report["stages"]))
     result = _write(bench_root, customers, report)
@@ -135,7 +136,7 @@ def pipeline_report(ctx: StageContext, config, results, memory: "ProcessTreeMemo
         "transactions": lines,
         "as_of": results.as_of.isoformat(),
         "machine": _machine(),
-        "spark": {"master": ctx.spark.sparkContext.master, **{k: v for k, v in config.spark.conf.items() if "memory" in k or "partitions" in k}},
+        "spark": {"master": ctx.spark.conf.get("spark.master", None), **{k: v for k, v in config.spark.conf.items() if "memory" in k or "partitions" in k}},
         "command": " ".join(["segmentation", *sys.argv[1:]]) if sys.argv else "segmentation bench",
         "stages": stages,
         "pipeline_seconds": round(pipeline_seconds, 1),
@@ -148,6 +149,18 @@ def clv_parameters(clv_result) -> dict[str, float]:
     """The BG/NBD and Gamma-Gamma estimates of the clv stage's result: the one place the bench reads them."""
     fitted = clv_result.fitted()
     return {**fitted["bgnbd"], **(fitted["gamma_gamma"] or {})}
+
+
+def _profile(spark, timings: dict) -> list[dict] | None:
+    """Each stage's Spark jobs, their seconds and the time outside Spark (`profiling`)."""
+    jobs = profiling.spark_jobs(spark)
+    if jobs is None:
+        return None
+    retained = int(spark.conf.get("spark.ui.retainedJobs", "1000"))
+    if len(jobs) >= retained:
+        log.warning("bench: the Spark UI kept only the last %d jobs; the first stages' profiles are short of jobs "
+                    "(raise spark.ui.retainedJobs)", retained)
+    return [asdict(p) for p in profiling.stage_profiles(jobs, {name: t.seconds for name, t in timings.items()})]
 
 
 def _baselines(bench_ctx: StageContext, results, stages: list[dict]) -> dict[str, object]:
@@ -378,6 +391,10 @@ def bench_markdown(report: dict) -> str:
     for s in report["stages"]:
         lines.append(f"| {s['stage']} | {s['seconds']:.1f} | {s['rows']:,} | {s['rows_per_second'] or 0:,} | {s['peak_memory_mb']:,} |")
     targets = report["targets"]
+    if report.get("profile"):
+        lines += ["", "Where the time goes: the Spark jobs each stage started (from Spark's status API) and the rest of its "
+                  "time, outside Spark (planning, the Delta log, MLflow, Python).", "",
+                  profiling.profile_markdown(report["profile"]), ""]
     lines += [
         f"| **pipeline, ingest to report** | **{report['pipeline_seconds']:.1f}** | | | **{report['peak_memory_mb']:,}** |",
         "",

@@ -103,12 +103,15 @@ def main(argv: list[str] | None = None) -> int:
 
 def _setup(args: argparse.Namespace) -> int:
     from segmentation.config import load_config
-    from segmentation.spark import delta_artifact, configured_jars_dir, fetch_delta_jars, java_major_version
+    from segmentation.spark import delta_artifact, configured_jars_dir, fetch_delta_jars, java_major_version, remote_url
 
     config = load_config(args.env, args.conf_dir, args.overrides)
     folder = configured_jars_dir(config.spark)
     if args.print_jars:
         print(",".join(str(jar) for jar in fetch_delta_jars(folder)))
+        return 0
+    if remote_url(config.spark):
+        print(f"sessions go to the Spark Connect server {remote_url(config.spark)}: no Java and no Delta jars needed here")
         return 0
     print(f"Java {java_major_version()} found")
     if config.spark.delta in ("provided", "packages"):

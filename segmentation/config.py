@@ -104,6 +104,8 @@ class SparkConfig(_Section):
     jars_dir: str | None
     log_level: Literal["ERROR", "WARN", "INFO", "DEBUG"]
     conf: dict[str, str | int | float | bool]
+    # sc://host:port of a Spark Connect server (null: pyspark's SPARK_REMOTE, else a classic session)
+    remote: str | None
 
 
 class MlflowConfig(_Section):
@@ -326,6 +328,9 @@ class ClvConfig(_Section):
     # predictions with what customers actually bought in those days.
     holdout_days: int = Field(ge=0)
     horizon_days: int = Field(gt=0)  # expected purchases over the next N days
+    # next_purchase_date stays null below this P(alive), or beyond this many days.
+    next_purchase_min_alive: float = Field(ge=0.0, le=1.0)
+    next_purchase_horizon_days: int = Field(gt=0)
     months: int = Field(gt=0)  # discounted CLV over this many months
     monthly_discount_rate: float = Field(ge=0.0, lt=1.0)
     penalizer: float = Field(ge=0.0)  # L2 penalty of the BG/NBD fit (lifetimes' penalizer_coef)

@@ -24,7 +24,6 @@ import uuid
 from dataclasses import dataclass
 
 import mlflow
-from delta.tables import DeltaTable
 from pyspark import StorageLevel
 from pyspark.errors import IllegalArgumentException
 from pyspark.sql import DataFrame
@@ -230,7 +229,7 @@ def _delete_matching(spark, ref: TableRef, ids: DataFrame, condition: str, marke
     """Delete the table's rows matching `ids`: rows deleted and the version committed."""
     result = tables.delete_matching(ids, ref, condition, run_id=marker)
     rows = result.rows or 0
-    if rows and _has_deletion_vectors(tables.delta_table(spark, ref)):
+    if rows and _has_deletion_vectors(tables.detail(spark, ref)):
         # With deletion vectors a DELETE only marks rows as deleted; the files keep them, and
         # VACUUM would never remove them. PURGE rewrites those files without the rows.
         spark.sql(f"REORG TABLE {tables.sql_name(ref)} APPLY (PURGE)")
@@ -238,8 +237,8 @@ def _delete_matching(spark, ref: TableRef, ids: DataFrame, condition: str, marke
     return Deletion(rows, result.version)
 
 
-def _has_deletion_vectors(table: DeltaTable) -> bool:
-    properties = table.detail().select("properties").first()[0] or {}
+def _has_deletion_vectors(detail) -> bool:
+    properties = detail["properties"] or {}
     return str(properties.get("delta.enableDeletionVectors", "false")).lower() == "true"
 
 
@@ -252,18 +251,21 @@ def _vacuum(ctx: StageContext, ref: TableRef, retention: float | None, allow_sho
         log.warning("%s: vacuum with a retention of %g hours (Delta's retention check off for it)", ref, retention)
         settings[_RETENTION_CHECK] = "false"
     if _LISTING_PARALLELISM not in ctx.config.spark.conf:
-        settings[_LISTING_PARALLELISM] = str(max(8, 4 * spark.sparkContext.defaultParallelism))
-    table = tables.delta_table(spark, ref)
+        settings[_LISTING_PARALLELISM] = str(max(8, 4 * _parallelism(spark)))
+    retain = "" if retention is None else f" RETAIN {retention:g} HOURS"
     try:
         with tables.session_conf(spark, settings):
-            if retention is None:
-                table.vacuum()
-            else:
-                table.vacuum(retention)
+            spark.sql(f"VACUUM {tables.sql_name(ref)}{retain}")
     except IllegalArgumentException as exc:  # the table's own retention is longer than asked
         raise ConfigError(f"erase: {ref}: Delta refused the vacuum: {str(exc).splitlines()[0]}") from None
     log.info("%s: vacuumed", ref)
     return ref.key
+
+
+def _parallelism(spark) -> int:
+    """Spark's default parallelism, read through spark.conf (a Connect session has no
+    SparkContext): spark.default.parallelism, else the shuffle partitions."""
+    return int(spark.conf.get("spark.default.parallelism", None) or spark.conf.get("spark.sql.shuffle.partitions"))
 
 
 def _record(config, result: EraseResult, vacuum: bool) -> None:

@@ -10,6 +10,7 @@ decided: it moves the alias and tags the active run with `champion_decision` and
 
 from __future__ import annotations
 
+import os
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -21,6 +22,9 @@ import pyspark
 from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
+from pyspark.sql.utils import is_remote
+
+from segmentation.errors import SetupError
 
 if TYPE_CHECKING:
     from pyspark.ml import PipelineModel
@@ -63,14 +67,71 @@ def register_spark_model(model: PipelineModel, name: str, inputs: pd.DataFrame, 
     with warnings.catch_warnings():  # an integer output (a cluster index) is never missing
         warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer")
         signature = infer_signature(inputs, outputs)
-    info = mlflow.spark.log_model(
-        model, "model", registered_model_name=name, signature=signature, pip_requirements=PIP_REQUIREMENTS,
-    )
+    if _connect_client():
+        # mlflow.spark's own save copies the saved model through the JVM's Hadoop FileSystem,
+        # which a Spark Connect client has not. The same artifact, logged the way
+        # mlflow.spark.log_model logs to a local artifact store (Model._log_v2).
+        info = mlflow.models.Model._log_v2(
+            artifact_path="model", flavor=_ConnectSparkFlavor, spark_model=model, registered_model_name=name,
+            signature=signature, pip_requirements=PIP_REQUIREMENTS,
+        )
+    else:
+        info = mlflow.spark.log_model(
+            model, "model", registered_model_name=name, signature=signature, pip_requirements=PIP_REQUIREMENTS,
+        )
     return str(info.registered_model_version)
+
+
+def load_spark_model(uri: str) -> PipelineModel:
+    """A registered Spark ML pipeline (`models:/name/version`), on a classic or a Spark
+    Connect session. Connect: the artifact is downloaded here and the server reads it."""
+    if not _connect_client():
+        return mlflow.spark.load_model(uri)
+    from pyspark.ml import PipelineModel
+
+    local = mlflow.artifacts.download_artifacts(uri)
+    data = mlflow.models.Model.load(local).flavors[mlflow.spark.FLAVOR_NAME]["model_data"]
+    # The server reads this client's folder: it runs on this machine (make connect-server).
+    return PipelineModel.load(os.path.join(local, data))
+
+
+def _connect_client() -> bool:
+    """A Spark Connect session outside Databricks (where mlflow.spark stages models in a
+    Unity Catalog volume itself)."""
+    from segmentation.spark import running_on_databricks
+
+    return is_remote() and not running_on_databricks()
+
+
+class _ConnectSparkFlavor:
+    """mlflow.spark's flavor as a Connect client saves it: the server writes the pipeline
+    (Spark ML's format) into the model folder, then mlflow.spark's own metadata is added, so
+    the artifact is the one mlflow.spark.log_model makes and loads with mlflow.spark or pyfunc."""
+
+    @staticmethod
+    def save_model(spark_model: PipelineModel, path: str, mlflow_model, signature=None, pip_requirements=None, **_) -> None:
+        data = os.path.join(path, "sparkml")
+        spark_model.write().save(data)  # by the server, on this machine
+        if not os.path.isdir(os.path.join(data, "metadata")):
+            raise SetupError(
+                "the Spark Connect server saved the model where this client cannot read it: Spark ML models are "
+                "logged to MLflow from a Connect session only with the server on this machine (make connect-server)"
+            )
+        mlflow.spark._save_model_metadata(
+            dst_dir=path, spark_model=spark_model, mlflow_model=mlflow_model, conda_env=None, code_paths=None,
+            signature=signature, pip_requirements=pip_requirements,
+        )
 
 
 def set_challenger(client: MlflowClient, name: str, version: str) -> None:
     client.set_registered_model_alias(name, CHALLENGER, version)
+
+
+def record_grade(client: MlflowClient, name: str, version: str, tags: Mapping[str, str]) -> None:
+    """Tag the active run and the version it registered with a quality grade (`grades.Grade.tags`)."""
+    mlflow.set_tags(dict(tags))
+    for key, value in tags.items():
+        client.set_model_version_tag(name, version, key, value)
 
 
 # ---------------------------------------------------------------------------- promotion

@@ -131,6 +131,25 @@ def _outcomes_html(outcomes: list[dict]) -> str:
     return "\n".join(sections)
 
 
+def _drivers_html(drivers: list[dict]) -> str:
+    """Per risk tier, its top churn drivers: mean contribution and share of the tier."""
+    if not drivers:
+        return ""
+    rows = [[d["churn_risk_tier"], str(d["rank"]), d["feature"], f"{d['mean_contribution']:+.3f}", _pct(d["customer_share"])]
+            for d in drivers]
+    return ("<h3>Top churn drivers by risk tier</h3><p>Mean contribution to the model's margin over the tier's "
+            "customers (0 where a feature is not among a customer's three drivers), and the share of the tier with it "
+            "among its drivers.</p>" + _table(["risk tier", "rank", "feature", "mean contribution", "share of tier"], rows))
+
+
+def grade_html(what: str, graded: dict | None, ungraded: str) -> str:
+    """One sentence: a model's quality grade and why (see the README's "Quality grades")."""
+    if not graded or not graded.get("grade"):
+        return f"<p>{html.escape(what)} quality: not graded ({html.escape(ungraded)}).</p>"
+    return (f"<p>{html.escape(what)} quality: <strong>{html.escape(graded['grade'])}</strong> "
+            f"({html.escape(str(graded.get('grade_reason')))}).</p>")
+
+
 def render(data: dict, figures: dict[str, str]) -> str:
     """The report as one HTML document."""
     kpis, previous = data["kpis"], data.get("previous_kpis")
@@ -156,6 +175,7 @@ def render(data: dict, figures: dict[str, str]) -> str:
             f"<p>Champion {html.escape(churn['model'])}, evaluated out of time at {html.escape(str(churn['evaluation_cutoff']))} "
             f"(churn = no purchase in {html.escape(str(churn['horizon_days']))} days).</p>"
             + _table(["score", "ROC AUC", "PR AUC", "lift@10%", "capture@10%", "lift@20%", "capture@20%"], churn_rows)
+            + grade_html("Churn model", churn, "trained before grades")
             + f'<img alt="churn lift" src="{figures["lift"]}">'
         )
     churn_html += f"<p>{html.escape(churn_sources_sentence(data.get('churn_score_sources') or []))}</p>"
@@ -183,9 +203,11 @@ customer_tiers Delta version {html.escape(str(data['tiers_version']))}.</p>
 <h2>Migration between tiers</h2>
 {migration_html}
 <h2>Lifetime value by tier</h2>
+{grade_html("Lifetime value model", data.get("clv_grade"), "graded only on a holdout check: segmentation clv --holdout-days N")}
 {images['clv']}
 <h2>Churn model against its baselines</h2>
 {churn_html}
+{_drivers_html(data.get("churn_drivers") or [])}
 <h2>Clusters</h2>
 {_table(["cluster", "customers", "share", "revenue share", "mean CLV", "mean churn probability"], cluster_rows)}
 {outcomes_html}

@@ -84,11 +84,13 @@ def require_numeric_columns(df: DataFrame, wanted: Mapping[str, Sequence[str]], 
 # from them by name (`columns_of`).
 CLV_SCORE_COLUMNS = ["probability_alive", "expected_purchases", "expected_average_value", "clv"]
 CLV_COLUMNS = [
-    "customer_id", "as_of_date", "first_purchase_date", "x", "t_x", "T", "m", *CLV_SCORE_COLUMNS,
-    "holdout_expected_purchases", "holdout_purchases",
+    "customer_id", "as_of_date", "first_purchase_date", "x", "t_x", "T", "m", "probability_alive", "next_purchase_date",
+    "expected_purchases", "expected_average_value", "clv", "holdout_expected_purchases", "holdout_purchases",
 ]
 CLUSTER_COLUMNS = ["customer_id", "as_of_date", "cluster_id", "cluster_name", "distance_to_centroid", "model_version"]
-CHURN_COLUMNS = ["customer_id", "as_of_date", "churn_probability", "churn_risk_tier", "model_version", "churn_score_source"]
+CHURN_COLUMNS = [
+    "customer_id", "as_of_date", "churn_probability", "churn_risk_tier", "model_version", "churn_score_source", "churn_drivers",
+]
 
 
 def columns_of(table: Sequence[str], *names: str) -> list[str]:

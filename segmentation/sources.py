@@ -17,6 +17,7 @@ import hashlib
 import json
 import logging
 import re
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -108,7 +109,7 @@ def read_source(spark: SparkSession, config: Config, ingested_versions: Mapping[
     if source.format == "parquet":
         df = _read_files(spark, path, lambda: spark.read.options(**options).parquet(path))
         conformed, columns = conform_source(df, path)
-        listing = _file_listing(spark, df, path)
+        listing = _file_listing(spark, df, path, options)
     else:
         options = with_defaults(options, CSV_DEFAULTS)
         conformed, columns, listing = _read_csv(spark, path, options)
@@ -270,7 +271,7 @@ def _read_csv(spark: SparkSession, path: str, settings: dict[str, str]) -> tuple
         extra += [c for c in columns.extra if c not in extra]
         missing += [c for c in columns.missing_optional if c not in missing]
     conformed = functools.reduce(DataFrame.unionByName, parts)
-    return conformed, SourceColumns(missing, extra), _file_listing(spark, listing, path)
+    return conformed, SourceColumns(missing, extra), _file_listing(spark, listing, path, settings)
 
 
 def _csv_headers(spark: SparkSession, files: list[str], settings: dict[str, str]) -> dict[str, list[str]]:
@@ -332,17 +333,26 @@ def file_name(file: str) -> str:
     return re.sub(r"^file:(//)?", "", file)
 
 
-def _file_listing(spark: SparkSession, df: DataFrame, path: str) -> str:
+def _file_listing(spark: SparkSession, df: DataFrame, path: str, options: Mapping[str, str]) -> str:
+    """Each input file of `df` with its size and modification time (milliseconds), as Spark's
+    binaryFile source lists them under `path` with the same reader options (the same files):
+    through Spark itself, so on a Connect session too. No file's content is read."""
     files = sorted(df.inputFiles())
     if not files:
         raise DataQualityError(f"{path}: no input files")
-    hadoop = spark.sparkContext._jvm.org.apache.hadoop.fs  # type: ignore[union-attr]
-    conf = spark.sparkContext._jsc.hadoopConfiguration()  # type: ignore[union-attr]
+    statuses = (
+        spark.read.format("binaryFile").options(**options).load(path)
+        .select("path", "length", F.unix_millis("modificationTime").alias("modified"))
+        .collect()
+    )
+    # inputFiles() gives URIs (file:///a%20b), binaryFile Hadoop paths (file:/a b).
+    status = {file_name(row.path): row for row in statuses}
     parts = []
     for name in files:
-        file_path = hadoop.Path(name)
-        status = file_path.getFileSystem(conf).getFileStatus(file_path)
-        parts.append(f"{name}|{status.getLen()}|{status.getModificationTime()}")
+        row = status.get(urllib.parse.unquote(file_name(name)))
+        if row is None:
+            raise DataQualityError(f"{file_name(name)}: the file is gone (listed by the read, not by the file listing)")
+        parts.append(f"{name}|{row.length}|{row.modified}")
     log.info("source %s: %d file(s)", path, len(files))
     return "files|" + "\n".join(parts)
 

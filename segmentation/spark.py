@@ -7,6 +7,8 @@ Where a session already exists (Databricks, a notebook, a test) it is used as it
 
 from __future__ import annotations
 
+import atexit
+import importlib
 import logging
 import os
 import re
@@ -14,6 +16,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import uuid
 from importlib import metadata
 from pathlib import Path
 
@@ -23,14 +26,19 @@ from segmentation.errors import SetupError
 log = logging.getLogger(__name__)
 
 JARS_DIR_ENV = "SEGMENTATION_JARS_DIR"
+REMOTE_ENV = "SPARK_REMOTE"  # pyspark's own: sc://host:port of a Spark Connect server
+# Spark's log level at start (SparkContext reads it), so no call into the JVM sets it.
+LOG_LEVEL = "spark.log.level"
 _MANIFEST = "jars.txt"
-_DELTA_SQL = {
+DELTA_SQL = {
     "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
     "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
 }
 # Settings an existing session (Databricks, notebook) is given; the rest of spark.conf
 # only applies to sessions this factory builds.
 _RUNTIME_CONF = ("spark.sql.session.timeZone",)
+# The settings a Spark Connect client may give its session (Spark SQL's and Delta's).
+_SESSION_CONF = ("spark.sql.", "spark.databricks.")
 
 
 def delta_artifact() -> str:
@@ -150,11 +158,20 @@ def running_on_databricks() -> bool:
     return "DATABRICKS_RUNTIME_VERSION" in os.environ
 
 
+def remote_url(config: SparkConfig) -> str | None:
+    """The Spark Connect server to use: `spark.remote`, else pyspark's SPARK_REMOTE; None: a classic session."""
+    return config.remote or os.environ.get(REMOTE_ENV) or None
+
+
 def get_spark(config: SparkConfig):
-    """The one SparkSession of a job: the active one if there is one, else a new one."""
+    """The one SparkSession of a job: the active one if there is one, else a new one (a
+    Spark Connect session when `remote_url` names a server, else a classic one)."""
     from pyspark.sql import SparkSession
 
+    remote = remote_url(config)
     active = SparkSession.getActiveSession()
+    if active is None and remote:
+        return _connect_session(config, remote)
     if active is None and running_on_databricks():
         # A job's Python process (script or wheel task) need not have made the cluster's
         # session active yet; the builder hands back that session as the cluster configured it.
@@ -173,12 +190,12 @@ def get_spark(config: SparkConfig):
     if config.master:
         builder = builder.master(config.master)
     for key, value in config.conf.items():
-        builder = builder.config(key, _conf_value(value))
+        builder = builder.config(key, conf_value(value))
     mode = _delta_mode(config)
     # provided: the cluster (or spark-submit --jars / --packages) supplies Delta's jars; its
     # SQL extension and catalog are still needed, unless the cluster configured its own.
     configured = _submitted_conf() if mode == "provided" else {}
-    for key, value in _DELTA_SQL.items():
+    for key, value in DELTA_SQL.items():
         if key not in configured:
             builder = builder.config(key, value)
     if mode == "local-jars":
@@ -189,13 +206,67 @@ def get_spark(config: SparkConfig):
     elif mode == "packages":
         log.warning("Delta jars are not cached locally: Spark will download %s (needs network)", delta_artifact())
         builder = builder.config("spark.jars.packages", delta_artifact())
-    spark = builder.getOrCreate()
-    spark.sparkContext.setLogLevel(config.log_level)
-    if config.log_level != "DEBUG":
-        _quiet_query_context_loggers()
+    spark = builder.config(LOG_LEVEL, config.log_level).getOrCreate()
+    _quiet_query_context_loggers(config)
     _check_delta_loaded(spark, mode)
-    log.info("Spark %s session started (master %s, Delta jars: %s)", spark.version, spark.sparkContext.master, mode)
+    log.info("Spark %s session started (master %s, Delta jars: %s)", spark.version, spark.conf.get("spark.master"), mode)
     return spark
+
+
+def _connect_session(config: SparkConfig, remote: str):
+    """A Spark Connect session on `remote`: no JVM here, so no Java and no Delta jars; the
+    server has Delta. Settings a client cannot change (the driver's memory, the UI) are the
+    server's (`python -m segmentation.connect serve` starts it with them) and left out here."""
+    from pyspark.sql import SparkSession
+
+    builder = SparkSession.builder.remote(remote).appName(config.app_name)
+    for key, value in config.conf.items():
+        if key.startswith(_SESSION_CONF):
+            builder = builder.config(key, conf_value(value))
+    server_side = sorted(key for key in config.conf if not key.startswith(_SESSION_CONF))
+    if server_side:
+        log.info("Spark Connect: settings left to the server (a client cannot change them): %s", ", ".join(server_side))
+    spark = builder.getOrCreate()
+    # Stop the session before the interpreter tears down: Spark ML models fitted through it
+    # release their server-side copies when they are garbage-collected, and at shutdown that
+    # call waits forever on the closing gRPC channel (the process would never exit). Once
+    # the session is stopped, they skip the call.
+    atexit.register(_stop_quietly, spark)
+    # Registers Delta's commit conflicts in pyspark's Connect error conversion, so they are
+    # raised as delta.exceptions classes (tables retries them) as on a classic session.
+    importlib.import_module("delta.connect.exceptions")
+    _quiet_query_context_loggers(config)
+    _check_delta_loaded(spark, "server")
+    if not running_on_databricks():
+        _check_shared_files(spark, remote)
+    log.info("Spark Connect session on %s (Spark %s)", remote, spark.version)
+    return spark
+
+
+def _stop_quietly(spark) -> None:
+    try:
+        spark.stop()
+    except Exception as error:  # the server may be gone already; the process is ending anyway
+        log.debug("Spark Connect session stop at exit: %s", error)
+
+
+def _check_shared_files(spark, remote: str) -> None:
+    """Fail at start unless the Connect server sees this machine's files: the Spark ML models
+    go to and come from MLflow through them (mlflow.spark's own way needs a local JVM)."""
+    from pyspark.errors import AnalysisException
+
+    with tempfile.TemporaryDirectory(prefix="segmentation-connect-") as folder:
+        (Path(folder) / "probe").write_text("probe")
+        try:
+            seen = spark.read.format("binaryFile").load(folder).inputFiles()
+        except AnalysisException:
+            seen = []
+    if not seen:
+        raise SetupError(
+            f"the Spark Connect server {remote} does not see this machine's files, through which Spark ML models are "
+            "logged to and loaded from MLflow (mlflow.spark otherwise needs a local JVM): run the server on this "
+            "machine ('make connect-server')"
+        )
 
 
 def _submitted_conf() -> dict[str, str]:
@@ -214,21 +285,32 @@ def _submitted_conf() -> dict[str, str]:
 _QUERY_CONTEXT_LOGGERS = ("DataFrameQueryContextLogger", "SQLQueryContextLogger")
 
 
-def _quiet_query_context_loggers() -> None:
+def _quiet_query_context_loggers(config: SparkConfig) -> None:
+    if config.log_level == "DEBUG":
+        return
     from pyspark.logger import PySparkLogger
 
     for name in _QUERY_CONTEXT_LOGGERS:
         PySparkLogger.getLogger(name).setLevel(logging.CRITICAL)
 
 
-def _check_delta_loaded(spark, mode: str) -> None:
-    """Fail at start, with what to do, when Delta's classes are not on the driver's classpath."""
+def delta_loaded(spark) -> bool:
+    """Whether the session reads the delta format. Asked through Spark itself (the analysis of
+    a read of a path that is not there), so it works on a classic and a Connect session."""
     try:
-        spark.sparkContext._jvm.org.apache.spark.util.Utils.classForName(  # type: ignore[union-attr]
-            "io.delta.sql.DeltaSparkSessionExtension", True, False
-        )
-    except Exception:
-        if "PYSPARK_GATEWAY_PORT" in os.environ:
+        spark.read.format("delta").load(f"/nonexistent-{uuid.uuid4().hex}").schema
+    except Exception as exc:  # a PySparkException, or on a classic session a Py4JJavaError (SparkClassNotFoundException)
+        text = str(exc)
+        return "DATA_SOURCE_NOT_FOUND" not in text and "delta.DefaultSource" not in text
+    return True
+
+
+def _check_delta_loaded(spark, mode: str) -> None:
+    """Fail at start, with what to do, when the session has no Delta Lake."""
+    if not delta_loaded(spark):
+        if mode == "server":
+            advice = "the Spark Connect server has no Delta Lake: start it with 'make connect-server' (python -m segmentation.connect serve)"
+        elif "PYSPARK_GATEWAY_PORT" in os.environ:
             advice = (
                 "under spark-submit the JVM starts before this code runs: pass the jars on the command line, "
                 "spark-submit --jars \"$(segmentation setup --print-jars)\" ... (or --packages " + delta_artifact() + ")"
@@ -246,5 +328,5 @@ def _delta_mode(config: SparkConfig) -> str:
     return "local-jars" if local_delta_jars(configured_jars_dir(config)) else "packages"
 
 
-def _conf_value(value: str | int | float | bool) -> str:
+def conf_value(value: str | int | float | bool) -> str:
     return str(value).lower() if isinstance(value, bool) else str(value)

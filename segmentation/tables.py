@@ -13,6 +13,7 @@ import logging
 import random
 import re
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -28,8 +29,8 @@ from delta.exceptions import (
     MetadataChangedException,
     ProtocolChangedException,
 )
-from delta.tables import DeltaTable
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.errors import AnalysisException
+from pyspark.sql import DataFrame, Row, SparkSession
 from pyspark.sql import types as T
 
 from segmentation.config import Config
@@ -78,10 +79,6 @@ def table_ref(config: Config, key: str) -> TableRef:
     return TableRef(key, location, is_path=True)
 
 
-def delta_table(spark: SparkSession, ref: TableRef) -> DeltaTable:
-    return DeltaTable.forPath(spark, ref.location) if ref.is_path else DeltaTable.forName(spark, ref.location)
-
-
 def sql_name(ref: TableRef) -> str:
     """The table as SQL names it: delta.`path` or the metastore name."""
     return f"delta.`{ref.location}`" if ref.is_path else ref.location
@@ -104,10 +101,33 @@ def session_conf(spark: SparkSession, settings: dict[str, str]) -> Iterator[None
                 spark.conf.set(name, value)
 
 
+# What Delta answers DESCRIBE HISTORY on a path that holds no Delta table.
+_NOT_DELTA = ("DELTA_TABLE_ONLY_OPERATION", "DELTA_MISSING_DELTA_TABLE", "PATH_NOT_FOUND")
+
+# Delta's operations go through SQL, never through delta.tables.DeltaTable: no Delta Connect
+# plugin exists for this Spark and Delta pair, so DeltaTable fails on a Spark Connect session.
+
+
+def history(spark: SparkSession, ref: TableRef, limit: int | None = None) -> DataFrame:
+    """The table's commits, newest first (DESCRIBE HISTORY)."""
+    return spark.sql(f"DESCRIBE HISTORY {sql_name(ref)}" + (f" LIMIT {int(limit)}" if limit else ""))
+
+
+def detail(spark: SparkSession, ref: TableRef) -> Row:
+    """The table's DESCRIBE DETAIL row (format, location, properties, ...)."""
+    return spark.sql(f"DESCRIBE DETAIL {sql_name(ref)}").first()
+
+
 def exists(spark: SparkSession, ref: TableRef) -> bool:
-    if ref.is_path:
-        return DeltaTable.isDeltaTable(spark, ref.location)
-    return spark.catalog.tableExists(ref.location)
+    if not ref.is_path:
+        return spark.catalog.tableExists(ref.location)
+    try:
+        history(spark, ref, 1).collect()
+    except AnalysisException as exc:
+        if exc.getCondition() in _NOT_DELTA:
+            return False
+        raise
+    return True
 
 
 def read(spark: SparkSession, ref: TableRef, version: int | None = None) -> DataFrame:
@@ -120,7 +140,7 @@ def read(spark: SparkSession, ref: TableRef, version: int | None = None) -> Data
 def current_version(spark: SparkSession, ref: TableRef) -> int | None:
     if not exists(spark, ref):
         return None
-    return int(delta_table(spark, ref).history(1).select("version").first()[0])
+    return int(history(spark, ref, 1).select("version").first()[0])
 
 
 def properties(spark: SparkSession, ref: TableRef) -> dict[str, str]:
@@ -141,21 +161,12 @@ def ensure_table(
     with `constraints` (name -> SQL condition) as Delta CHECK constraints from its first
     commit: one commit, where adding them to the empty table costs one commit each."""
     checks = {f"delta.constraints.{name.lower()}": expression for name, expression in (constraints or {}).items()}
-    if not ref.is_path:
-        # Delta's table builder takes at most database.table; Unity Catalog names have three parts.
-        partitioned = f" PARTITIONED BY ({', '.join(partition_by)})" if partition_by else ""
-        properties = ", ".join(f"'{key}' = '{_sql_text(value)}'" for key, value in checks.items())
-        spark.sql(
-            f"CREATE TABLE IF NOT EXISTS {ref.location} ({schema.toDDL()}) USING DELTA{partitioned}"
-            + (f" TBLPROPERTIES ({properties})" if properties else "")
-        )
-        return
-    builder = DeltaTable.createIfNotExists(spark).location(ref.location).addColumns(schema)
-    if partition_by:
-        builder = builder.partitionedBy(*partition_by)
-    for key, value in checks.items():
-        builder = builder.property(key, value)
-    builder.execute()
+    partitioned = f" PARTITIONED BY ({', '.join(partition_by)})" if partition_by else ""
+    properties = ", ".join(f"'{key}' = '{_sql_text(value)}'" for key, value in checks.items())
+    spark.sql(
+        f"CREATE TABLE IF NOT EXISTS {sql_name(ref)} ({schema.toDDL()}) USING DELTA{partitioned}"
+        + (f" TBLPROPERTIES ({properties})" if properties else "")
+    )
 
 
 def _sql_text(value: str) -> str:
@@ -238,9 +249,9 @@ def _commit_by(
     Looking for our own commit (not just the latest version) stays right while other
     pipelines commit to the same table at the same time.
     """
-    history = delta_table(spark, ref).history(depth).select("version", "userMetadata", "operationMetrics").collect()
+    commits = history(spark, ref, depth).select("version", "userMetadata", "operationMetrics").collect()
     floor = -1 if after is None else after
-    ours = [row for row in history if row.userMetadata == run_id and row.version > floor]
+    ours = [row for row in commits if row.userMetadata == run_id and row.version > floor]
     if not ours:
         return None, None
     newest = max(ours, key=lambda row: row.version)
@@ -254,12 +265,7 @@ def delete_matching(keys: DataFrame, ref: TableRef, condition: str, *, run_id: s
     `rows` is the number deleted; `version` is None when nothing matched (nothing is committed)."""
     spark = keys.sparkSession
     before = current_version(spark, ref)
-
-    def execute() -> None:
-        with session_conf(spark, {USER_METADATA: run_id}):
-            delta_table(spark, ref).alias("t").merge(keys.alias("s"), condition).whenMatchedDelete().execute()
-
-    _retrying_conflicts(ref, execute)
+    _retrying_conflicts(ref, lambda: _merge_sql(keys, ref, condition, ["WHEN MATCHED THEN DELETE"], run_id))
     version, rows = _commit_by(spark, ref, run_id, after=before, rows_metric="numTargetRowsDeleted")
     return WriteResult(ref, version, rows or 0)
 
@@ -268,7 +274,7 @@ def add_constraints(spark: SparkSession, ref: TableRef, constraints: dict[str, s
     """Give the table these Delta CHECK constraints (name -> SQL condition), adding missing
     ones and replacing changed ones; existing rows must satisfy them."""
     name = sql_name(ref)
-    properties = delta_table(spark, ref).detail().select("properties").first()[0] or {}
+    properties = detail(spark, ref)["properties"] or {}
     for constraint, expression in constraints.items():
         current = properties.get(f"delta.constraints.{constraint.lower()}")
         if current is not None and _same_sql(current, expression):
@@ -306,18 +312,23 @@ def merge(
     matched = " AND ".join(f"t.{c} = s.{c}" for c in on)
     changed = " OR ".join(f"NOT (t.{c} <=> s.{c})" for c in compare) or "false"
 
-    def execute() -> None:
-        builder = (
-            delta_table(spark, ref).alias("t").merge(source.alias("s"), matched)
-            .whenMatchedUpdateAll(condition=changed)
-            .whenNotMatchedInsertAll()
-        )
-        if delete_missing:
-            builder = builder.whenNotMatchedBySourceDelete()
-        with session_conf(spark, {USER_METADATA: run_id}):
-            builder.execute()
-
-    _retrying_conflicts(ref, execute)
+    clauses = [f"WHEN MATCHED AND ({changed}) THEN UPDATE SET *", "WHEN NOT MATCHED THEN INSERT *"]
+    if delete_missing:
+        clauses.append("WHEN NOT MATCHED BY SOURCE THEN DELETE")
+    _retrying_conflicts(ref, lambda: _merge_sql(source, ref, matched, clauses, run_id))
     version, _ = _commit_by(spark, ref, run_id, after=before)
     log.info("merged into %s at version %s", ref, version)
     return WriteResult(ref, version)
+
+
+def _merge_sql(source: DataFrame, ref: TableRef, condition: str, clauses: list[str], run_id: str) -> None:
+    """MERGE INTO the table (`t`) USING `source` (`s`, a temporary view for this statement)
+    ON `condition` with `clauses`, committed with `run_id` as its user metadata."""
+    spark = source.sparkSession
+    view = f"merge_source_{uuid.uuid4().hex}"
+    source.createOrReplaceTempView(view)
+    try:
+        with session_conf(spark, {USER_METADATA: run_id}):
+            spark.sql(f"MERGE INTO {sql_name(ref)} AS t USING {view} AS s ON {condition} " + " ".join(clauses))
+    finally:
+        spark.catalog.dropTempView(view)

@@ -1,7 +1,7 @@
 """A non-learned churn score turned into a probability, for when no learned model beats it.
 
 The score (larger = riskier) of the evaluation rows is cut into quantile buckets
-(`score_buckets`, with their rows and churners). Their churn rates, made monotone by pooling
+(`evaluate_scores`, with their rows and churners). Their churn rates, made monotone by pooling
 adjacent buckets out of order (pool adjacent violators: isotonic regression on the buckets),
 are a step function from score to probability. It is fitted on the evaluation rows, holds at
 most one step per bucket, and is saved with the training run (`churn/baseline_scorer.json`)

@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 
 TOP_SHARES = (0.1, 0.2)
 BUCKETS = 100
+RELATIVE_ERROR = 0.0005  # of the quantile cuts between buckets
 CALIBRATION_BINS = 10
 
 
@@ -42,25 +43,54 @@ class ScoreEvaluation:
     metrics: dict[str, float | None]
     curve: list[dict[str, float]]  # riskiest first: one point per bucket boundary
     calibration: list[dict[str, float]] | None  # None for a score that is not a probability
-    buckets: list[Bucket] = field(default_factory=list)  # riskiest first, as `score_buckets` cut them
+    buckets: list[Bucket] = field(default_factory=list)  # riskiest first: the quantile buckets of the evaluation
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
 
 
-def score_buckets(df: DataFrame, score: str, buckets: int = BUCKETS, relative_error: float = 0.0005) -> list[Bucket]:
-    """Rows with a score, cut at its quantiles, riskiest (highest score) first."""
-    scored = df.where(F.col(score).isNotNull())
-    cuts = sorted(set(quantile_cuts(scored, {"s": (F.col(score), even_probabilities(buckets))}, relative_error)["s"]))
+def _bucket_cuts(df: DataFrame, scores: list[str], buckets: int, relative_error: float) -> dict[str, list[float]]:
+    """Each score's distinct quantile cuts, all scores in one pass (nulls are left out per score)."""
+    probabilities = even_probabilities(buckets)
+    cuts = quantile_cuts(df, {score: (F.col(score), probabilities) for score in scores}, relative_error)
+    return {score: sorted(set(values)) for score, values in cuts.items()}
+
+
+def _grouped_tables(
+    df: DataFrame, scores: dict[str, bool], cuts: dict[str, list[float]], bins: int = CALIBRATION_BINS
+) -> dict[str, tuple[list[Bucket], list[dict[str, float]]]]:
+    """Every score's quantile buckets and, for probabilities, calibration bins, from one grouped
+    aggregate: each row is stacked once per (score, table) it falls in."""
+    entries = []
+    for i, (score, is_probability) in enumerate(scores.items()):
+        value = F.col(score).cast("double")
+        entries.append(F.struct(F.lit(i).alias("score"), F.lit(0).alias("table"),
+                                score_by_cuts(value, cuts[score]).alias("key"), value.alias("value")))
+        if is_probability:
+            index = F.when(value.isNotNull(), F.least(F.floor(value * bins), F.lit(bins - 1)).cast("int"))
+            entries.append(F.struct(F.lit(i).alias("score"), F.lit(1).alias("table"), index.alias("key"), value.alias("value")))
+    stacked = df.select(F.col(LABEL), F.inline(F.array(*entries))).where(F.col("key").isNotNull())
     rows = (
-        scored.groupBy(score_by_cuts(F.col(score), cuts).alias("bucket"))
+        stacked.groupBy("score", "table", "key")
         .agg(
-            F.min(score).alias("low"), F.max(score).alias("high"),
+            F.min("value").alias("low"), F.max("value").alias("high"), F.avg("value").alias("predicted"),
             F.count(F.lit(1)).alias("rows"), F.sum(F.col(LABEL).cast("long")).alias("churners"),
+            F.avg(F.col(LABEL)).alias("observed"),
         )
         .collect()
     )
-    return sorted((Bucket(float(r.low), float(r.high), int(r.rows), int(r.churners)) for r in rows), key=lambda b: -b.high)
+    tables: dict[str, tuple[list[Bucket], list[dict[str, float]]]] = {}
+    for i, score in enumerate(scores):
+        mine = [r for r in rows if r.score == i]
+        buckets = sorted((Bucket(float(r.low), float(r.high), int(r.rows), int(r.churners)) for r in mine if r.table == 0),
+                         key=lambda b: -b.high)
+        calibration = [
+            {"bin": int(r.key), "low": r.key / bins, "high": (r.key + 1) / bins, "rows": int(r.rows),
+             "predicted": float(r.predicted), "observed": float(r.observed)}
+            for r in sorted((r for r in mine if r.table == 1), key=lambda r: r.key)
+        ]
+        tables[score] = (buckets, calibration)
+    return tables
 
 
 def ranking_curve(buckets: list[Bucket]) -> list[dict[str, float]]:
@@ -104,20 +134,7 @@ def top_share(buckets: list[Bucket], share: float) -> tuple[float, float]:
 
 def calibration_table(df: DataFrame, probability: str, bins: int = CALIBRATION_BINS) -> list[dict[str, float]]:
     """Per equal-width bin of predicted probability: rows, mean predicted, observed churn rate."""
-    p = F.col(probability)
-    index = F.least(F.floor(p * bins), F.lit(bins - 1)).cast("int")
-    rows = (
-        df.where(p.isNotNull())
-        .groupBy(index.alias("bin"))
-        .agg(F.count(F.lit(1)).alias("rows"), F.avg(p).alias("predicted"), F.avg(F.col(LABEL)).alias("observed"))
-        .orderBy("bin")
-        .collect()
-    )
-    return [
-        {"bin": int(r.bin), "low": r.bin / bins, "high": (r.bin + 1) / bins, "rows": int(r.rows),
-         "predicted": float(r.predicted), "observed": float(r.observed)}
-        for r in rows
-    ]
+    return _grouped_tables(df, {probability: True}, {probability: []}, bins)[probability][1]
 
 
 def expected_calibration_error(table: list[dict[str, float]]) -> float:
@@ -133,33 +150,43 @@ def area_under(df: DataFrame, score: str, metric: str) -> float:
 
 
 def evaluate_score(df: DataFrame, score: str, is_probability: bool) -> ScoreEvaluation:
-    """Every metric of one score over the same rows (`df` should be persisted by the caller)."""
+    """Every metric of one score over the rows of `df` (which the caller should persist)."""
+    return evaluate_scores(df, {score: is_probability})[score]
+
+
+def evaluate_scores(df: DataFrame, scores: dict[str, bool]) -> dict[str, ScoreEvaluation]:
+    """Every metric of each score (name -> whether it is a probability) over the same rows of
+    `df` (which the caller should persist). The scores share their Spark jobs: one aggregate
+    for the totals, one pass for the quantile cuts, one grouped aggregate for the buckets and
+    calibration bins; only the areas under the curves are one evaluation per score and metric."""
+    names = list(scores)
     totals = df.agg(
         F.count(F.lit(1)).alias("rows"),
-        F.count(F.col(score)).alias("scored"),
         F.avg(F.col(LABEL)).alias("churn_rate"),
-        F.avg(F.pow(F.col(score) - F.col(LABEL), 2)).alias("brier"),
+        *[F.count(F.col(score)).alias(f"scored_{i}") for i, score in enumerate(names)],
+        *[F.avg(F.pow(F.col(score) - F.col(LABEL), 2)).alias(f"brier_{i}") for i, score in enumerate(names)],
     ).first()
-    if totals.scored < totals.rows:
-        log.warning("%s: %d of %d rows have no score and are left out", score, totals.rows - totals.scored, totals.rows)
-    buckets = score_buckets(df, score)
-    metrics: dict[str, float | None] = {
-        "rows": float(totals.scored),
-        "churn_rate": float(totals.churn_rate),
-        "roc_auc": area_under(df, score, "areaUnderROC"),
-        "pr_auc": area_under(df, score, "areaUnderPR"),
-    }
-    for share in TOP_SHARES:
-        lift, capture = top_share(buckets, share)
-        metrics[f"lift_{round(share * 100)}"] = lift
-        metrics[f"capture_{round(share * 100)}"] = capture
-    calibration = None
-    metrics["brier"] = metrics["calibration_error"] = None
-    if is_probability:
-        calibration = calibration_table(df, score)
-        metrics["brier"] = float(totals.brier)
-        metrics["calibration_error"] = expected_calibration_error(calibration)
-    return ScoreEvaluation(metrics, ranking_curve(buckets), calibration, buckets)
+    tables = _grouped_tables(df, scores, _bucket_cuts(df, names, BUCKETS, RELATIVE_ERROR))
+    evaluations = {}
+    for i, (score, is_probability) in enumerate(scores.items()):
+        scored = totals[f"scored_{i}"]
+        if scored < totals.rows:
+            log.warning("%s: %d of %d rows have no score and are left out", score, totals.rows - scored, totals.rows)
+        buckets, calibration = tables[score]
+        metrics: dict[str, float | None] = {
+            "rows": float(scored),
+            "churn_rate": float(totals.churn_rate),
+            "roc_auc": area_under(df, score, "areaUnderROC"),
+            "pr_auc": area_under(df, score, "areaUnderPR"),
+        }
+        for share in TOP_SHARES:
+            lift, capture = top_share(buckets, share)
+            metrics[f"lift_{round(share * 100)}"] = lift
+            metrics[f"capture_{round(share * 100)}"] = capture
+        metrics["brier"] = float(totals[f"brier_{i}"]) if is_probability else None
+        metrics["calibration_error"] = expected_calibration_error(calibration) if is_probability else None
+        evaluations[score] = ScoreEvaluation(metrics, ranking_curve(buckets), calibration if is_probability else None, buckets)
+    return evaluations
 
 
 def operating_threshold(curve: list[dict[str, float]], method: str, budget: float) -> dict[str, float]:

@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 WEIGHT = "class_weight"
 PROBABILITY = "churn_probability"
 VECTOR, SCALED = "features_vector", "features_scaled"
+IMPUTED = "__imputed"  # suffix of a feature's imputed column
 
 
 class ChurnProbability(Transformer, HasInputCol, HasOutputCol, DefaultParamsReadable, DefaultParamsWritable):
@@ -117,7 +118,7 @@ def _check_params(estimator, params: dict, key: str) -> None:
 def churn_pipeline(settings: ChurnConfig, weights: ClassWeights) -> Pipeline:
     # Doubles first: the imputer needs them, and feature tables may hold integers or decimals.
     as_double = ", ".join(f"CAST({name} AS DOUBLE) AS {name}__in" for name in settings.features)
-    imputed = [f"{name}__imputed" for name in settings.features]
+    imputed = [f"{name}{IMPUTED}" for name in settings.features]
     stages = [
         SQLTransformer(statement=f"SELECT *, {as_double} FROM __THIS__"),
         Imputer(inputCols=[f"{name}__in" for name in settings.features], outputCols=imputed, strategy="median"),

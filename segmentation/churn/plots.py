@@ -60,10 +60,10 @@ def calibration_figure(evaluations: dict[str, ScoreEvaluation]):
     return _finish(figure, axis, "mean predicted churn probability", "observed churn rate", "upper left")
 
 
-def importance_figure(importance: dict[str, float]):
+def importance_figure(importance: dict[str, float], xlabel: str = "relative importance"):
     names = list(importance)[::-1]
     figure, axis = plt.subplots(figsize=(7, 0.3 * len(names) + 1.5))
     axis.barh(names, [importance[n] for n in names])
-    axis.set_xlabel("relative importance")
+    axis.set_xlabel(xlabel)
     figure.tight_layout()
     return figure

@@ -6,7 +6,10 @@ then KMeans (k-means|| initialisation) or BisectingKMeans, always seeded. k is f
 configuration or chosen by silhouette. K-means is fitted on a seeded sample of at most
 `cluster.fit_sample` customers and the silhouette computed on one of at most
 `cluster.silhouette_sample`, so neither grows with the customer count; every customer is
-then assigned. The within-cluster cost of every candidate is kept for an elbow view.
+then assigned. The within-cluster cost of every candidate is kept for an elbow view. To
+choose k for KMeans, every candidate is scored on the driver by numpy K-means on the
+silhouette sample (`clustering/search.py`) and only the chosen k is fitted with Spark;
+BisectingKMeans fits every candidate with Spark.
 
 The registered model ends with `ClusterIds`, which maps K-means' cluster index to the stable
 cluster id of `customer_clusters`: loaded with `mlflow.spark`, its `transform` adds
@@ -16,6 +19,7 @@ cluster id of `customer_clusters`: loaded with `mlflow.spark`, its `transform` a
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence, TypeVar
 
 import numpy as np
 from pyspark import keyword_only
@@ -30,6 +34,7 @@ from pyspark.ml.util import DefaultParamsReadable, DefaultParamsWritable
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
+from segmentation.clustering.search import KScore
 from segmentation.config import ClusterConfig
 
 VECTOR, SCALED, PREDICTION = "features_vector", "features_scaled", "cluster_index"
@@ -75,12 +80,10 @@ def _clusterer(config: ClusterConfig, k: int, seed: int):
 
 
 @dataclass(frozen=True)
-class Candidate:
-    k: int
+class Candidate(KScore):
+    """A k fitted with Spark: its scores and the whole pipeline, raw features in."""
+
     model: PipelineModel
-    cost: float
-    silhouette: float
-    sizes: list[int]
 
 
 def fit_candidate(
@@ -94,16 +97,26 @@ def fit_candidate(
     best = min(fits, key=lambda fitted: fitted.summary.trainingCost)
     silhouette = ClusteringEvaluator(featuresCol=SCALED, predictionCol=PREDICTION).evaluate(best.transform(silhouette_points))
     model = PipelineModel(stages=[*prepared.stages, best])
-    return Candidate(k, model, float(best.summary.trainingCost), float(silhouette), [int(s) for s in best.summary.clusterSizes])
+    return Candidate(k=k, cost=float(best.summary.trainingCost), silhouette=float(silhouette),
+                     sizes=[int(s) for s in best.summary.clusterSizes], model=model)
 
 
-def choose_k(candidates: list[Candidate]) -> Candidate:
+Scored = TypeVar("Scored", bound=KScore)
+
+
+def choose_k(candidates: Sequence[Scored]) -> Scored:
     """The highest silhouette; ties go to the smaller k (simpler segmentations read better)."""
     return max(candidates, key=lambda c: (round(c.silhouette, 9), -c.k))
 
 
 def candidate_ks(config: ClusterConfig) -> list[int]:
     return [config.k] if config.k is not None else list(range(config.k_min, config.k_max + 1))
+
+
+def standardised_points(points: DataFrame) -> np.ndarray:
+    """The standardised vectors of `points` (the output of the fitted `preparation`) on the
+    driver, one row each: only for a bounded sample, such as the silhouette sample."""
+    return np.array([row[0] for row in points.select(vector_to_array(F.col(SCALED))).collect()], dtype=float)
 
 
 def features_without_spread(customers: DataFrame, config: ClusterConfig) -> tuple[list[str], list[str]]:

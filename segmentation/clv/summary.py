@@ -73,6 +73,9 @@ def frequency_spend_correlation(summary: DataFrame) -> float | None:
 
 
 def holdout_purchases(transactions: DataFrame, calibration_end: dt.date, holdout_end: dt.date) -> DataFrame:
-    """Purchase days per customer after `calibration_end`, up to and including `holdout_end`."""
+    """Purchase days per customer after `calibration_end`, up to and including `holdout_end`,
+    and the first of them."""
     days = purchase_days(transactions, holdout_end).where(F.col("day") > F.lit(calibration_end))
-    return days.groupBy("customer_id").agg(F.count(F.lit(1)).alias("holdout_purchases"))
+    return days.groupBy("customer_id").agg(
+        F.count(F.lit(1)).alias("holdout_purchases"), F.min("day").alias("first_holdout_purchase_date")
+    )

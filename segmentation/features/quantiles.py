@@ -39,10 +39,12 @@ def quantile_cuts(
 
 def score_by_cuts(value: Column, cuts: Sequence[float]) -> Column:
     """1 + the number of cut points strictly below `value` (null stays null)."""
-    score: Column = F.lit(1)
-    for cut in cuts:
-        score = score + (value > F.lit(float(cut))).cast("int")
-    return F.when(value.isNotNull(), score)
+    # One flat expression whatever the number of cuts: a sum of one term per cut nests as
+    # deep as there are cuts, beyond what a Spark Connect plan may (protobuf's depth limit).
+    if not cuts:
+        return F.when(value.isNotNull(), F.lit(1))
+    below = F.filter(F.array(*[F.lit(float(cut)) for cut in cuts]), lambda cut: value > cut)
+    return F.when(value.isNotNull(), F.lit(1) + F.size(below))
 
 
 def even_probabilities(buckets: int) -> list[float]:

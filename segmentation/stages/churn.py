@@ -39,7 +39,8 @@ from segmentation.stages.context import StageContext
 from segmentation.arguments import add_as_of_argument, as_of_overrides, positive_int, option_overrides
 from segmentation import registry, tables, tracking
 from segmentation.churn.baseline import ARTIFACT as BASELINE_ARTIFACT, BaselineScorer, calibrated_brier, calibrated_probability, calibration_steps
-from segmentation.churn.evaluation import ScoreEvaluation, confusion_matrix, evaluate_score, operating_threshold
+from segmentation.churn.drivers import DRIVERS, DRIVERS_TYPE, driver_importance, score_with_drivers
+from segmentation.churn.evaluation import ScoreEvaluation, confusion_matrix, evaluate_score, evaluate_scores, operating_threshold
 from segmentation.churn.labels import (
     CUTOFF, LABEL, Cutoffs, churn_cutoffs, churn_examples, cutoffs_with_history, eligible_customers, training_examples,
 )
@@ -50,6 +51,7 @@ from segmentation.clv.scoring import ScoringSettings, with_clv_scores
 from segmentation.clv.summary import UNIT_DAYS, clv_summary
 from segmentation.errors import InsufficientDataError, ModelRegistryError
 from segmentation.features.customer import first_transaction_date, transactions_as_of
+from segmentation.grades import churn_grade
 from segmentation.logs import stage
 from segmentation.plots import plt
 from segmentation.registry import CHALLENGER, CHAMPION, ChampionMetric, PromotionRule, RegisteredVersion, decide_promotion
@@ -180,6 +182,7 @@ def train(ctx: StageContext) -> ChurnTrainResult:
             scored = _scored_evaluation(fitted.model, evaluation, btyd, settings.recency_baseline)
             evaluated = _evaluate(scored, fitted, settings)
             scorer = best_baseline_scorer(evaluated.evaluations, settings.promote_metric, cutoffs)
+            drivers = driver_importance(fitted.model, evaluation)
             champion, champion_metric = _champion_on(evaluation, settings)
             decision = _register_and_decide(evaluated, evaluation, champion, champion_metric, scorer.baselines, settings)
         finally:
@@ -202,6 +205,11 @@ def train(ctx: StageContext) -> ChurnTrainResult:
         _log_evaluation(evaluations, evaluated.point, evaluated.confusion, evaluated.importance, evaluated.fitted, labels, decision)
         mlflow.log_dict(scorer.as_dict(), BASELINE_ARTIFACT)
         mlflow.set_tag(SCORE_SOURCE_TAG, result.score_source)
+        _log_driver_importance(drivers)
+        model = evaluations[MODEL].metrics
+        grade = churn_grade(model["pr_auc"], model["churn_rate"], model["calibration_error"])
+        registry.record_grade(MlflowClient(), settings.registered_model, decision.model_version, grade.tags())
+        log.info("churn model version %s graded %s: %s", decision.model_version, grade.grade, grade.reason)
         print(train_report(cutoffs, labels, evaluations, evaluated.point, evaluated.confusion, decision, settings.promote_metric)
               + scored_by(result.score_source) + "\n", flush=True)
     return result
@@ -216,12 +224,11 @@ def _fit(training: DataFrame, labels: LabelCounts, cutoffs: Cutoffs, settings) -
 
 def _evaluate(scored: DataFrame, fitted: FittedChurn, settings) -> _Evaluated:
     """The model and the baselines on the scored evaluation rows, and the operating point."""
-    evaluations = {
-        MODEL: evaluate_score(scored, PROBABILITY, is_probability=True),
-        RECENCY: evaluate_score(scored, "recency_score", is_probability=False),
-        DROPOUT: evaluate_score(scored, "dropout_score", is_probability=True),
-        QUIET: evaluate_score(scored, "quiet_score", is_probability=False),
-    }
+    # score column and whether it is a probability; all four share their Spark jobs
+    scores = {MODEL: (PROBABILITY, True), RECENCY: ("recency_score", False), DROPOUT: ("dropout_score", True),
+              QUIET: ("quiet_score", False)}
+    by_column = evaluate_scores(scored, dict(scores.values()))
+    evaluations = {name: by_column[column] for name, (column, _) in scores.items()}
     point = operating_threshold(evaluations[MODEL].curve, settings.operating_point, settings.contact_budget)
     confusion = confusion_matrix(scored, PROBABILITY, point["threshold"])
     importance = feature_importance(fitted.model, settings.features)
@@ -397,7 +404,7 @@ def horizon_mismatch(horizon: int | None, configured: int) -> str | None:
 def _champion_metric(champion: RegisteredVersion, evaluation: DataFrame, metric: str) -> float | None:
     """The champion's metric on the new model's evaluation rows (None when it cannot score them)."""
     try:
-        model = mlflow.spark.load_model(champion.uri)
+        model = registry.load_spark_model(champion.uri)
         scored = score_churn(model, evaluation).persist(StorageLevel.MEMORY_AND_DISK)
     except Exception as error:  # noqa: BLE001 - any failure to load or apply it is reported, not fatal
         log.warning("champion version %s cannot score the evaluation rows (%s)", champion.version, str(error).splitlines()[0])
@@ -462,6 +469,13 @@ def _log_evaluation(evaluations: dict[str, ScoreEvaluation], point, confusion, i
     mlflow.log_figure(gains_figure(evaluations), "churn/cumulative_gains.png")
     mlflow.log_figure(calibration_figure(evaluations), "churn/calibration.png")
     mlflow.log_figure(importance_figure(importance), "churn/feature_importance.png")
+    plt.close("all")
+
+
+def _log_driver_importance(importance: dict[str, float]) -> None:
+    """Mean absolute contribution to the margin per feature, on the evaluation rows."""
+    mlflow.log_dict(importance, "churn/driver_importance.json")
+    mlflow.log_figure(importance_figure(importance, "mean |contribution| to the margin (evaluation rows)"), "churn/driver_importance.png")
     plt.close("all")
 
 
@@ -635,16 +649,17 @@ def _scores(ctx: StageContext, scoring: ScoreSource, snapshot: DataFrame, as_of:
     or by the calibrated baseline."""
     eligible = eligible_customers(snapshot, settings.lookback_days)
     if scoring.champion:
-        model_version = F.lit(int(scoring.champion.version))
-        scored = score_churn(mlflow.spark.load_model(scoring.champion.uri), eligible)
+        model_version, drivers = F.lit(int(scoring.champion.version)), F.col(DRIVERS)
+        scored = score_with_drivers(registry.load_spark_model(scoring.champion.uri), eligible)
     else:
-        model_version = F.lit(None).cast("int")
+        # A baseline is one quantity turned into a probability: no contributions to list (README).
+        model_version, drivers = F.lit(None).cast("int"), F.lit(None).cast(DRIVERS_TYPE)
         scored = _baseline_scored(ctx, scoring.baseline, eligible, as_of, settings)  # type: ignore[arg-type]
     probability = F.col(PROBABILITY)
     return scored.select(
         "customer_id", F.lit(as_of).alias("as_of_date"), probability.alias("churn_probability"),
         risk_tier(probability, settings.risk_tiers).alias("churn_risk_tier"),
-        model_version.alias("model_version"), F.lit(scoring.name).alias("churn_score_source"),
+        model_version.alias("model_version"), F.lit(scoring.name).alias("churn_score_source"), drivers.alias(DRIVERS),
     ).select(*CHURN_COLUMNS)
 
 
@@ -661,7 +676,7 @@ def _baseline_scored(ctx: StageContext, scorer: BaselineScorer, eligible: DataFr
 
 def _write_scores(ctx: StageContext, scored: DataFrame, target, as_of: dt.date) -> tuple[int | None, DataFrame]:
     """Replace the as-of date's snapshot; the version written and its rows, read back."""
-    # a table written before a column was added (churn_score_source) gains it
+    # a table written before a column was added (churn_score_source, churn_drivers) gains it
     result = tables.write_snapshot(scored, target, as_of, run_id=ctx.pipeline_run_id, merge_schema=True)
     tracking.log_delta_output(target, result.version)
     return result.version, tables.read(ctx.spark, target, result.version).where(F.col("as_of_date") == F.lit(as_of))

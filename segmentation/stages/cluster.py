@@ -38,8 +38,10 @@ from segmentation.clustering.model import (
     fit_candidate,
     preparation,
     model_space,
+    standardised_points,
     with_cluster_ids,
 )
+from segmentation.clustering.search import KScore, score_ks
 from segmentation.clustering.profiles import (
     NAMING_COLUMNS,
     REVENUE,
@@ -103,7 +105,7 @@ class ClusterResult:
 @dataclass(frozen=True)
 class _Clustering:
     best: Candidate
-    candidates: list[Candidate]
+    candidates: list[KScore]
     space: Space
     matching: Matching
     assigned: DataFrame  # customer_id, cluster_id, distance_to_centroid (not computed yet)
@@ -151,11 +153,10 @@ def _record_inputs(source, version: int, as_of: dt.date, settings) -> None:
 
 
 def _compute(ctx: StageContext, customers: DataFrame, count: int, as_of, source, version: int, champion: Champion | None) -> _Clustering:
-    """Fit a candidate per k (a child run each), keep the best, match its clusters to the
+    """Score a candidate per k (a child run each), fit the best, match its clusters to the
     champion's, assign and profile every customer, and name the clusters."""
     settings = ctx.config.cluster
-    candidates = _fit_candidates(ctx, customers, count, as_of, source, version)
-    best = choose_k(candidates)
+    best, candidates = _fit(ctx, customers, count, as_of, source, version)
     space = model_space(best.model, settings)
     matching = match_to_reference(space, champion.reference if champion else None, settings.max_match_distance)
     assigned = assign_clusters(best.model, customers, space, matching.ids)
@@ -191,7 +192,10 @@ def _record(clustering: _Clustering, decision: ClusterDecision) -> None:
     print(report(best, clustering.candidates, profiles, names, decision), flush=True)
 
 
-def _fit_candidates(ctx: StageContext, customers: DataFrame, count: int, as_of, source, version: int) -> list[Candidate]:
+def _fit(ctx: StageContext, customers: DataFrame, count: int, as_of, source, version: int) -> tuple[Candidate, list[KScore]]:
+    """The fitted model and every candidate k's scores (a child run each). K-means with k to
+    choose scores the candidates on the driver (numpy K-means on the silhouette sample) and
+    fits only the chosen k with Spark; a fixed k, or BisectingKMeans, fits every k with Spark."""
     settings = ctx.config.cluster
     snapshot = f"{source} as of {as_of}"
     constant = _check_clusterable(customers, count, settings, snapshot)
@@ -210,22 +214,37 @@ def _fit_candidates(ctx: StageContext, customers: DataFrame, count: int, as_of, 
     shortfall = constant_features_shortfall(constant, count)
     if shortfall:
         raise InsufficientDataError("cluster", f"{snapshot}: {shortfall}")
-    candidates = []
-    for k in candidate_ks(settings):
+    ks = candidate_ks(settings)
+    for k in ks:
         if k >= distinct:
             log.warning("k=%d skipped: only %d customers with distinct features", k, distinct)
-            continue
-        tags = {"as_of": as_of.isoformat()}
-        with tracking.stage_run(ctx.config, "cluster.candidate", ctx.pipeline_run_id, tags, run_name=f"k={k}"):
-            tracking.log_delta_input(source, version, context="customer_features")
-            candidate = fit_candidate(fit_points, silhouette_points, prepared, settings, k)
-            mlflow.log_params({"k": k, "algorithm": settings.algorithm, "seed": settings.seed,
-                               "fit_sample_fraction": fit_fraction, "silhouette_sample_fraction": silhouette})
-            mlflow.log_metrics({"silhouette": candidate.silhouette, "cost": candidate.cost})
-            mlflow.log_dict({"cluster_sizes": candidate.sizes}, "cluster_sizes.json")
-        log.info("k=%d: silhouette %.4f, cost %.1f, sizes %s", k, candidate.silhouette, candidate.cost, candidate.sizes)
-        candidates.append(candidate)
-    return candidates
+    ks = [k for k in ks if k < distinct]
+    params = {"algorithm": settings.algorithm, "seed": settings.seed, "silhouette_sample_fraction": silhouette}
+    if settings.algorithm == "kmeans" and len(ks) > 1:
+        # Spark's KMeans takes no initial centroids: the chosen k is fitted anew, its
+        # restarts seeded as every k used to be.
+        scores = score_ks(standardised_points(silhouette_points), ks, settings.seed, settings.restarts, settings.max_iterations)
+        for score in scores:
+            _log_candidate(ctx, as_of, source, version, score, {**params, "solver": "numpy", "fit_sample_fraction": silhouette})
+        best = fit_candidate(fit_points, silhouette_points, prepared, settings, choose_k(scores).k)
+        log.info("k=%d fitted with Spark: silhouette %.4f, cost %.1f, sizes %s", best.k, best.silhouette, best.cost, best.sizes)
+        return best, scores
+    candidates = [fit_candidate(fit_points, silhouette_points, prepared, settings, k) for k in ks]
+    for candidate in candidates:
+        _log_candidate(ctx, as_of, source, version, candidate, {**params, "solver": "spark", "fit_sample_fraction": fit_fraction})
+    return choose_k(candidates), candidates
+
+
+def _log_candidate(ctx: StageContext, as_of, source, version: int, candidate: KScore, params: dict) -> None:
+    """A child run with a candidate's scores: parameters, metrics and sizes, no model."""
+    tags = {"as_of": as_of.isoformat()}
+    with tracking.stage_run(ctx.config, "cluster.candidate", ctx.pipeline_run_id, tags, run_name=f"k={candidate.k}"):
+        tracking.log_delta_input(source, version, context="customer_features")
+        mlflow.log_params({"k": candidate.k, **params})
+        mlflow.log_metrics({"silhouette": candidate.silhouette, "cost": candidate.cost})
+        mlflow.log_dict({"cluster_sizes": candidate.sizes}, "cluster_sizes.json")
+    log.info("k=%d (%s): silhouette %.4f, cost %.1f, sizes %s", candidate.k, params["solver"], candidate.silhouette,
+             candidate.cost, candidate.sizes)
 
 
 def _wanted(settings) -> tuple[int, str]:

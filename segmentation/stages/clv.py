@@ -5,8 +5,9 @@ The fit sees only the distinct (x, t_x, T) triples and (x, m) spend groups with 
 customer counts; beyond `clv.max_driver_rows` of them, each optimiser step sums the
 likelihood in Spark instead. Scores (probability alive, expected purchases over
 `clv.horizon_days`, expected spend per purchase, discounted CLV over `clv.months`) are
-computed in Spark. With `clv.holdout_days`, the models are fitted on the transactions up to
-as_of minus the holdout, and the predictions are compared with what customers bought in it.
+computed in Spark, with the expected next purchase date. With `clv.holdout_days`, the models
+are fitted on the transactions up to as_of minus the holdout, the predictions (and the next
+purchase dates) are compared with what customers bought in it, and the fit is graded.
 """
 
 from __future__ import annotations
@@ -32,8 +33,9 @@ from segmentation import tables, tracking
 from segmentation.clv.bgnbd import BgNbdFit, fit_bgnbd, fit_bgnbd_rows
 from segmentation.clv.distributed import SparkRows
 from segmentation.clv.gamma_gamma import GammaGammaFit, fit_gamma_gamma, fit_gamma_gamma_rows
-from segmentation.clv.holdout import holdout_by_frequency, plot_holdout
+from segmentation.clv.holdout import NextPurchaseCheck, holdout_by_frequency, next_purchase_check, plot_holdout
 from segmentation.clv.model import INPUT_COLUMNS, ClvModel
+from segmentation.clv.next_purchase import NextPurchaseSettings, next_purchase_date
 from segmentation.clv.scoring import SCORE_FIELDS, ScoringSettings, expected_purchases_over, with_clv_scores
 from segmentation.clv.summary import (
     UNIT_DAYS,
@@ -44,6 +46,7 @@ from segmentation.clv.summary import (
     spend_groups,
 )
 from segmentation.errors import DataQualityError, InsufficientDataError
+from segmentation.grades import GRADE_TAG, Grade, clv_grade
 from segmentation.sufficiency import clv_shortfall
 from segmentation.logs import stage
 from segmentation.schema import CLV_COLUMNS
@@ -82,6 +85,11 @@ class ClvTotals:
     holdout_purchases: int | None
     holdout_mae: float | None
     holdout_rmse: float | None
+    holdout_correlation: float | None  # of predicted and actual holdout purchases over customers
+    customers_with_next_purchase_date: int
+    next_purchase_checked: int | None  # the next purchase date check on the holdout (NextPurchaseCheck)
+    next_purchase_bought_share: float | None
+    next_purchase_expected_share: float | None
 
     def as_dict(self) -> dict[str, float | int | None]:
         return dataclasses.asdict(self)
@@ -98,6 +106,7 @@ class ClvResult:
     totals: ClvTotals
     version: int | None  # the customer_clv version written
     table: str
+    grade: Grade | None  # from the holdout check; None without one
 
     def fitted(self) -> dict[str, object]:
         """The fitted models as `clv/fit.json` and `--json` show them."""
@@ -120,18 +129,20 @@ def run(ctx: StageContext, args: argparse.Namespace | None = None) -> ClvResult:
         as_of = ctx.as_of(transactions, source)
         calibration_end = as_of - dt.timedelta(days=settings.holdout_days)
         scoring = ScoringSettings.from_days(settings.horizon_days, settings.months, settings.monthly_discount_rate, UNIT_DAYS[settings.time_unit])
+        next_purchase = NextPurchaseSettings(UNIT_DAYS[settings.time_unit], settings.next_purchase_min_alive, settings.next_purchase_horizon_days)
         summary_log.update(as_of=as_of.isoformat(), calibration_end=calibration_end.isoformat(), transactions_version=version)
         _record_inputs(source, version, as_of, calibration_end, settings)
 
         customers = clv_summary(transactions, calibration_end, settings.time_unit).persist(StorageLevel.MEMORY_AND_DISK)
         try:
             _check_sufficiency(customers, calibration_end, source, settings)
-            fit = _compute(customers, transactions, settings, scoring, calibration_end, as_of)
-            written, totals, by_frequency = _write(ctx, fit.snapshot, target, calibration_end, settings)
+            fit = _compute(customers, transactions, settings, scoring, next_purchase, calibration_end, as_of)
+            written, totals, by_frequency = _write(ctx, fit, transactions, target, calibration_end, as_of, settings)
         finally:
             customers.unpersist()
 
-        result = ClvResult(as_of, calibration_end, version, fit.bgnbd, fit.spend, fit.correlation, totals, written, target.location)
+        result = ClvResult(as_of, calibration_end, version, fit.bgnbd, fit.spend, fit.correlation, totals, written, target.location,
+                           holdout_grade(totals))
         summary_log.update(customers=totals.customers, triples=fit.bgnbd.triples, version=written, table=target.location)
         _record(result, scoring, by_frequency, settings, getattr(args, "json", False))
     return result
@@ -158,37 +169,59 @@ def _record_inputs(source, version: int, as_of: dt.date, calibration_end: dt.dat
     })
 
 
-def _compute(customers: DataFrame, transactions: DataFrame, settings, scoring: ScoringSettings, calibration_end, as_of) -> _Fit:
+def _compute(customers: DataFrame, transactions: DataFrame, settings, scoring: ScoringSettings,
+             next_purchase: NextPurchaseSettings, calibration_end, as_of) -> _Fit:
     """Fit both models on the customers' summary and score them (lazily) into customer_clv's rows."""
     bgnbd = fit_purchases(customers, settings)
     spend = _fit_spend(customers, settings)
     correlation = frequency_spend_correlation(customers)
     scored = with_clv_scores(customers, bgnbd.params, spend.params if spend else None, scoring)
+    scored = scored.select("*", next_purchase_date(
+        bgnbd.params, next_purchase, F.col("x"), F.col("T"), F.col("probability_alive"), F.lit(calibration_end),
+    ).alias("next_purchase_date"))
     scored = _with_holdout(scored, transactions, settings, calibration_end, as_of, bgnbd, UNIT_DAYS[settings.time_unit])
     snapshot = scored.select(*[F.col(c) for c in CLV_COLUMNS if c != "as_of_date"], F.lit(calibration_end).alias("as_of_date"))
     return _Fit(bgnbd, spend, correlation, snapshot.select(*CLV_COLUMNS))
 
 
-def _write(ctx: StageContext, snapshot: DataFrame, target, calibration_end, settings) -> tuple[int | None, ClvTotals, list[dict]]:
-    """Replace the calibration end's snapshot; the totals and the holdout check of what was written."""
-    result = tables.write_snapshot(snapshot, target, calibration_end, run_id=ctx.pipeline_run_id)
+def _write(ctx: StageContext, fit: _Fit, transactions: DataFrame, target, calibration_end, as_of,
+           settings) -> tuple[int | None, ClvTotals, list[dict]]:
+    """Replace the calibration end's snapshot; the totals and the holdout checks of what was written."""
+    # A table written before a column was added (next_purchase_date) gains it.
+    result = tables.write_snapshot(fit.snapshot, target, calibration_end, run_id=ctx.pipeline_run_id, merge_schema=True)
     tracking.log_delta_output(target, result.version)
     written = tables.read(ctx.spark, target, result.version).where(F.col("as_of_date") == F.lit(calibration_end))
-    by_frequency = [r.asDict() for r in holdout_by_frequency(written).collect()] if settings.holdout_days else []
-    return result.version, _totals(written), by_frequency
+    check = NextPurchaseCheck(None, None, None)
+    by_frequency = []
+    if settings.holdout_days:
+        by_frequency = [r.asDict() for r in holdout_by_frequency(written).collect()]
+        holdout = holdout_purchases(transactions, calibration_end, as_of)
+        check = next_purchase_check(written, holdout, fit.bgnbd.params, UNIT_DAYS[settings.time_unit], as_of)
+    return result.version, _totals(written, check), by_frequency
 
 
 def _record(result: ClvResult, scoring: ScoringSettings, by_frequency: list[dict], settings, as_json: bool) -> None:
     fitted = result.fitted()
-    _log_run(fitted, result.totals, result.bgnbd, result.gamma_gamma, scoring, result.calibration_end)
+    model_id = _log_run(fitted, result.totals, result.bgnbd, result.gamma_gamma, scoring, result.calibration_end)
+    if result.grade is not None:
+        mlflow.set_tags(result.grade.tags())
+        mlflow.set_logged_model_tags(model_id, result.grade.tags())
     if by_frequency:
         mlflow.log_dict({"by_calibration_frequency": by_frequency}, "clv/holdout.json")
         mlflow.log_figure(plot_holdout(by_frequency, 7, settings.time_unit, settings.holdout_days), "clv/holdout.png")
     if as_json:
         print(json.dumps({"as_of": result.as_of.isoformat(), "calibration_end": result.calibration_end.isoformat(),
-                          **fitted, **result.totals.as_dict()}, indent=2), flush=True)
+                          **fitted, **result.totals.as_dict(), GRADE_TAG: result.grade.grade if result.grade else None},
+                         indent=2), flush=True)
     else:
-        print(report(fitted, result.totals, settings.time_unit), flush=True)
+        print(report(fitted, result.totals, settings.time_unit, result.grade), flush=True)
+
+
+def holdout_grade(totals: ClvTotals) -> Grade | None:
+    """The model's quality grade from the holdout check; None without a holdout."""
+    if totals.holdout_purchases is None:
+        return None
+    return clv_grade(totals.holdout_expected_purchases, totals.holdout_purchases, totals.holdout_correlation)
 
 
 def fit_purchases(customers: DataFrame, settings) -> BgNbdFit:
@@ -245,8 +278,8 @@ def _with_holdout(scored: DataFrame, transactions, settings, calibration_end, as
     )
 
 
-def _totals(snapshot: DataFrame) -> ClvTotals:
-    """Aggregates of the written snapshot (and of the holdout check, when there is one)."""
+def _totals(snapshot: DataFrame, check: NextPurchaseCheck) -> ClvTotals:
+    """Aggregates of the written snapshot (and of the holdout checks, when there is one)."""
     error = F.col("holdout_expected_purchases") - F.col("holdout_purchases")
     row = snapshot.agg(
         F.count(F.lit(1)).alias("customers"),
@@ -258,8 +291,10 @@ def _totals(snapshot: DataFrame) -> ClvTotals:
         F.sum("holdout_purchases").alias("holdout_purchases"),
         F.avg(F.abs(error)).alias("holdout_mae"),
         F.sqrt(F.avg(error * error)).alias("holdout_rmse"),
+        F.corr("holdout_expected_purchases", "holdout_purchases").alias("holdout_correlation"),
+        F.count("next_purchase_date").alias("customers_with_next_purchase_date"),
     ).first()
-    return ClvTotals(**row.asDict())
+    return ClvTotals(**row.asDict(), **check.as_dict())
 
 
 def fitted_summary(bgnbd: BgNbdFit, spend: GammaGammaFit | None, correlation: float | None) -> dict[str, object]:
@@ -275,7 +310,7 @@ def fitted_summary(bgnbd: BgNbdFit, spend: GammaGammaFit | None, correlation: fl
     return fitted
 
 
-def report(fitted: dict, totals: ClvTotals, time_unit: str) -> str:
+def report(fitted: dict, totals: ClvTotals, time_unit: str, grade: Grade | None = None) -> str:
     b, g = fitted["bgnbd"], fitted["gamma_gamma"]
     se = b["standard_errors"]
     lines = [
@@ -301,10 +336,19 @@ def report(fitted: dict, totals: ClvTotals, time_unit: str) -> str:
             f"Holdout: predicted {totals.holdout_expected_purchases:,.1f} repeat purchases, actual "
             f"{totals.holdout_purchases:,}; per customer MAE {totals.holdout_mae:.3f}, RMSE {totals.holdout_rmse:.3f}"
         )
+    lines.append(f"Next purchase date for {totals.customers_with_next_purchase_date:,} customers")
+    if totals.next_purchase_checked:
+        lines.append(
+            f"  of {totals.next_purchase_checked:,} whose date fell in the holdout, {totals.next_purchase_bought_share:.1%} "
+            f"bought by it; the model expected {totals.next_purchase_expected_share:.1%}"
+        )
+    if grade is not None:
+        lines.append(f"Quality grade: {grade.grade} ({grade.reason})")
     return "\n".join(lines) + "\n"
 
 
-def _log_run(fitted, totals: ClvTotals, bgnbd: BgNbdFit, spend: GammaGammaFit | None, scoring: ScoringSettings, calibration_end) -> None:
+def _log_run(fitted, totals: ClvTotals, bgnbd: BgNbdFit, spend: GammaGammaFit | None, scoring: ScoringSettings, calibration_end) -> str:
+    """Log the metrics, the fit and the pyfunc model; the logged model's id."""
     metrics = {f"bgnbd.{k}": v for k, v in bgnbd.params.as_dict().items()}
     metrics.update({f"bgnbd.se.{k}": v for k, v in bgnbd.standard_errors.as_dict().items()})
     metrics.update({"bgnbd.log_likelihood": bgnbd.log_likelihood, "bgnbd.triples": bgnbd.triples, "bgnbd.iterations": bgnbd.iterations})
@@ -318,10 +362,11 @@ def _log_run(fitted, totals: ClvTotals, bgnbd: BgNbdFit, spend: GammaGammaFit | 
     mlflow.log_metrics(metrics)
     mlflow.log_dict(fitted, "clv/fit.json")
     model = ClvModel(bgnbd.params, spend.params if spend else None, scoring)
-    mlflow.pyfunc.log_model(
+    info = mlflow.pyfunc.log_model(
         name="clv_model", python_model=model, pip_requirements=["numpy", "scipy", "pandas", "mlflow"],
         signature=SIGNATURE, input_example=_example(), metadata={"calibration_end": calibration_end.isoformat()},
     )
+    return info.model_id
 
 
 SIGNATURE = ModelSignature(

@@ -40,7 +40,7 @@ from segmentation.stages.outcomes import OutcomesResult
 from segmentation.stages.report import ReportResult
 from segmentation.stages.tiers import TiersResult
 from segmentation.arguments import add_as_of_argument
-from segmentation import tables, tracking
+from segmentation import profiling, tables, tracking
 from segmentation.errors import DataQualityError, InsufficientDataError
 from segmentation.logs import stage
 from segmentation.sources import run_source
@@ -140,7 +140,7 @@ def run(ctx: StageContext, args: argparse.Namespace | None = None) -> PipelineRe
             raise DataQualityError(
                 f"--generate writes the raw_transactions table, but the configured source is {config.ingest.source.path or config.ingest.source.table}"
             )
-        results["ingest"] = _timed(timings, "ingest", lambda: ingest.run(ctx, args))
+        results["ingest"] = _timed(ctx.spark, timings, "ingest", lambda: ingest.run(ctx, args))
         if until > 0:
             ctx = _at_as_of(ctx)
             mlflow.set_tag("as_of", ctx.config.as_of.isoformat())
@@ -160,7 +160,7 @@ def run(ctx: StageContext, args: argparse.Namespace | None = None) -> PipelineRe
                 log.info("%s: already done for these inputs in MLflow run %s: resumed past it", name, done)
                 results[name] = Resumed(done)
                 continue
-            results[name] = _timed(timings, name, step if name not in SKIPPABLE else _skippable(name, step))
+            results[name] = _timed(ctx.spark, timings, name, step if name not in SKIPPABLE else _skippable(name, step))
         summary.update(pipeline_run_id=ctx.pipeline_run_id, mlflow_run_id=parent.info.run_id)
         mlflow.set_tag("status", "finished")
     _print_where(ctx, parent.info.run_id, until)
@@ -181,7 +181,7 @@ def _with_run_source(ctx: StageContext, args, timings, results) -> StageContext:
     )
     if plan.generate:
         log.info("generate: %s", plan.reason)
-        results["generate"] = _timed(timings, "generate", lambda: generate.run(ctx, args))
+        results["generate"] = _timed(ctx.spark, timings, "generate", lambda: generate.run(ctx, args))
     if plan.source is None:
         return ctx
     log.info("ingest: no raw table; ingesting %s", plan.reason)
@@ -204,11 +204,13 @@ def _skippable(name: str, step):
     return run_or_skip
 
 
-def _timed(timings: dict[str, Timing], name: str, step):
-    """Run a stage and record its wall-clock window (perf_counter), also when it fails."""
+def _timed(spark, timings: dict[str, Timing], name: str, step):
+    """Run a stage with its Spark jobs in a job group named after it (`profiling.grouped`) and record its
+    wall-clock window (perf_counter), also when it fails."""
     started = time.perf_counter()
     try:
-        return step()
+        with profiling.grouped(spark, name):
+            return step()
     finally:
         timings[name] = Timing(started, time.perf_counter())
 

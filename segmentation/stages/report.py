@@ -3,7 +3,7 @@ tables (`<storage.root>/reports/`) and logged to MLflow.
 
 It shows tier sizes and revenue shares with the Pareto curve, the value-tier migration
 matrix from the previous snapshot, CLV by tier, the churn champion's lift against its
-baselines, cluster profiles, the treatment outcomes measured as of the date, and KPIs (active customers, repurchase rate, churn rate, mean
+baselines, both models' quality grades, the top churn drivers of each risk tier, cluster profiles, the treatment outcomes measured as of the date, and KPIs (active customers, repurchase rate, churn rate, mean
 churn probability, revenue, CLV) with their change since the previous snapshot. Every
 number is a Spark aggregate of the tables; the driver holds a few rows per tier.
 """
@@ -19,15 +19,18 @@ from pathlib import Path
 import mlflow
 from mlflow.tracking import MlflowClient
 from pyspark.sql import DataFrame
+from pyspark.sql import Window
 from pyspark.sql import functions as F
 
 from segmentation.stages.churn import BASELINE_PREFIXES, MODEL
+from segmentation.churn.drivers import DRIVERS, TOP_DRIVERS
 from segmentation.stages.context import StageContext
 from segmentation.arguments import add_as_of_argument, as_of_overrides
 from segmentation import report as html_report
 from segmentation import registry, tables, tracking
 from segmentation.errors import DataQualityError
 from segmentation.features.tiers import value_pyramid_summary
+from segmentation.grades import GRADE_REASON_TAG, GRADE_TAG
 from segmentation.logs import stage
 from segmentation.tiers.snapshot import TIER_COLUMNS
 
@@ -168,7 +171,7 @@ def report_data(ctx: StageContext, snapshot: DataFrame, rows: DataFrame, as_of: 
                 (F.col("to_date") == F.lit(as_of)) & (F.col("from_date") == F.lit(previous_as_of)) & (F.col("dimension") == "value_tier")
             )
             migration = [{"from_tier": r.from_tier, "to_tier": r.to_tier, "customers": int(r.customers)} for r in cells.collect()]
-    lineage = snapshot.select("lineage.pipeline_run_id", "lineage.value_rank_by").first()
+    lineage = snapshot.select("lineage.pipeline_run_id", "lineage.value_rank_by", "lineage.clv_run_id").first()
     return {
         "as_of": as_of.isoformat(),
         "previous_as_of": previous_as_of.isoformat() if previous_as_of else None,
@@ -183,6 +186,8 @@ def report_data(ctx: StageContext, snapshot: DataFrame, rows: DataFrame, as_of: 
         "migration": migration,
         "churn": churn_summary(config.churn.registered_model),
         "churn_score_sources": churn_score_sources(snapshot),
+        "churn_drivers": churn_drivers_by_tier(snapshot, [t.name for t in config.churn.risk_tiers]),
+        "clv_grade": clv_grade_summary(lineage.clv_run_id),
         "outcomes": treatment_outcomes(ctx, as_of),
         "missing_predictions": missing_predictions(snapshot),
     }
@@ -215,6 +220,30 @@ def treatment_outcomes(ctx: StageContext, as_of: dt.date) -> list[dict]:
     return [{**r.asDict(), "as_of_date": r.as_of_date.isoformat()} for r in rows.select(*columns).collect()]
 
 
+def churn_drivers_by_tier(snapshot: DataFrame, risk_tiers: list[str], top: int = TOP_DRIVERS) -> list[dict]:
+    """Per risk tier (in `risk_tiers` order), the `top` features with the largest mean
+    contribution over the tier's customers with drivers (a feature outside a customer's
+    `churn_drivers` counts 0), and the share of those customers whose drivers include it."""
+    if DRIVERS not in snapshot.columns:  # a snapshot written before the drivers existed
+        return []
+    explained = snapshot.where(F.col(DRIVERS).isNotNull())
+    sizes = explained.groupBy("churn_risk_tier").agg(F.count(F.lit(1)).alias("tier_customers"))
+    totals = (
+        explained.select("churn_risk_tier", F.explode(DRIVERS).alias("driver"))
+        .groupBy("churn_risk_tier", F.col("driver.feature").alias("feature"))
+        .agg(F.sum("driver.contribution").alias("total"), F.count(F.lit(1)).alias("customers"))
+        .join(sizes, on="churn_risk_tier", how="inner")
+    )
+    order = Window.partitionBy("churn_risk_tier").orderBy(F.desc("mean_contribution"), "feature")
+    ranked = totals.select(
+        "churn_risk_tier", "feature", (F.col("total") / F.col("tier_customers")).alias("mean_contribution"),
+        (F.col("customers") / F.col("tier_customers")).alias("customer_share"),
+    ).withColumn("rank", F.row_number().over(order)).where(F.col("rank") <= top)
+    rows = [r.asDict() for r in ranked.collect()]  # at most `top` per tier
+    return sorted(rows, key=lambda r: (risk_tiers.index(r["churn_risk_tier"]) if r["churn_risk_tier"] in risk_tiers else len(risk_tiers),
+                                       r["rank"]))
+
+
 def churn_summary(name: str) -> dict | None:
     """The churn champion's evaluation (model and baselines) from its MLflow run."""
     version = registry.aliased_version(MlflowClient(), name)
@@ -230,4 +259,15 @@ def churn_summary(name: str) -> dict | None:
         "evaluation_cutoff": tags.get("evaluation_cutoff"),
         "horizon_days": tags.get("horizon_days"),
         "scores": scores,
+        **graded(tags),
     }
+
+
+def graded(tags: dict[str, str]) -> dict[str, str | None]:
+    """The quality grade a run was tagged with (None for runs from before grades)."""
+    return {"grade": tags.get(GRADE_TAG), "grade_reason": tags.get(GRADE_REASON_TAG)}
+
+
+def clv_grade_summary(run_id: str | None) -> dict[str, str | None]:
+    """The grade of the lifetime value fit behind the snapshot (None without a holdout check)."""
+    return graded(MlflowClient().get_run(run_id).data.tags if run_id else {})

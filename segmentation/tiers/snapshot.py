@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
+from segmentation.churn.drivers import DRIVERS, DRIVERS_TYPE
 from segmentation.config import FeaturesConfig, TiersConfig
 from segmentation.features.quantiles import quantile_cuts
 from segmentation.features.rules import Rule, with_first_match
@@ -31,9 +32,10 @@ FEATURE_COLUMNS = [
 # What a tier row takes from each scored table, with its type (null when a pipeline run
 # skipped the model for too few data), named against the table's contract.
 PREDICTED_COLUMNS = {
-    "customer_clv": {"clv": "double", "probability_alive": "double", "expected_purchases": "double"},
+    "customer_clv": {"clv": "double", "probability_alive": "double", "next_purchase_date": "date", "expected_purchases": "double"},
     "customer_clusters": {"cluster_id": "int", "cluster_name": "string"},
-    "customer_churn": {"churn_probability": "double", "churn_risk_tier": "string", "churn_score_source": "string"},
+    "customer_churn": {"churn_probability": "double", "churn_risk_tier": "string", "churn_score_source": "string",
+                       DRIVERS: DRIVERS_TYPE},
 }
 CLV_TIER_COLUMNS = columns_of(CLV_COLUMNS, *PREDICTED_COLUMNS["customer_clv"])
 CLUSTER_TIER_COLUMNS = columns_of(CLUSTER_COLUMNS, *PREDICTED_COLUMNS["customer_clusters"])

@@ -69,7 +69,12 @@ def test_cutoffs_labels_and_artifacts_are_in_the_run(trained):
     assert metrics["pr_auc"] == pytest.approx(result.metrics["model"]["pr_auc"])
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "churn")}
     assert {f"churn/{name}" for name in ("roc.png", "precision_recall.png", "cumulative_gains.png", "calibration.png",
-            "feature_importance.png", "evaluation.json", "operating_point.json", "champion_decision.json")} <= artifacts
+            "feature_importance.png", "evaluation.json", "operating_point.json", "champion_decision.json",
+            "driver_importance.png", "driver_importance.json")} <= artifacts
+    # Global importance: mean absolute contribution per feature over the evaluation rows, largest first.
+    importance = mlflow.artifacts.load_dict(f"runs:/{run.info.run_id}/churn/driver_importance.json")
+    assert set(importance) == set(ctx.config.churn.features) and list(importance.values()) == sorted(importance.values(), reverse=True)
+    assert min(importance.values()) >= 0 and next(iter(importance.values())) > 0
     assert sum(result.importance.values()) == pytest.approx(1.0)
     per_cutoff = result.labels.per_cutoff
     assert sorted(per_cutoff) == tags["training_cutoffs"].split(",")
@@ -121,6 +126,12 @@ def test_score_uses_the_champion_and_replaces_its_snapshot(spark, trained):
     assert set(tiers) <= {"critical", "high", "medium", "low"} and tiers == {k: v for k, v in first.risk_tiers.items() if v}
     high = scored.where(F.col("churn_risk_tier") == "critical").agg(F.min("churn_probability")).first()[0]
     assert high is None or high >= 0.75
+    # Every scored customer has up to 3 drivers, each a configured feature that raised the score, largest first.
+    drivers = [r.churn_drivers for r in scored.select("churn_drivers").collect()]
+    assert all(d is not None and len(d) <= 3 for d in drivers) and sum(len(d) == 3 for d in drivers) > len(drivers) / 2
+    for entries in drivers:
+        assert all(e.feature in ctx.config.churn.features and e.contribution > 0 and e.value is not None for e in entries)
+        assert [e.contribution for e in entries] == sorted((e.contribution for e in entries), reverse=True)
     # The champion loads the same way for a reviewer, through the registry alias.
     model = mlflow.spark.load_model("models:/churn_classifier@champion")
     assert model.stages[-1].getOutputCol() == "churn_probability"

@@ -82,6 +82,7 @@ def test_every_customer_is_scored_without_gaps(calibration):
         assert table.where(F.col(field).isNull() | F.isnan(field)).count() == 0, field
     assert table.where((F.col("probability_alive") < 0) | (F.col("probability_alive") > 1)).count() == 0
     assert table.where(F.col("holdout_purchases").isNotNull()).count() == 0  # no holdout asked for
+    assert result.grade is None  # graded only on a holdout
 
 
 def test_the_logged_model_reloads_and_scores_like_the_table(calibration):
@@ -117,6 +118,35 @@ def test_holdout_check_and_the_fit_summed_in_spark(spark, cdnow, calibration):
     holdout_run = next(r for r in runs if r.data.params["holdout_days"] == "273")
     artifacts = {a.path for a in mlflow.artifacts.list_artifacts(run_id=holdout_run.info.run_id, artifact_path="clv")}
     assert {"clv/fit.json", "clv/holdout.json", "clv/holdout.png"} <= artifacts
+
+
+def test_next_purchase_dates_against_the_holdout_and_the_grade(spark, cdnow):
+    """Of the customers whose expected next purchase date falls in the 39-week holdout, about
+    as many bought by it as the model expects (P(alive) / 2 on average); the fit is graded
+    from the holdout, on the run and on its logged model."""
+    ctx = context(cdnow, spark, "as_of=1998-06-30", "clv.holdout_days=273")
+    result = clv.run(ctx)
+    totals = result.totals
+    table = snapshot(ctx, CALIBRATION_END)
+    dated = table.where(F.col("next_purchase_date").isNotNull())
+    assert totals.customers_with_next_purchase_date == dated.count() > 0
+    assert dated.where(F.col("probability_alive") < 0.5).count() == 0
+    assert dated.where(F.datediff("next_purchase_date", "as_of_date") > 365).count() == 0
+    assert 0 < totals.next_purchase_checked <= totals.customers_with_next_purchase_date
+    assert totals.next_purchase_bought_share == pytest.approx(totals.next_purchase_expected_share, abs=0.1)
+    assert result.grade is not None and result.grade.grade in {"Poor", "Fair", "Good", "Excellent"}
+    tracking.configure_mlflow(ctx.config)
+    run = mlflow.search_runs(experiment_names=["segmentation"], filter_string="tags.stage = 'clv'",
+                             order_by=["attributes.start_time DESC"], max_results=1, output_format="list")[0]
+    assert run.data.tags["quality_grade"] == result.grade.grade
+    assert run.data.metrics["next_purchase_bought_share"] == pytest.approx(totals.next_purchase_bought_share)
+    assert run.data.metrics["next_purchase_expected_share"] == pytest.approx(totals.next_purchase_expected_share)
+    model = mlflow.search_logged_models(
+        experiment_ids=[run.info.experiment_id], filter_string=f"source_run_id = '{run.info.run_id}'", output_format="list",
+    )[0]
+    assert model.tags["quality_grade"] == result.grade.grade
+    print(f"next purchase check: {totals.next_purchase_checked} customers, bought {totals.next_purchase_bought_share:.4f}, "
+          f"expected {totals.next_purchase_expected_share:.4f}; grade {result.grade.grade} ({result.grade.reason})")
 
 
 def test_clv_command_prints_json_for_scripts(cdnow, capsys):

@@ -98,7 +98,7 @@ def test_killed_tier_write_keeps_the_previous_version_and_concurrent_reruns_comm
         customers = tables.read(spark, context(spark, root, as_of).table("customer_features")).where(F.col("as_of_date") == F.lit(as_of))
         assert snapshot.count() == snapshot.select("customer_id").distinct().count() == customers.count() > 0, as_of
 
-    operations = {r.operation for r in tables.delta_table(spark, ref).history().where(F.col("version") > before_version).collect()}
+    operations = {r.operation for r in tables.history(spark, ref).where(F.col("version") > before_version).collect()}
     assert operations == {"WRITE"}, operations  # no constraint dropped and re-added on the way
 
     tracked = context(spark, root, OTHER).config.tiers.tracked

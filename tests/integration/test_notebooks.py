@@ -72,7 +72,9 @@ def test_the_notebooks_run_in_order_on_generated_data(tmp_path, monkeypatch):
     assert "stays challenger" in quickstart or "promoted to champion" in quickstart
 
     analyst, analyst_images = outputs(execute(ORDER[1]))
-    assert analyst_images >= 5  # pyramid, Pareto curve, segments, clusters, migration heat map
+    assert analyst_images >= 6  # pyramid, Pareto curve, segments, clusters, uplift intervals, migration heat map
+    # The quick start's first snapshot is 92 days before the second: its 90-day outcome window has ended.
+    assert re.search(r"treatment_outcomes measured as of \d{4}-\d{2}-\d{2}: snapshot \d{4}-\d{2}-\d{2}, window 90 days", analyst)
     assert "of customers by trailing revenue bring" in analyst
     assert "from tier_migrations" in analyst  # the pair the tiers stage recorded, not recomputed
 

@@ -67,6 +67,8 @@ def test_one_row_per_customer_and_snapshot_with_every_dimension(spark, tiered):
         assert snapshot.count() == snapshot.select("customer_id").distinct().count() == customers.count() == result.customers
         scored = tables.read(spark, ctx.table("customer_churn")).where(F.col("as_of_date") == F.lit(as_of))
         assert snapshot.where(F.col("churn_probability").isNotNull()).count() == scored.count()
+        both = snapshot.alias("t").join(scored.alias("c"), on="customer_id", how="inner")
+        assert both.count() == scored.count() and both.where(~F.col("t.churn_drivers").eqNullSafe(F.col("c.churn_drivers"))).count() == 0
         for column in ("value_tier", "rfm_segment", "lifecycle_stage", "business_tier", "cluster_name", "stickiness",
                        "treatment", "treatment_action", "treatment_channel", "treatment_priority"):
             assert snapshot.where(F.col(column).isNull()).count() == 0, column
@@ -191,6 +193,14 @@ def test_report_is_self_contained_and_its_numbers_come_from_the_tables(spark, ti
     assert data["previous_kpis"]["customers"] == read(spark, root, "customer_tiers").where(F.col("as_of_date") == F.lit(EARLY)).count()
     tiers_count = {r.value_tier: r["count"] for r in snapshot.groupBy("value_tier").count().collect()}
     assert {t["value_tier"]: t["customers"] for t in data["value_tiers"] if t["customers"]} == tiers_count
+    # The top churn drivers of each risk tier: the first of the riskiest tier, from a direct query.
+    top = data["churn_drivers"][0]
+    assert top["rank"] == 1 and [d["churn_risk_tier"] for d in data["churn_drivers"]] == sorted(
+        (d["churn_risk_tier"] for d in data["churn_drivers"]), key=["critical", "high", "medium", "low"].index)
+    explained = snapshot.where((F.col("churn_risk_tier") == top["churn_risk_tier"]) & F.col("churn_drivers").isNotNull())
+    contributions = explained.select(F.explode("churn_drivers").alias("d")).where(F.col("d.feature") == top["feature"])
+    assert top["mean_contribution"] == pytest.approx(contributions.agg(F.sum("d.contribution")).first()[0] / explained.count())
+    assert f"<td>{top['feature']}</td>" in document
     migration = read(spark, root, "tier_migrations").where("dimension = 'value_tier'")
     assert sum(c["customers"] for c in data["migration"]) == migration.agg(F.sum("customers")).first()[0]
     champion = MlflowClient().get_model_version_by_alias("churn_classifier", "champion")

@@ -40,17 +40,26 @@ def test_rfm_baseline_is_the_same_query_in_duckdb_and_spark(spark, tmp_path):
     assert result["duckdb_seconds"] > 0 and result["spark_rfm_seconds"] > 0
 
 
+def _sample_for(memory, seconds: float, samples: int = 4, timeout: float = 60.0) -> None:
+    """Sleep `seconds`, then on until the sampler has taken `samples` more samples since the call."""
+    target, deadline = len(memory.samples) + samples, time.perf_counter() + timeout
+    time.sleep(seconds)
+    while len(memory.samples) < target and time.perf_counter() < deadline:
+        time.sleep(0.05)
+
+
 def test_memory_sampler_sees_the_process_and_windows_pick_their_peak():
     # A sample reads every process's proportional set size, which takes tens of milliseconds
     # when the test session's Spark JVM is in the tree: the windows are long enough for that.
+    # On a loaded machine a sample can take a second: each window waits for its own samples.
     with bench.ProcessTreeMemory(interval=0.02) as memory:
-        time.sleep(0.5)
+        _sample_for(memory, 0.5)
         started = time.perf_counter()
         ballast = b"x" * (300 * 2**20)  # 300 MB, written, so resident
-        time.sleep(0.8)
+        _sample_for(memory, 0.8)
         ended = time.perf_counter()
         del ballast
-        time.sleep(0.8)
+        _sample_for(memory, 0.8)
     assert len(memory.samples) > 10
     before = memory.peak_between(0, started)
     during = memory.peak_between(started, ended)

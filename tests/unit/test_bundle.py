@@ -233,9 +233,33 @@ def test_uploaded_and_built_paths_exist():
             script = (folder / task["spark_python_task"]["python_file"]).resolve()
             assert script.is_file(), f"{name}.{key}: {script}"
             assert any(script.is_relative_to(p) for p in synced), f"{name}.{key}: {script} is not uploaded"
-            assert [(folder / lib["whl"]).resolve() for lib in task["libraries"]] == [built], f"{name}.{key}"
-        for cluster in job["job_clusters"]:
+            if "environment_key" in task:  # serverless: the environment installs the wheel
+                (environment,) = [e for e in job["environments"] if e["environment_key"] == task["environment_key"]]
+                wheels = environment["spec"]["dependencies"]
+            else:
+                wheels = [lib["whl"] for lib in task["libraries"]]
+            assert [(folder / wheel).resolve() for wheel in wheels] == [built], f"{name}.{key}"
+        for cluster in job.get("job_clusters", []):
             assert cluster["new_cluster"]["data_security_mode"] == "SINGLE_USER"
+
+
+def test_the_serverless_job_is_the_classic_one_without_clusters():
+    jobs = {name: job for _, name, job in _jobs()}
+    classic, serverless = jobs["segmentation_pipeline"], jobs["segmentation_pipeline_serverless"]
+    assert "job_clusters" not in serverless and serverless["schedule"]["pause_status"] == "PAUSED"
+    assert [p for p in serverless["parameters"] if p["name"] != "key_file"] == classic["parameters"]
+    (environment,) = serverless["environments"]
+    assert int(environment["spec"]["environment_version"]) >= 4  # Spark 4 (Databricks Connect 17) and Python 3.12
+    compute = {"job_cluster_key", "libraries", "environment_key"}
+    for mine, theirs in zip(serverless["tasks"], classic["tasks"], strict=True):
+        assert {k: v for k, v in mine.items() if k not in compute | {"spark_python_task"}} == {
+            k: v for k, v in theirs.items() if k not in compute | {"spark_python_task"}}
+        if "spark_python_task" in theirs:
+            assert set(mine) & compute == {"environment_key"} and mine["environment_key"] == environment["environment_key"]
+            ours, base = mine["spark_python_task"], theirs["spark_python_task"]
+            assert ours["python_file"] == base["python_file"]
+            # The key comes from a volume file: no cluster environment variables on serverless.
+            assert ours["parameters"] == [*base["parameters"], "--set", "privacy.key_file={{job.parameters.key_file}}"]
 
 
 def test_the_wheel_holds_what_the_scripts_import():

@@ -15,6 +15,7 @@ from segmentation.churn.evaluation import (
     calibration_table,
     confusion_matrix,
     evaluate_score,
+    evaluate_scores,
     expected_calibration_error,
     operating_threshold,
     ranking_curve,
@@ -175,6 +176,31 @@ def test_calibration_brier_and_confusion_by_hand(spark):
     assert confusion_matrix(rows, "score", 0.5) == {
         "true_positives": 2, "false_positives": 0, "false_negatives": 1, "true_negatives": 1
     }
+
+
+def test_scores_evaluated_together_equal_each_evaluated_alone(spark):
+    # Three scores over the same rows, with ties, a score missing on other rows than another,
+    # an integer score and scores outside [0, 1]: sharing the Spark jobs changes no number.
+    rng = random.Random(7)
+    rows = []
+    for i in range(300):
+        y = 1.0 if rng.random() < 0.3 else 0.0
+        probability = None if i % 17 == 0 else min(1.0, max(0.0, 0.2 + 0.5 * y + rng.gauss(0, 0.2)))
+        days = None if i % 23 == 0 else int(rng.random() * 40 + 30 * y)
+        rows.append((f"c{i}", y, probability, days, round(rng.gauss(y, 1.0), 1)))
+    df = spark.createDataFrame(rows, f"customer_id string, {LABEL} double, p double, days int, noisy double")
+    scores = {"p": True, "days": False, "noisy": True}
+    together = evaluate_scores(df, scores)
+    assert list(together) == list(scores)
+    for score, is_probability in scores.items():
+        alone = evaluate_score(df, score, is_probability)
+        assert together[score].metrics.keys() == alone.metrics.keys()
+        for key, value in alone.metrics.items():
+            assert together[score].metrics[key] == (value if value is None else pytest.approx(value, rel=1e-12)), key
+        assert together[score].curve == alone.curve
+        assert together[score].calibration == ([pytest.approx(b, rel=1e-12) for b in alone.calibration] if is_probability else None)
+    assert together["p"].metrics["rows"] == 300 - 18 and together["days"].metrics["rows"] == 300 - 14
+    assert [b["bin"] for b in together["noisy"].calibration][0] < 0  # scores below 0 keep their own bins
 
 
 def test_risk_tiers_by_cut_off(spark):

@@ -15,7 +15,7 @@ from segmentation.churn.evaluation import Bucket
 from segmentation.churn.labels import Cutoffs, cutoffs_with_history
 from segmentation.report import churn_sources_sentence
 
-# Riskiest first, as score_buckets returns them; the 20-40 bucket churns less than the 0-20 one.
+# Riskiest first, as evaluate_scores buckets them; the 20-40 bucket churns less than the 0-20 one.
 BUCKETS = [
     Bucket(300.0, 360.0, rows=10, churners=9),
     Bucket(100.0, 290.0, rows=20, churners=10),

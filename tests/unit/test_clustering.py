@@ -8,7 +8,7 @@ import pytest
 from pyspark.ml.functions import vector_to_array
 from pyspark.sql import functions as F
 from sklearn.cluster import KMeans as SkKMeans
-from sklearn.metrics import adjusted_rand_score
+from sklearn.metrics import adjusted_rand_score, silhouette_score
 
 from pyspark.ml import PipelineModel
 
@@ -21,6 +21,7 @@ from segmentation.clustering.model import (
     preparation,
     with_cluster_ids,
 )
+from segmentation.clustering.search import fit_kmeans, score_ks, silhouette_sqeuclidean
 from segmentation.clustering.profiles import (
     ReferenceClusters,
     cluster_name,
@@ -36,13 +37,17 @@ CENTRES = np.array([[0.0, 0.0, 0.0], [8.0, 0.0, 2.0], [0.0, 8.0, -2.0], [8.0, 8.
 CONFIG = base_section("cluster", features=["f1", "f2", "f3"], log_features=[], k_min=2, k_max=6, seed=7, max_iterations=50)
 
 
-def planted(spark, scale=1.0, shift=0.0, seed=0, per_group=150):
-    """Four well separated Gaussian groups; `scale` and `shift` perturb them slightly."""
+def planted_points(scale=1.0, shift=0.0, seed=0, per_group=150) -> tuple[np.ndarray, np.ndarray]:
+    """Four well separated Gaussian groups and each point's group; `scale` and `shift`
+    perturb them slightly."""
     rng = np.random.default_rng(seed)
-    rows = []
-    for label, centre in enumerate(CENTRES):
-        for i, point in enumerate(rng.normal(centre * scale + shift, 1.0, size=(per_group, 3))):
-            rows.append((f"c{label}-{i}", label, *map(float, point)))
+    groups = [rng.normal(centre * scale + shift, 1.0, size=(per_group, 3)) for centre in CENTRES]
+    return np.vstack(groups), np.repeat(np.arange(len(CENTRES)), per_group)
+
+
+def planted(spark, scale=1.0, shift=0.0, seed=0, per_group=150):
+    points, groups = planted_points(scale, shift, seed, per_group)
+    rows = [(f"c{label}-{i % per_group}", int(label), *map(float, point)) for i, (label, point) in enumerate(zip(groups, points))]
     return spark.createDataFrame(rows, "customer_id string, label int, f1 double, f2 double, f3 double")
 
 
@@ -88,6 +93,52 @@ def test_the_same_seed_gives_the_same_model(data):
     (first,), (second,) = fit(data, CONFIG, 4), fit(data, CONFIG, 4)
     first, second = model_space(first.model, CONFIG), model_space(second.model, CONFIG)
     np.testing.assert_array_equal(first.centroids_scaled, second.centroids_scaled)
+
+
+def test_the_silhouette_is_spark_s_on_the_same_points_and_clusters(data, candidates):
+    """The driver's silhouette (cluster sums) equals ClusteringEvaluator's (squared euclidean)."""
+    best = next(c for c in candidates if c.k == 4)
+    rows = best.model.transform(data).select(vector_to_array(SCALED), "cluster_index").collect()
+    points, clusters = np.array([r[0] for r in rows]), np.array([r[1] for r in rows])
+    assert silhouette_sqeuclidean(points, clusters) == pytest.approx(best.silhouette, abs=1e-9)
+
+
+def test_the_silhouette_is_scikit_learn_s_with_lone_points_and_duplicates():
+    rng = np.random.default_rng(3)
+    points = np.vstack([rng.normal(size=(60, 4)), np.zeros((5, 4))])  # five identical points
+    clusters = rng.integers(0, 4, size=len(points))
+    clusters[0] = 9  # alone in its cluster: scores 0; the labels need not be 0..k-1
+    expected = silhouette_score(points, clusters, metric="sqeuclidean")
+    assert silhouette_sqeuclidean(points, clusters) == pytest.approx(expected, abs=1e-12)
+    separated, groups = planted_points()
+    assert silhouette_sqeuclidean(separated, groups) == pytest.approx(silhouette_score(separated, groups, metric="sqeuclidean"))
+    assert silhouette_sqeuclidean(points, np.zeros(len(points), dtype=int)) == 0.0  # one cluster: none
+
+
+def test_driver_kmeans_recovers_planted_groups_and_picks_their_number():
+    points, groups = planted_points()
+    fit = fit_kmeans(points, 4, seed=7, restarts=3, max_iterations=50)
+    assert adjusted_rand_score(groups, fit.labels) == 1.0
+    oracle = SkKMeans(n_clusters=4, n_init=10, random_state=0).fit(points)
+    assert fit.inertia == pytest.approx(oracle.inertia_, rel=1e-9)
+    scores = score_ks(points, [2, 3, 4, 5, 6], seed=7, restarts=3, max_iterations=50)
+    assert [s.k for s in scores] == [2, 3, 4, 5, 6] and choose_k(scores).k == 4
+    assert [s.cost for s in scores] == sorted((s.cost for s in scores), reverse=True)
+    assert sorted(next(s for s in scores if s.k == 4).sizes) == [150] * 4
+
+
+def test_driver_kmeans_gives_the_same_clusters_for_a_seed():
+    points, _ = planted_points(seed=5)
+    first, second = (fit_kmeans(points, 5, seed=11, restarts=2, max_iterations=50) for _ in range(2))
+    np.testing.assert_array_equal(first.centroids, second.centroids)
+    np.testing.assert_array_equal(first.labels, second.labels)
+
+
+def test_driver_kmeans_with_fewer_distinct_points_than_k_leaves_clusters_empty():
+    points = np.repeat(np.array([[0.0, 0.0], [5.0, 5.0]]), 10, axis=0)
+    fit = fit_kmeans(points, 3, seed=1, restarts=2, max_iterations=10)
+    assert fit.inertia == 0.0 and len(np.unique(fit.labels)) == 2
+    assert silhouette_sqeuclidean(points, fit.labels) == 1.0
 
 
 def test_ids_and_names_survive_a_retrain_on_perturbed_data(spark, data, candidates):

@@ -82,10 +82,12 @@ def test_a_skipped_model_stage_leaves_its_tier_columns_null_and_says_why():
     assert missing == {
         "clv": "customer_clv not written: too few repeat customers",
         "probability_alive": "customer_clv not written: too few repeat customers",
+        "next_purchase_date": "customer_clv not written: too few repeat customers",
         "expected_purchases": "customer_clv not written: too few repeat customers",
         "churn_probability": "customer_churn not written: 60 days of history",
         "churn_risk_tier": "customer_churn not written: 60 days of history",
         "churn_score_source": "customer_churn not written: 60 days of history",
+        "churn_drivers": "customer_churn not written: 60 days of history",
     }
     # Without a CLV, the value pyramid ranks by the features' own column.
     assert value_rank_by("clv", "revenue_365d", missing) == "revenue_365d"

@@ -7,6 +7,7 @@ import datetime as dt
 import pytest
 from pyspark.sql import functions as F
 
+from segmentation.churn.drivers import DRIVERS, DRIVERS_TYPE
 from segmentation.config import TierEvent, load_config
 from segmentation.errors import ConfigError
 from segmentation.features.tiers import TierCuts
@@ -113,6 +114,9 @@ def test_tier_rows_rank_by_clv_and_attach_the_playbook(spark):
     )
     # customer_churn names what scored each customer (churn_score_source), like the model version 5 of the lineage.
     joined = joined.withColumn("churn_score_source", F.when(F.col("churn_probability").isNotNull(), F.lit("model:5")))
+    driver = F.array(F.struct(F.lit("recency_days").alias("feature"), F.lit(80.0).alias("value"), F.lit(0.7).alias("contribution")))
+    joined = joined.withColumn(DRIVERS, F.when(F.col("customer_id") == "risky_vip", driver).cast(DRIVERS_TYPE))
+    joined = joined.withColumn("next_purchase_date", F.when(F.col("customer_id") == "vip", F.lit(dt.date(2025, 10, 9))).cast("date"))
     # 20 customers: the top 5% by CLV is one customer (900), the next 15% three (800, 200, 25).
     cuts = TierCuts(value=[24.5, 100.0, 850.0])
     lineage = Lineage("run", 1, 2, 3, 4, None, 5, None, "clv")
@@ -125,6 +129,9 @@ def test_tier_rows_rank_by_clv_and_attach_the_playbook(spark):
     assert rows["gold"].treatment == "loyalty" and rows["gold"].treatment_priority == 2
     assert (rows["lost"].treatment, rows["lost"].treatment_channel, rows["lost"].treatment_priority) == ("reactivation", "web", 4)
     assert rows["c0"].stickiness == "weak"
+    assert [d.asDict() for d in rows["risky_vip"][DRIVERS]] == [{"feature": "recency_days", "value": 80.0, "contribution": 0.7}]
+    assert rows["lost"][DRIVERS] is None
+    assert rows["vip"].next_purchase_date == dt.date(2025, 10, 9) and rows["lost"].next_purchase_date is None
     assert rows["vip"].lineage.asDict() == lineage.as_dict()
     frame = customer_tiers(joined, cuts, config.tiers, config.features, D4, lineage)
     assert dict(frame.select("lineage.*").dtypes)["clv_run_id"] == "string"

@@ -1,0 +1,38 @@
+"""The Spark Connect server's command line and the choice between a Connect and a classic
+session, without starting either."""
+
+from pathlib import Path
+
+from segmentation.config import load_config
+from segmentation.connect import PORT_SETTING, SERVER_CLASS, server_command
+from segmentation.spark import DELTA_SQL, REMOTE_ENV, remote_url
+from tests.conftest import CONF_DIR
+
+
+def _settings(command: list[str]) -> dict[str, str]:
+    return dict(command[i + 1].split("=", 1) for i, arg in enumerate(command) if arg == "--conf")
+
+
+def test_the_server_runs_spark_connect_with_delta_and_the_configured_settings():
+    config = load_config("local", CONF_DIR, ["spark.conf.spark.sql.shuffle.partitions=3", "spark.log_level=ERROR"]).spark
+    jars = [Path("/jars/delta-spark.jar"), Path("/jars/delta-storage.jar")]
+    command = server_command(config, 15010, jars)
+    assert Path(command[0]).name == "spark-submit"
+    assert command[command.index("--class") + 1] == SERVER_CLASS
+    assert command[command.index("--master") + 1] == "local[2]"
+    assert command[command.index("--driver-memory") + 1] == "6g"  # local.yaml's, as the driver's JVM option
+    assert command[command.index("--jars") + 1] == "/jars/delta-spark.jar,/jars/delta-storage.jar"
+    settings = _settings(command)
+    assert settings[PORT_SETTING] == "15010"
+    assert settings["spark.sql.shuffle.partitions"] == "3" and settings["spark.log.level"] == "ERROR"
+    assert {key: settings[key] for key in DELTA_SQL} == DELTA_SQL
+    assert "spark.driver.memory" not in settings and settings["spark.ui.showConsoleProgress"] == "false"
+
+
+def test_a_remote_address_from_the_configuration_or_spark_remote_selects_connect(monkeypatch):
+    monkeypatch.delenv(REMOTE_ENV, raising=False)
+    assert remote_url(load_config("local", CONF_DIR).spark) is None  # the classic session by default
+    monkeypatch.setenv(REMOTE_ENV, "sc://localhost:15002")
+    assert remote_url(load_config("local", CONF_DIR).spark) == "sc://localhost:15002"
+    configured = load_config("local", CONF_DIR, ["spark.remote=sc://connect.example:443"]).spark
+    assert remote_url(configured) == "sc://connect.example:443"  # the configuration wins
