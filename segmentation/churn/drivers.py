@@ -36,12 +36,11 @@ import pandas as pd
 from mlflow.environment_variables import MLFLOW_DFS_TMP
 from pyspark.ml import PipelineModel
 from pyspark.ml.classification import LogisticRegressionModel
-from pyspark.ml.feature import VectorAssembler
 from pyspark.ml.functions import vector_to_array
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from segmentation.churn.model import IMPUTED, PROBABILITY, SCALED, VECTOR
+from segmentation.churn.model import PROBABILITY, SCALED, VECTOR, model_features
 
 DRIVERS = "churn_drivers"
 CONTRIBUTIONS = "churn_contributions"
@@ -237,12 +236,6 @@ def top_drivers(features: list[str], top: int = TOP_DRIVERS) -> Column:
                           .when(a["contribution"] < b["contribution"], 1)
                           .when(a["feature"] < b["feature"], -1).when(a["feature"] > b["feature"], 1).otherwise(0))
     return F.slice(ranked, 1, top).cast(DRIVERS_TYPE)
-
-
-def model_features(model: PipelineModel) -> list[str]:
-    """The features a fitted churn pipeline takes, in its vector's order."""
-    assembler = next(stage for stage in model.stages if isinstance(stage, VectorAssembler))
-    return [name.removesuffix(IMPUTED) for name in assembler.getInputCols()]
 
 
 def score_with_drivers(model: PipelineModel, customers: DataFrame) -> DataFrame:

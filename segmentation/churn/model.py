@@ -29,6 +29,7 @@ from pyspark.ml.util import DefaultParamsReadable, DefaultParamsWritable
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
+from segmentation.churn.btyd import BTYD_FEATURES, BTYD_INPUTS, BgNbdFeatures
 from segmentation.churn.labels import LABEL
 from segmentation.config import ChurnConfig
 from segmentation.errors import ConfigError
@@ -115,13 +116,17 @@ def _check_params(estimator, params: dict, key: str) -> None:
         )
 
 
-def churn_pipeline(settings: ChurnConfig, weights: ClassWeights) -> Pipeline:
+def churn_pipeline(settings: ChurnConfig, weights: ClassWeights, bgnbd: BgNbdFeatures | None = None) -> Pipeline:
+    """The pipeline over `settings.features`; with `bgnbd`, it first adds BG/NBD's P(alive) and
+    expected purchases (`segmentation.churn.btyd`) and takes them as features too."""
+    features = settings.features + (BTYD_FEATURES if bgnbd is not None else [])
     # Doubles first: the imputer needs them, and feature tables may hold integers or decimals.
-    as_double = ", ".join(f"CAST({name} AS DOUBLE) AS {name}__in" for name in settings.features)
-    imputed = [f"{name}{IMPUTED}" for name in settings.features]
+    as_double = ", ".join(f"CAST({name} AS DOUBLE) AS {name}__in" for name in features)
+    imputed = [f"{name}{IMPUTED}" for name in features]
     stages = [
+        *([bgnbd] if bgnbd is not None else []),
         SQLTransformer(statement=f"SELECT *, {as_double} FROM __THIS__"),
-        Imputer(inputCols=[f"{name}__in" for name in settings.features], outputCols=imputed, strategy="median"),
+        Imputer(inputCols=[f"{name}__in" for name in features], outputCols=imputed, strategy="median"),
         VectorAssembler(inputCols=imputed, outputCol=VECTOR),
     ]
     if settings.model == "logistic_regression":
@@ -137,10 +142,11 @@ class FittedChurn:
     search: list[dict] = field(default_factory=list)  # one row per candidate: params and validation PR AUC
 
 
-def fit_churn_model(examples: DataFrame, settings: ChurnConfig, weights: ClassWeights) -> FittedChurn:
-    """Fit the pipeline on weighted training examples; with `settings.search`, choose the
-    parameters by TrainValidationSplit (PR AUC on a seeded split of the training rows)."""
-    pipeline = churn_pipeline(settings, weights)
+def fit_churn_model(examples: DataFrame, settings: ChurnConfig, weights: ClassWeights,
+                    bgnbd: BgNbdFeatures | None = None) -> FittedChurn:
+    """Fit the pipeline (`churn_pipeline`) on weighted training examples; with `settings.search`,
+    choose the parameters by TrainValidationSplit (PR AUC on a seeded split of the training rows)."""
+    pipeline = churn_pipeline(settings, weights, bgnbd)
     weighted = with_class_weight(examples, weights)
     if not settings.search:
         return FittedChurn(pipeline.fit(weighted), weights)
@@ -169,9 +175,24 @@ def score_churn(model: PipelineModel, customers: DataFrame) -> DataFrame:
     return scored.select(*customers.columns, PROBABILITY)
 
 
-def feature_importance(model: PipelineModel, features: list[str]) -> dict[str, float]:
+def model_features(model: PipelineModel) -> list[str]:
+    """The features a fitted churn pipeline takes, in its vector's order."""
+    assembler = next(stage for stage in model.stages if isinstance(stage, VectorAssembler))
+    return [name.removesuffix(IMPUTED) for name in assembler.getInputCols()]
+
+
+def model_inputs(model: PipelineModel) -> list[str]:
+    """The customer_features columns a fitted churn pipeline reads: its features, and the
+    columns its BG/NBD stage computes its own from."""
+    computed = [stage for stage in model.stages if isinstance(stage, BgNbdFeatures)]
+    features = [name for name in model_features(model) if not (computed and name in BTYD_FEATURES)]
+    return features + [name for name in (BTYD_INPUTS if computed else []) if name not in features]
+
+
+def feature_importance(model: PipelineModel) -> dict[str, float]:
     """Tree importances (GBT) or absolute standardised coefficients (logistic regression),
     normalised to sum to 1, largest first."""
+    features = model_features(model)
     fitted = model.stages[-2]
     raw = fitted.featureImportances.toArray() if hasattr(fitted, "featureImportances") else abs(fitted.coefficients.toArray())
     total = float(raw.sum()) or 1.0

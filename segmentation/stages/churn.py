@@ -44,9 +44,13 @@ from segmentation.churn.evaluation import ScoreEvaluation, confusion_matrix, eva
 from segmentation.churn.labels import (
     CUTOFF, LABEL, Cutoffs, churn_cutoffs, churn_examples, cutoffs_with_history, eligible_customers, training_examples,
 )
-from segmentation.churn.model import PROBABILITY, FittedChurn, class_weights, classifier, feature_importance, fit_churn_model, score_churn
+from segmentation.churn.btyd import BgNbdFeatures
+from segmentation.churn.model import (
+    PROBABILITY, FittedChurn, class_weights, classifier, feature_importance, fit_churn_model, model_inputs, score_churn,
+)
 from segmentation.churn.plots import calibration_figure, gains_figure, importance_figure, precision_recall_figure, roc_figure
 from segmentation.churn.risk import risk_tier
+from segmentation.clv.bgnbd import BgNbdParams
 from segmentation.clv.scoring import ScoringSettings, with_clv_scores
 from segmentation.clv.summary import UNIT_DAYS, clv_summary
 from segmentation.errors import InsufficientDataError, ModelRegistryError
@@ -177,8 +181,9 @@ def train(ctx: StageContext) -> ChurnTrainResult:
         scored = None
         try:
             labels = _label_counts(training, evaluation, cutoffs, sample, settings.min_positives, settings.min_negatives)
-            fitted = _fit(training, labels, cutoffs, settings)
-            btyd = _btyd_scores(transactions, cutoffs.evaluation, settings.horizon_days, config.clv)
+            # BG/NBD at the evaluation cutoff: the baselines' scores, and two features of the model
+            bgnbd, btyd = _bgnbd_at(transactions, cutoffs.evaluation, settings.horizon_days, config.clv)
+            fitted = _fit(training, labels, cutoffs, settings, BgNbdFeatures.fitted(bgnbd, UNIT_DAYS[config.clv.time_unit], settings.horizon_days))
             scored = _scored_evaluation(fitted.model, evaluation, btyd, settings.recency_baseline)
             evaluated = _evaluate(scored, fitted, settings)
             scorer = best_baseline_scorer(evaluated.evaluations, settings.promote_metric, cutoffs)
@@ -215,11 +220,11 @@ def train(ctx: StageContext) -> ChurnTrainResult:
     return result
 
 
-def _fit(training: DataFrame, labels: LabelCounts, cutoffs: Cutoffs, settings) -> FittedChurn:
+def _fit(training: DataFrame, labels: LabelCounts, cutoffs: Cutoffs, settings, bgnbd: BgNbdFeatures) -> FittedChurn:
     weights = class_weights(labels.training_rows, labels.training_churners, settings.class_weight)
     log.info("training on %d rows from %d cutoffs (churn rate %.3f), evaluating on %d rows of %s",
              labels.training_rows, len(cutoffs.training), weights.churn_rate, labels.evaluation_rows, cutoffs.evaluation)
-    return fit_churn_model(training, settings, weights)
+    return fit_churn_model(training, settings, weights, bgnbd)
 
 
 def _evaluate(scored: DataFrame, fitted: FittedChurn, settings) -> _Evaluated:
@@ -231,7 +236,7 @@ def _evaluate(scored: DataFrame, fitted: FittedChurn, settings) -> _Evaluated:
     evaluations = {name: by_column[column] for name, (column, _) in scores.items()}
     point = operating_threshold(evaluations[MODEL].curve, settings.operating_point, settings.contact_budget)
     confusion = confusion_matrix(scored, PROBABILITY, point["threshold"])
-    importance = feature_importance(fitted.model, settings.features)
+    importance = feature_importance(fitted.model)
     return _Evaluated(fitted, evaluations, point, confusion, importance)
 
 
@@ -360,15 +365,20 @@ def _label_counts(training: DataFrame, evaluation: DataFrame, cutoffs: Cutoffs, 
     return counts
 
 
-def _btyd_scores(transactions: DataFrame, cutoff: dt.date, horizon_days: int, clv) -> DataFrame:
-    """P(alive) at `cutoff` and the purchases expected in the label window, from BG/NBD fitted
-    on the transactions up to the cutoff (the lifetime-value stage's model and settings)."""
+def _bgnbd_at(transactions: DataFrame, cutoff: dt.date, horizon_days: int, clv) -> tuple[BgNbdParams, DataFrame]:
+    """BG/NBD fitted on the transactions up to `cutoff` (the lifetime-value stage's model and
+    settings), and each customer's P(alive) at `cutoff` and purchases expected in the label window."""
     unit = UNIT_DAYS[clv.time_unit]
     summary = clv_summary(transactions, cutoff, clv.time_unit)
     fit = fit_purchases(summary, clv)
     log.info("BG/NBD baseline at %s: %s", cutoff, {k: round(v, 4) for k, v in fit.params.as_dict().items()})
     scoring = ScoringSettings.from_days(horizon_days, clv.months, clv.monthly_discount_rate, unit)
-    return with_clv_scores(summary, fit.params, None, scoring).select("customer_id", "probability_alive", "expected_purchases")
+    return fit.params, with_clv_scores(summary, fit.params, None, scoring).select("customer_id", "probability_alive", "expected_purchases")
+
+
+def _btyd_scores(transactions: DataFrame, cutoff: dt.date, horizon_days: int, clv) -> DataFrame:
+    """P(alive) at `cutoff` and the purchases expected in the label window (`_bgnbd_at`)."""
+    return _bgnbd_at(transactions, cutoff, horizon_days, clv)[1]
 
 
 def _scored_evaluation(model: PipelineModel, evaluation: DataFrame, btyd: DataFrame, recency: str) -> DataFrame:
@@ -418,7 +428,7 @@ def _champion_metric(champion: RegisteredVersion, evaluation: DataFrame, metric:
 def _register(fitted: FittedChurn, evaluation: DataFrame, settings) -> str:
     """Log the pipeline with its signature and register it as a new version."""
     # Doubles: the pipeline casts every feature to double, and a double column accepts nulls.
-    sample = evaluation.select(*[F.col(c).cast("double") for c in settings.features]).limit(5)
+    sample = evaluation.select(*[F.col(c).cast("double") for c in model_inputs(fitted.model)]).limit(5)
     output = score_churn(fitted.model, sample).select(PROBABILITY).toPandas()
     return registry.register_spark_model(fitted.model, settings.registered_model, sample.toPandas(), output[PROBABILITY].rename(None))
 
