@@ -41,12 +41,16 @@ def cluster_shortfall(distinct: int, largest_k: int, min_customers_per_cluster: 
     return None
 
 
-def constant_features_shortfall(constant: list[str], customers: int) -> str | None:
-    """A feature with the same value for every customer cannot separate clusters."""
-    if constant:
-        return (f"cluster.features {', '.join(constant)} have the same value for all {customers:,} customers and "
-                "cannot separate clusters; leave them out of cluster.features")
-    return None
+def varying_features(features: list[str], constant: list[str], customers: int) -> tuple[list[str], str | None]:
+    """The features K-means can use: those whose value differs between customers (a feature
+    with one value for all cannot separate clusters, e.g. channels_used on a single-channel
+    feed), and why there are too few of them (fewer than 2) to cluster, if so."""
+    varying = [f for f in features if f not in constant]
+    if len(varying) >= 2:
+        return varying, None
+    which = f"only {', '.join(varying)} varies" if varying else "none varies"
+    return varying, (f"of cluster.features, {which} across the {customers:,} customers (the same value for all: "
+                     f"{', '.join(constant)}); K-means needs at least 2 features that vary: add some to cluster.features")
 
 
 def churn_history_needed(lookback_days: int, horizon_days: int, cutoffs: int) -> int:

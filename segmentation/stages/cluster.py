@@ -52,7 +52,7 @@ from segmentation.clustering.profiles import (
     match_to_reference,
 )
 from segmentation.errors import DataQualityError, InsufficientDataError
-from segmentation.sufficiency import cluster_shortfall, constant_features_shortfall
+from segmentation.sufficiency import cluster_shortfall, varying_features
 from segmentation.logs import stage
 from segmentation.plots import plt
 from segmentation.registry import CHAMPION, ChampionMetric, PromotionRule, decide_promotion
@@ -127,11 +127,13 @@ def run(ctx: StageContext, args=None) -> ClusterResult:
             if count == 0:
                 raise DataQualityError(f"{source} has no snapshot as of {as_of}")
             summary.update(as_of=as_of.isoformat(), customers=count, features_version=version)
+            settings, too_few_varying = _check_clusterable(customers, count, settings, f"{source} as of {as_of}")
+            ctx = StageContext(config.model_copy(update={"cluster": settings}), ctx.spark, ctx.pipeline_run_id)
             _record_inputs(source, version, as_of, settings)
 
             client = MlflowClient()
             champion = _champion(client, settings.registered_model)
-            clustering = _compute(ctx, customers, count, as_of, source, version, champion)
+            clustering = _compute(ctx, customers, count, as_of, source, version, champion, too_few_varying)
             model_version, decision = _register_and_decide(client, clustering, customers, champion, settings)
             written = _write(ctx, clustering, as_of, model_version, target)
         finally:
@@ -152,11 +154,12 @@ def _record_inputs(source, version: int, as_of: dt.date, settings) -> None:
     mlflow.log_params({"as_of": as_of.isoformat(), **{k: str(v) for k, v in settings.model_dump().items()}})
 
 
-def _compute(ctx: StageContext, customers: DataFrame, count: int, as_of, source, version: int, champion: Champion | None) -> _Clustering:
+def _compute(ctx: StageContext, customers: DataFrame, count: int, as_of, source, version: int, champion: Champion | None,
+             too_few_varying: str | None) -> _Clustering:
     """Score a candidate per k (a child run each), fit the best, match its clusters to the
     champion's, assign and profile every customer, and name the clusters."""
     settings = ctx.config.cluster
-    best, candidates = _fit(ctx, customers, count, as_of, source, version)
+    best, candidates = _fit(ctx, customers, count, as_of, source, version, too_few_varying)
     space = model_space(best.model, settings)
     matching = match_to_reference(space, champion.reference if champion else None, settings.max_match_distance)
     assigned = assign_clusters(best.model, customers, space, matching.ids)
@@ -192,13 +195,14 @@ def _record(clustering: _Clustering, decision: ClusterDecision) -> None:
     print(report(best, clustering.candidates, profiles, names, decision), flush=True)
 
 
-def _fit(ctx: StageContext, customers: DataFrame, count: int, as_of, source, version: int) -> tuple[Candidate, list[KScore]]:
+def _fit(ctx: StageContext, customers: DataFrame, count: int, as_of, source, version: int,
+         too_few_varying: str | None) -> tuple[Candidate, list[KScore]]:
     """The fitted model and every candidate k's scores (a child run each). K-means with k to
     choose scores the candidates on the driver (numpy K-means on the silhouette sample) and
-    fits only the chosen k with Spark; a fixed k, or BisectingKMeans, fits every k with Spark."""
+    fits only the chosen k with Spark; a fixed k, or BisectingKMeans, fits every k with Spark.
+    `too_few_varying` (fewer than 2 features vary) fails once the distinct points are counted."""
     settings = ctx.config.cluster
     snapshot = f"{source} as of {as_of}"
-    constant = _check_clusterable(customers, count, settings, snapshot)
     prepared = preparation(settings).fit(customers)
     # Not cached: from an uncached input, K-means caches its own vectors, which it iterates
     # over much faster than over a cached DataFrame (8 s instead of 26 s per k at 100,000 customers).
@@ -211,9 +215,8 @@ def _fit(ctx: StageContext, customers: DataFrame, count: int, as_of, source, ver
         log.info("K-means fits on a sample of about %d of the %d customers (cluster.fit_sample); all are assigned",
                  round(fit_fraction * count), count)
     distinct = _distinct_points(fit_points, count, settings, snapshot, sampled=fit_fraction < 1)
-    shortfall = constant_features_shortfall(constant, count)
-    if shortfall:
-        raise InsufficientDataError("cluster", f"{snapshot}: {shortfall}")
+    if too_few_varying:
+        raise InsufficientDataError("cluster", f"{snapshot}: {too_few_varying}")
     ks = candidate_ks(settings)
     for k in ks:
         if k >= distinct:
@@ -252,10 +255,12 @@ def _wanted(settings) -> tuple[int, str]:
     return ks[0], f"k = {ks[0]}" if len(ks) == 1 else f"k from {ks[0]} to {ks[-1]}"
 
 
-def _check_clusterable(customers: DataFrame, count: int, settings, snapshot: str) -> list[str]:
-    """An InsufficientDataError when there are no more customers than the smallest k (K-means
-    needs more customers than clusters) or a feature has no value at all (nothing to impute
-    from); the features with one value for all, checked once the points are counted."""
+def _check_clusterable(customers: DataFrame, count: int, settings, snapshot: str):
+    """The cluster settings without the features that have one value for every customer
+    (left out with a warning), and why too few features vary (fewer than 2: the settings are
+    then kept, for the distinct points to be counted first); an InsufficientDataError when
+    there are no more customers than the smallest k (K-means needs more customers than
+    clusters) or a feature has no value at all (nothing to impute from)."""
     smallest, wanted = _wanted(settings)
     if count <= smallest:
         raise InsufficientDataError("cluster", f"{snapshot}: {_customers(count)}, too few for {wanted} (K-means needs more customers than clusters)")
@@ -265,7 +270,12 @@ def _check_clusterable(customers: DataFrame, count: int, settings, snapshot: str
             "cluster", f"{snapshot}: cluster.features {', '.join(empty)} have no value for any of the {_customers(count)}; "
             "leave them out of cluster.features"
         )
-    return constant
+    varying, shortfall = varying_features(settings.features, constant, count)
+    if shortfall or not constant:
+        return settings, shortfall
+    log.warning("cluster.features %s left out: the same value for all %s, they cannot separate clusters",
+                ", ".join(constant), _customers(count))
+    return settings.model_copy(update={"features": varying, "log_features": [f for f in settings.log_features if f in varying]}), None
 
 
 def _distinct_points(points: DataFrame, count: int, settings, snapshot: str, sampled: bool) -> int:

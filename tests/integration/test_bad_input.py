@@ -23,6 +23,7 @@ import hmac
 import logging
 from dataclasses import dataclass, field
 
+import mlflow
 import pytest
 from pyspark.sql import functions as F
 
@@ -513,8 +514,8 @@ def test_a_tiny_feed_gets_rule_tiers_and_the_model_stages_say_why_they_were_skip
     lineage = tiers.select("lineage.*").first()
     assert lineage.value_rank_by == "revenue_365d"  # the features' own ranking, without a CLV
     missing = lineage.missing_predictions
-    assert set(missing) == {"clv", "probability_alive", "expected_purchases", "cluster_id", "cluster_name",
-                            "churn_probability", "churn_risk_tier", "churn_score_source"}
+    assert set(missing) == {"clv", "probability_alive", "next_purchase_date", "expected_purchases", "cluster_id", "cluster_name",
+                            "churn_probability", "churn_risk_tier", "churn_score_source", "churn_drivers"}
     assert missing["churn_probability"] == f"customer_churn not written: {results.churn.reason}"
     assert missing["cluster_name"] == f"customer_clusters not written: {results.cluster.reason}"
     report = results.report.path.read_text(encoding="utf-8")
@@ -567,6 +568,35 @@ def test_customers_k_means_cannot_tell_apart_are_too_few(spark, tmp_path, mlflow
         r"\(K-means needs more distinct customers than clusters\)$"
     )):
         cluster.run(ctx)
+
+
+def test_a_single_channel_feed_clusters_without_its_constant_features(spark, tmp_path, mlflow_store, caplog):
+    """On a single-channel feed (CDNOW has one), channels_used is 1 for every customer and
+    cannot separate clusters: it is left out with a warning, and K-means runs on the
+    features that vary."""
+    ctx = StageContext(make_config(tmp_path / "data", *mlflow_store, "cluster.k=3"), spark)
+    start = dt.datetime(2024, 3, 1, 10)
+    lines = []
+    for i in range(60):
+        for j in range(1 + i % 6):  # 1 to 6 orders, spaced by the customer, of varying value
+            bought = start + dt.timedelta(days=(i * 7 + j * (5 + i % 11)) % 360)
+            lines.append((f"P{i}-{j}", f"O{i}-{j}", f"C{i}", bought, "store", "S1", "north", "books", 1,
+                          10.0 + (i * 13 + j * 7) % 90, 0.0, 1.0, False, "b", bought))
+    transactions = spark.createDataFrame(lines, TRANSACTIONS_SCHEMA)
+    as_of = dt.date(2025, 3, 1)
+    settings = ctx.config.features
+    snapshot = customer_features(transactions, as_of, ctx.config.ingest.channels)
+    tables.write(with_rule_tiers(snapshot, tier_cuts(snapshot, settings), settings), ctx.table("customer_features"),
+                 run_id=ctx.pipeline_run_id, partition_by=["as_of_date"])
+    with caplog.at_level(logging.WARNING, logger="segmentation.stages.cluster"):
+        result = cluster.run(ctx)
+    assert result.k == 3 and result.customers == 60
+    left_out = next(r.getMessage() for r in caplog.records if "left out" in r.getMessage())
+    assert left_out.startswith("cluster.features channels_used") and "the same value for all 60 customers" in left_out
+    clusters = read(ctx, "customer_clusters")
+    assert clusters.count() == 60 and clusters.select("cluster_id").distinct().count() == 3
+    features = mlflow.get_run(result.mlflow_run_id).data.params["features"]
+    assert "channels_used" not in features and "recency_days" in features
 
 
 def test_a_feed_with_no_clean_row_stops_the_pipeline_with_one_line(spark, tmp_path, mlflow_store):

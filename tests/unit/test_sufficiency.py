@@ -8,7 +8,7 @@ import pytest
 from segmentation.stages.pipeline import Skipped, skipped_inputs
 from segmentation.stages.tiers import missing_predictions, value_rank_by
 from segmentation.sufficiency import (
-    churn_history_needed, churn_history_shortfall, clv_shortfall, cluster_shortfall, constant_features_shortfall,
+    churn_history_needed, churn_history_shortfall, clv_shortfall, cluster_shortfall, varying_features,
     label_shortfall,
 )
 
@@ -38,12 +38,16 @@ def test_k_means_needs_distinct_customers_for_the_largest_k():
     assert cluster_shortfall(80, 8, 10) is None
 
 
-def test_a_constant_feature_is_named():
-    assert constant_features_shortfall(["channels_used", "return_rate"], 1200) == (
-        "cluster.features channels_used, return_rate have the same value for all 1,200 customers and cannot separate "
-        "clusters; leave them out of cluster.features"
-    )
-    assert constant_features_shortfall([], 1200) is None
+def test_constant_features_are_left_out_and_fewer_than_two_varying_fail():
+    features = ["recency_days", "channels_used", "monetary", "return_rate"]
+    # A single-channel feed: channels_used is 1 for all, the rest still cluster.
+    assert varying_features(features, ["channels_used"], 1200) == (["recency_days", "monetary", "return_rate"], None)
+    assert varying_features(features, [], 1200) == (features, None)
+    assert varying_features(features, ["channels_used", "monetary", "return_rate"], 1200) == (["recency_days"], (
+        "of cluster.features, only recency_days varies across the 1,200 customers (the same value for all: channels_used, "
+        "monetary, return_rate); K-means needs at least 2 features that vary: add some to cluster.features"
+    ))
+    assert varying_features(["a", "b"], ["a", "b"], 5)[0] == []
 
 
 def test_churn_history_counts_only_the_kept_cutoffs():
