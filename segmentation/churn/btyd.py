@@ -1,6 +1,10 @@
-"""BG/NBD's view of each customer as two features of the churn model, so that the learned
-model starts from what the BG/NBD baseline knows: `bgnbd_probability_alive` and
-`bgnbd_expected_purchases` (over the label window).
+"""BG/NBD's view of each customer as features of the churn model, so that the learned model
+starts from what the BG/NBD baselines know: `bgnbd_probability_alive`,
+`bgnbd_expected_purchases` over the label window, and `bgnbd_probability_no_purchase`, BG/NBD's
+own probability of the churn label (no purchase in the window):
+1 - P(alive) + P(alive) ((alpha + T) / (alpha + T + t))^(r + x), since a customer alive at T
+drops out only right after a purchase, and an alive customer's rate is Gamma(r + x, alpha + T)
+given the history, which makes no purchase in t that likely.
 
 `BgNbdFeatures` is the first stage of the churn pipeline. It holds the BG/NBD parameters
 (r, alpha, a, b) that training fits at the evaluation cutoff for the BG/NBD baselines (the
@@ -32,7 +36,8 @@ from pyspark.sql.functions import pandas_udf
 from segmentation.clv.bgnbd import BgNbdParams, expected_purchases, probability_alive
 
 PROBABILITY_ALIVE, EXPECTED_PURCHASES = "bgnbd_probability_alive", "bgnbd_expected_purchases"
-BTYD_FEATURES = [PROBABILITY_ALIVE, EXPECTED_PURCHASES]
+NO_PURCHASE = "bgnbd_probability_no_purchase"
+BTYD_FEATURES = [PROBABILITY_ALIVE, EXPECTED_PURCHASES, NO_PURCHASE]
 BTYD_INPUTS = ["frequency_days", "recency_days", "tenure_days"]  # customer_features columns it reads
 
 
@@ -42,23 +47,25 @@ def _float_param(name: str, doc: str) -> Param:
 
 def btyd_scores(bgnbd: BgNbdParams, unit_days: float, horizon: float,
                 frequency_days: np.ndarray, recency_days: np.ndarray, tenure_days: np.ndarray) -> pd.DataFrame:
-    """P(alive) and expected purchases over `horizon` (in units of `unit_days`) per customer;
-    NaN where an input is missing."""
+    """P(alive), expected purchases and the probability of no purchase over `horizon` (in
+    units of `unit_days`) per customer; NaN where an input is missing."""
     frequency, recency, tenure = (np.asarray(v, dtype=float) for v in (frequency_days, recency_days, tenure_days))
     known = np.isfinite(frequency) & np.isfinite(recency) & np.isfinite(tenure)
-    alive, expected = np.full(len(frequency), np.nan), np.full(len(frequency), np.nan)
+    alive, expected, none = (np.full(len(frequency), np.nan) for _ in BTYD_FEATURES)
     if known.any():
         x = np.maximum(frequency[known] - 1.0, 0.0)
         T = np.maximum(tenure[known], 0.0) / unit_days
         t_x = np.clip(tenure[known] - recency[known], 0.0, None) / unit_days
         alive[known] = probability_alive(bgnbd, x, t_x, T)
         expected[known] = expected_purchases(bgnbd, horizon, x, t_x, T)
-    return pd.DataFrame({PROBABILITY_ALIVE: alive, EXPECTED_PURCHASES: expected})
+        quiet_if_alive = np.exp((bgnbd.r + x) * (np.log(bgnbd.alpha + T) - np.log(bgnbd.alpha + T + horizon)))
+        none[known] = 1.0 - alive[known] * (1.0 - quiet_if_alive)
+    return pd.DataFrame({PROBABILITY_ALIVE: alive, EXPECTED_PURCHASES: expected, NO_PURCHASE: none})
 
 
 class BgNbdFeatures(Transformer, DefaultParamsReadable, DefaultParamsWritable):
-    """Adds `bgnbd_probability_alive` and `bgnbd_expected_purchases` from the feature columns
-    `frequency_days`, `recency_days` and `tenure_days` (null where one is null)."""
+    """Adds `BTYD_FEATURES` from the feature columns `frequency_days`, `recency_days` and
+    `tenure_days` (null where one is null)."""
 
     r = _float_param("r", "BG/NBD purchase-rate shape")
     alpha = _float_param("alpha", "BG/NBD purchase-rate scale, in time units")

@@ -9,7 +9,9 @@ import pytest
 from pyspark.ml import PipelineModel
 from pyspark.sql import functions as F
 
-from segmentation.churn.btyd import EXPECTED_PURCHASES, PROBABILITY_ALIVE, BgNbdFeatures
+from scipy import integrate, stats
+
+from segmentation.churn.btyd import EXPECTED_PURCHASES, NO_PURCHASE, PROBABILITY_ALIVE, BgNbdFeatures
 from segmentation.churn.labels import LABEL
 from segmentation.churn.model import PROBABILITY, class_weights, fit_churn_model, model_features, model_inputs, score_churn
 from segmentation.clv.bgnbd import BgNbdParams, expected_purchases, probability_alive
@@ -36,9 +38,14 @@ def test_the_stage_computes_bgnbds_own_probability_alive_and_expected_purchases(
     for i, name in enumerate(["steady", "silent", "once"]):
         assert got[name][PROBABILITY_ALIVE] == pytest.approx(alive[i], rel=1e-12)
         assert got[name][EXPECTED_PURCHASES] == pytest.approx(expected[i], rel=1e-12)
+        # No purchase in 13 weeks: dropped out, or alive with a rate (Gamma(r + x, alpha + T)
+        # given the history) that brings none; integrated numerically over the rate.
+        rate = stats.gamma(PARAMS.r + x[i], scale=1 / (PARAMS.alpha + T[i]))
+        quiet, _ = integrate.quad(lambda lam: rate.pdf(lam) * np.exp(-lam * 13.0), 0, np.inf)
+        assert got[name][NO_PURCHASE] == pytest.approx(1 - alive[i] + alive[i] * quiet, rel=1e-7)
     assert got["once"][PROBABILITY_ALIVE] == 1.0
     assert got["silent"][PROBABILITY_ALIVE] < got["steady"][PROBABILITY_ALIVE] < 1.0
-    assert got["unknown"][PROBABILITY_ALIVE] is None and got["unknown"][EXPECTED_PURCHASES] is None
+    assert got["unknown"][PROBABILITY_ALIVE] is None and got["unknown"][EXPECTED_PURCHASES] is None and got["unknown"][NO_PURCHASE] is None
 
 
 def test_the_pipeline_takes_them_as_features_and_reloads_with_its_parameters(spark, tmp_path):
@@ -54,7 +61,7 @@ def test_the_pipeline_takes_them_as_features_and_reloads_with_its_parameters(spa
     settings = churn_settings("churn.model=logistic_regression", "churn.features=[noise]")
     churners = int(frame.agg(F.sum(LABEL)).first()[0])
     fitted = fit_churn_model(frame, settings, class_weights(200, churners, "balanced"), BgNbdFeatures.fitted(PARAMS, 7.0, 90))
-    assert model_features(fitted.model) == ["noise", PROBABILITY_ALIVE, EXPECTED_PURCHASES]
+    assert model_features(fitted.model) == ["noise", PROBABILITY_ALIVE, EXPECTED_PURCHASES, NO_PURCHASE]
     assert model_inputs(fitted.model) == ["noise", "frequency_days", "recency_days", "tenure_days"]
     fitted.model.write().overwrite().save(str(tmp_path / "m"))
     loaded = PipelineModel.load(str(tmp_path / "m"))
