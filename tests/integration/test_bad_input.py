@@ -519,7 +519,7 @@ def test_a_tiny_feed_gets_rule_tiers_and_the_model_stages_say_why_they_were_skip
     assert missing["churn_probability"] == f"customer_churn not written: {results.churn.reason}"
     assert missing["cluster_name"] == f"customer_clusters not written: {results.cluster.reason}"
     report = results.report.path.read_text(encoding="utf-8")
-    assert "Not predicted: clv, probability_alive, expected_purchases (customer_clv not written: the calibration period spans" in report
+    assert "Not predicted: clv, probability_alive, next_purchase_date, expected_purchases (customer_clv not written: the calibration period spans" in report
 
 
 def test_only_returns_get_features_and_clear_errors_from_the_models(spark, tmp_path, mlflow_store):
