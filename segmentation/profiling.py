@@ -62,10 +62,10 @@ def stage_group(stage: str) -> str:
 
 
 def _spark_context(spark):
-    try:
-        return spark.sparkContext
-    except Exception:  # Spark Connect: no SparkContext on the client
-        return None
+    """The session's SparkContext; None under Spark Connect, which has none on the client."""
+    from segmentation.spark import is_connect
+
+    return None if is_connect() else spark.sparkContext
 
 
 @contextmanager
