@@ -43,6 +43,9 @@ MODELS = ("customer_segments", "churn_classifier")
 # What differs between two pipelines by construction: the ids of their runs.
 RUN_IDS = ("pipeline_run_id", "clv_run_id", "cluster_run_id", "churn_run_id")
 SERVER_START_SECONDS = 240
+# Half the other integration modules' feed: every comparison holds at any size, and each
+# side runs every stage twice.
+FEED = [*SETTINGS, "generate.customers=150"]
 AUDIENCES = "audiences"  # the export's folder under each storage root
 BENCH_CUSTOMERS = 100
 ERASE_MARKER, ERASE = "segmentation-erase-", "erase"  # an erase's Delta commits: their marker, and as compared
@@ -54,7 +57,7 @@ CSV_LINES = [
     row("CSV-3", customer_id="CSV-C2", net_amount="ten"),
 ]
 
-# The Connect client: `segmentation run` for each date, then whether a JVM was started here.
+# A Connect client: each command (`segmentation ...` arguments), then whether a JVM was started here.
 CLIENT = """
 import json, sys
 import psutil
@@ -146,7 +149,7 @@ def _commands(root: Path, feed: Path, erased: str) -> list[list[str]]:
 
 def _options(root: Path) -> list[str]:
     """The test's configuration, with storage under `root`, as command-line options."""
-    settings = [f"storage.root={root}", *TEST_SPARK_SETTINGS, *SETTINGS]
+    settings = [f"storage.root={root}", *TEST_SPARK_SETTINGS, *FEED]
     return ["--conf-dir", str(CONF_DIR), *[arg for setting in settings for arg in ("--set", setting)]]
 
 
@@ -165,7 +168,7 @@ def two_pipelines(spark, connect_server, tmp_path_factory) -> Sides:
     as a Connect client (a process with no Java, run meanwhile); and `segmentation bench`
     as a second Connect client, also meanwhile."""
     source, classic, connect, bench = (tmp_path_factory.mktemp(name) for name in ("source", "classic", "connect", "bench"))
-    generate.run(StageContext(make_config(source, *SETTINGS, f"as_of={FIRST}"), spark))
+    generate.run(StageContext(make_config(source, *FEED, f"as_of={FIRST}"), spark))
     raw_ref = tables.table_ref(make_config(source), "raw_transactions")
     raw = Path(raw_ref.location)
     for root in (classic, connect):
@@ -269,7 +272,7 @@ def test_delta_lineage_is_the_classic_sessions(spark, two_pipelines):
 def _champion_outputs(spark, root: Path) -> dict[str, list]:
     """Each champion, loaded as a reviewer loads it (mlflow.spark on a classic session, and
     mlflow.pyfunc), on the SECOND snapshot's customer features."""
-    config = make_config(root, *SETTINGS)
+    config = make_config(root, *FEED)
     mlflow.set_tracking_uri(f"sqlite:///{root / 'mlflow.db'}")
     rows = tables.read(spark, tables.table_ref(config, "customer_features")).where(F.col("as_of_date") == F.lit(SECOND))
     outputs = {}
@@ -298,7 +301,7 @@ def test_erase_through_connect_removes_the_customer_and_nothing_else(spark, two_
     """As the classic erase (test_privacy_pipeline): gone from the current version of the raw
     table (raw id) and of the tier tables (pseudonym), every other row kept, and still in
     the version before the erase (time travel) until a vacuum."""
-    config = make_config(two_pipelines.connect, *SETTINGS)
+    config = make_config(two_pipelines.connect, *FEED)
     raw_id = two_pipelines.erased
     deleted = {}
     for key in ("raw_transactions", "transactions", "customer_tiers", "customer_tier_history"):
@@ -335,7 +338,7 @@ def test_the_audiences_exported_through_connect_are_the_classic_sessions(two_pip
     expected, actual = two_pipelines.classic / AUDIENCES, two_pipelines.connect / AUDIENCES
     files = sorted(path.name for path in expected.iterdir())
     assert len(files) > 1 and sorted(path.name for path in actual.iterdir()) == files
-    assert sum(len((expected / name).read_text().splitlines()) - 1 for name in files) > 100  # customers, beyond the headers
+    assert sum(len((expected / name).read_text().splitlines()) - 1 for name in files) > 0  # customers, beyond the headers
     for name in files:
         assert (actual / name).read_text() == (expected / name).read_text(), name
 
