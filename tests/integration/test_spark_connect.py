@@ -91,7 +91,8 @@ def _wait_for_port(port: int, server: subprocess.Popen, log: Path) -> None:
 @pytest.fixture(scope="module")
 def connect_server(tmp_path_factory):
     """A Spark Connect server with Delta in its own process, with the test session's Spark
-    settings; its address."""
+    settings; a function that waits until it listens and gives its address (it starts
+    while the test's own session and input are made)."""
     folder = tmp_path_factory.mktemp("connect-server")
     port = _free_port()
     log = folder / "server.log"
@@ -100,9 +101,13 @@ def connect_server(tmp_path_factory):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     with log.open("w") as out:
         server = subprocess.Popen(command, cwd=folder, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
+
+    def address() -> str:
         _wait_for_port(port, server, log)
-        yield f"sc://localhost:{port}"
+        return f"sc://localhost:{port}"
+
+    try:
+        yield address
     finally:
         server.terminate()
         try:
@@ -163,7 +168,7 @@ class Sides:
 
 
 @pytest.fixture(scope="module")
-def two_pipelines(spark, connect_server, tmp_path_factory) -> Sides:
+def two_pipelines(connect_server, spark, tmp_path_factory) -> Sides:
     """From the same raw table, the same commands (`_commands`) on the classic session and
     as a Connect client (a process with no Java, run meanwhile); and `segmentation bench`
     as a second Connect client, also meanwhile."""
@@ -178,7 +183,7 @@ def two_pipelines(spark, connect_server, tmp_path_factory) -> Sides:
     feed = write_feed(source / "feed.csv", CSV_LINES)
 
     env = {key: value for key, value in os.environ.items() if key != "SEGMENTATION_PSEUDONYMISATION_KEY"}
-    env.update(JAVA_HOME=NO_JAVA_HOME, SPARK_REMOTE=connect_server, PYTHONPATH=str(REPO))
+    env.update(JAVA_HOME=NO_JAVA_HOME, SPARK_REMOTE=connect_server(), PYTHONPATH=str(REPO))
     commands = {connect: _commands(connect, feed, erased),
                 bench: [["bench", *_options(bench), "--customers", str(BENCH_CUSTOMERS), "--no-baselines"]]}
     clients = {root: _client(commands[root], root, env, source / f"client-{root.name}.log") for root in commands}
