@@ -65,7 +65,12 @@ def _spark_context(spark):
     """The session's SparkContext; None under Spark Connect, which has none on the client."""
     from segmentation.spark import is_connect
 
-    return None if is_connect() else spark.sparkContext
+    if is_connect():
+        return None
+    try:
+        return spark.sparkContext
+    except Exception:  # a session whose SparkContext is not reachable (Databricks standard access mode)
+        return None
 
 
 @contextmanager
