@@ -14,7 +14,6 @@ REPO = Path(__file__).resolve().parent.parent
 # top holds the Databricks bundle.
 CONF_DIR = REPO / "segmentation" / "conf"
 
-TEST_JVM_OPTIONS = "-XX:TieredStopAtLevel=1 -XX:ReservedCodeCacheSize=512m"
 TEST_SPARK_SETTINGS = [
     "spark.master=local[2]",
     "spark.conf.spark.sql.shuffle.partitions=2",
@@ -23,12 +22,6 @@ TEST_SPARK_SETTINGS = [
     "spark.conf.spark.databricks.delta.snapshotPartitions=1",
     "spark.conf.spark.sql.adaptive.coalescePartitions.initialPartitionNum=2",
     "spark.conf.spark.driver.memory=2g",
-    # The tests' JVMs are short-lived and their data small: a third of a fresh driver's CPU
-    # went to the C2 JIT compiler. C1 only (with room for its code) cut the JVM's CPU by
-    # about 30% and two concurrent 300-customer pipelines' time by about a quarter
-    # (README, "Tests"). Executors of the standalone-cluster test get the same.
-    f"spark.conf.spark.driver.extraJavaOptions={TEST_JVM_OPTIONS}",
-    f"spark.conf.spark.executor.extraJavaOptions={TEST_JVM_OPTIONS}",
     "logging.level=INFO",
 ]
 
