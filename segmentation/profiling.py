@@ -62,14 +62,11 @@ def stage_group(stage: str) -> str:
 
 
 def _spark_context(spark):
-    """The session's SparkContext; None under Spark Connect, which has none on the client."""
-    from segmentation.spark import is_connect
-
-    if is_connect():
-        return None
+    """The session's SparkContext; None where the client has none (Spark Connect) or may not
+    reach it (Databricks standard access mode): asking such a session raises, with no JVM call."""
     try:
         return spark.sparkContext
-    except Exception:  # a session whose SparkContext is not reachable (Databricks standard access mode)
+    except Exception:
         return None
 
 

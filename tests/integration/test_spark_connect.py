@@ -219,11 +219,22 @@ def test_the_tier_table_equals_the_classic_sessions(spark, two_pipelines):
     pd.testing.assert_frame_equal(actual, expected, check_exact=False, rtol=1e-6, atol=1e-6)
 
 
+def _client_of(root: Path) -> MlflowClient:
+    return MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
+
+
+def _runs(root: Path, where: str = "") -> list:
+    """The MLflow runs of the storage root's store matching the filter `where`, oldest first."""
+    client = _client_of(root)
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    return client.search_runs(experiments, where, max_results=1000, order_by=["attributes.start_time ASC"])
+
+
 def _mlflow(root: Path) -> tuple[list[tuple], dict[str, dict[str, str]], dict[str, int]]:
     """The runs (stage, as_of, name, status, input and output versions, decision), the
     registry aliases and each pipeline run's position, by pipeline run id."""
-    client = MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
-    runs = client.search_runs([e.experiment_id for e in client.search_experiments()], max_results=1000, order_by=["attributes.start_time ASC"])
+    client = _client_of(root)
+    runs = _runs(root)
     position = {}
     for run in runs:
         position.setdefault(run.data.tags["pipeline_run_id"], len(position))
@@ -317,8 +328,7 @@ def test_erase_through_connect_removes_the_customer_and_nothing_else(spark, two_
         assert before.erased > 0 and after.erased == 0, key
         assert after.rows == before.rows - before.erased, key
         deleted[f"rows_deleted.{key}"] = before.erased
-    client = MlflowClient(tracking_uri=f"sqlite:///{two_pipelines.connect / 'mlflow.db'}")
-    [run] = client.search_runs([e.experiment_id for e in client.search_experiments()], "tags.stage = 'erase'")
+    [run] = _runs(two_pipelines.connect, "tags.stage = 'erase'")
     assert run.data.params["customers"] == "1"
     assert {key: run.data.metrics[key] for key in deleted} == deleted
 
@@ -349,9 +359,7 @@ def test_the_audiences_exported_through_connect_are_the_classic_sessions(two_pip
 
 
 def _report_kpis(root: Path) -> dict[str, float]:
-    client = MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
-    runs = client.search_runs([e.experiment_id for e in client.search_experiments()], "tags.stage = 'report'")
-    [run] = runs
+    [run] = _runs(root, "tags.stage = 'report'")
     return {key: value for key, value in run.data.metrics.items() if key.startswith("kpi.")}
 
 
