@@ -62,9 +62,11 @@ def stage_group(stage: str) -> str:
 
 
 def _spark_context(spark):
+    """The session's SparkContext; None where the client has none (Spark Connect) or may not
+    reach it (Databricks standard access mode): asking such a session raises, with no JVM call."""
     try:
         return spark.sparkContext
-    except Exception:  # Spark Connect: no SparkContext on the client
+    except Exception:
         return None
 
 

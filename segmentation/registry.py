@@ -22,7 +22,6 @@ import pyspark
 from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
-from pyspark.sql.utils import is_remote
 
 from segmentation.errors import SetupError
 
@@ -98,9 +97,9 @@ def load_spark_model(uri: str) -> PipelineModel:
 def _connect_client() -> bool:
     """A Spark Connect session outside Databricks (where mlflow.spark stages models in a
     Unity Catalog volume itself)."""
-    from segmentation.spark import running_on_databricks
+    from segmentation.spark import is_connect, running_on_databricks
 
-    return is_remote() and not running_on_databricks()
+    return is_connect() and not running_on_databricks()
 
 
 class _ConnectSparkFlavor:

@@ -271,13 +271,27 @@ def _check_shared_files(spark, remote: str) -> None:
 
 def _submitted_conf() -> dict[str, str]:
     """The Spark settings of a JVM started before this code: under spark-submit, those of
-    spark-defaults.conf and --conf. Empty when this process will start the JVM itself."""
-    if "PYSPARK_GATEWAY_PORT" not in os.environ:
+    spark-defaults.conf and --conf. Empty when this process will start the JVM itself, and
+    under Spark Connect, which has no JVM here to ask.
+
+    No session exists yet to read them through spark.conf: whether to add Delta's SQL
+    extension must be known before the session starts (a static setting). So they are read
+    from the JVM spark-submit started, through its gateway: a classic session's path only."""
+    if "PYSPARK_GATEWAY_PORT" not in os.environ or is_connect():
         return {}
     from pyspark import SparkConf, SparkContext
 
     SparkContext._ensure_initialized()  # connects to spark-submit's JVM; no new one
-    return dict(SparkConf(_jvm=SparkContext._jvm).getAll())
+    return dict(SparkConf().getAll())  # loadDefaults: the JVM's spark.* system properties
+
+
+def is_connect() -> bool:
+    """Whether this process's sessions are Spark Connect sessions: no SparkContext, no JVM
+    gateway and no RDDs on this side. pyspark sets it when a session goes to a server
+    (SPARK_REMOTE, spark.remote, Databricks Connect, serverless)."""
+    from pyspark.sql.utils import is_remote
+
+    return is_remote()
 
 
 # PySpark logs every analysis error a second time, as a multi-line JSON record, through

@@ -1,15 +1,17 @@
 """The whole pipeline through a real Spark Connect server with Delta (`python -m
 segmentation.connect serve`, what `make connect-server` runs), against a classic session.
 
-From the same raw table, `segmentation run` for two snapshots (the first trains the churn
-model) runs once on the test's classic session and once as a Connect client in its own
-process, whose JAVA_HOME points nowhere: the tier tables are equal value for value, and the
-MLflow runs, registry aliases and Delta histories are the same.
+From the same raw table, the same commands run once on the test's classic session and once
+as a Connect client in its own process, whose JAVA_HOME points nowhere: `segmentation run`
+for two snapshots (the first trains the churn model), `ingest` of a CSV file, `export`,
+`report` and `erase` of one customer. The tier tables are equal value for value, the MLflow
+runs, registry aliases and Delta histories are the same, and so are the ingested batch, the
+exported audiences and the report's figures. `segmentation bench` runs through a second
+Connect client meanwhile.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -17,6 +19,7 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
@@ -25,23 +28,36 @@ import pytest
 from mlflow.tracking import MlflowClient
 from pyspark.sql import functions as F
 
-from segmentation import tables
+from segmentation import cli, tables
 from segmentation.churn.model import PROBABILITY
 from segmentation.clustering.model import CLUSTER_ID
 from segmentation.stages import generate, pipeline
 from segmentation.stages.context import StageContext
-from tests.conftest import REPO, TEST_SPARK_SETTINGS, make_config
+from tests.conftest import CONF_DIR, REPO, TEST_SPARK_SETTINGS, make_config
 from tests.integration.conftest import FIRST, SECOND, SETTINGS
+from tests.integration.test_bad_input import pseudonym, row, write_feed
 
 pytestmark = pytest.mark.slow
 
-ARGS = argparse.Namespace(generate=False, train_churn=False, until="report")
 MODELS = ("customer_segments", "churn_classifier")
 # What differs between two pipelines by construction: the ids of their runs.
 RUN_IDS = ("pipeline_run_id", "clv_run_id", "cluster_run_id", "churn_run_id")
 SERVER_START_SECONDS = 240
+# Half the other integration modules' feed: every comparison holds at any size, and each
+# side runs every stage twice.
+FEED = [*SETTINGS, "generate.customers=150"]
+AUDIENCES = "audiences"  # the export's folder under each storage root
+BENCH_CUSTOMERS = 100
+ERASE_MARKER, ERASE = "segmentation-erase-", "erase"  # an erase's Delta commits: their marker, and as compared
+# The CSV batch both sides ingest after the pipelines: two lines of a new customer and one
+# with an amount that is not a number (quarantined).
+CSV_LINES = [
+    row("CSV-1", customer_id="CSV-C1", transaction_ts="2025-11-01 10:00:00"),
+    row("CSV-2", customer_id="CSV-C1", transaction_ts="2025-11-02 10:00:00", net_amount="25.50"),
+    row("CSV-3", customer_id="CSV-C2", net_amount="ten"),
+]
 
-# The Connect client: `segmentation run` for each date, then whether a JVM was started here.
+# A Connect client: each command (`segmentation ...` arguments), then whether a JVM was started here.
 CLIENT = """
 import json, sys
 import psutil
@@ -75,7 +91,8 @@ def _wait_for_port(port: int, server: subprocess.Popen, log: Path) -> None:
 @pytest.fixture(scope="module")
 def connect_server(tmp_path_factory):
     """A Spark Connect server with Delta in its own process, with the test session's Spark
-    settings; its address."""
+    settings; a function that waits until it listens and gives its address (it starts
+    while the test's own session and input are made)."""
     folder = tmp_path_factory.mktemp("connect-server")
     port = _free_port()
     log = folder / "server.log"
@@ -84,9 +101,13 @@ def connect_server(tmp_path_factory):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     with log.open("w") as out:
         server = subprocess.Popen(command, cwd=folder, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
+
+    def address() -> str:
         _wait_for_port(port, server, log)
-        yield f"sc://localhost:{port}"
+        return f"sc://localhost:{port}"
+
+    try:
+        yield address
     finally:
         server.terminate()
         try:
@@ -100,41 +121,87 @@ def connect_server(tmp_path_factory):
 NO_JAVA_HOME = "/nonexistent/java-home"
 
 
-@pytest.fixture(scope="module")
-def two_pipelines(spark, connect_server, tmp_path_factory):
-    """Storage roots of `segmentation run` for FIRST then SECOND from the same raw table: on
-    the classic session and as a Connect client (a process with no Java, run meanwhile); the
-    client's report."""
-    source, classic, connect = (tmp_path_factory.mktemp(name) for name in ("source", "classic", "connect"))
-    generate.run(StageContext(make_config(source, *SETTINGS, f"as_of={FIRST}"), spark))
-    raw = Path(tables.table_ref(make_config(source), "raw_transactions").location)
-    for root in (classic, connect):
-        shutil.copytree(raw, root / raw.relative_to(source))
-
-    overrides = [arg for setting in [f"storage.root={connect}", *TEST_SPARK_SETTINGS, *SETTINGS] for arg in ("--set", setting)]
-    runs = [["run", *overrides, "--as-of", as_of.isoformat()] for as_of in (FIRST, SECOND)]
-    env = {key: value for key, value in os.environ.items() if key != "SEGMENTATION_PSEUDONYMISATION_KEY"}
-    env.update(JAVA_HOME=NO_JAVA_HOME, SPARK_REMOTE=connect_server, PYTHONPATH=str(REPO))
-    log = source / "client.log"
+def _client(commands: list[list[str]], cwd: Path, env: dict[str, str], log: Path) -> subprocess.Popen:
+    """The Connect client process running `commands` (see CLIENT), its output into `log`."""
     with log.open("w") as out:
-        client = subprocess.Popen([sys.executable, "-c", CLIENT, json.dumps(runs)], cwd=connect, env=env,
-                                  stdout=out, stderr=subprocess.STDOUT)
-    try:
-        for as_of in (FIRST, SECOND):
-            pipeline.run(StageContext(make_config(classic, *SETTINGS, f"as_of={as_of}"), spark), ARGS)
-        client.wait(timeout=1800)
-    finally:
-        if client.poll() is None:
-            client.kill()
+        return subprocess.Popen([sys.executable, "-c", CLIENT, json.dumps(commands)], cwd=cwd, env=env,
+                                stdout=out, stderr=subprocess.STDOUT)
+
+
+def _client_report(client: subprocess.Popen, log: Path, commands: list[list[str]]) -> dict:
+    """What the client printed, once it exited with every command's status 0."""
+    client.wait(timeout=1800)
     output = log.read_text()
     report = next((json.loads(line[len("CLIENT "):]) for line in output.splitlines() if line.startswith("CLIENT ")), None)
-    assert report is not None and report["codes"] == [0, 0], output[-5000:]
-    return classic, connect, report
+    assert report is not None and report["codes"] == [0] * len(commands), output[-5000:]
+    return report
 
 
-def test_the_connect_client_starts_no_jvm(two_pipelines):
-    _, _, report = two_pipelines
-    assert not report["gateway"] and report["java"] == []
+def _commands(root: Path, feed: Path, erased: str) -> list[list[str]]:
+    """The commands both sides run on `root`, in this order: `run` for FIRST (to the tier
+    table) and SECOND (to the outcomes), a CSV batch ingested, the audiences exported, the
+    report, and one customer erased."""
+    options = _options(root)
+    return [
+        ["run", *options, "--as-of", FIRST.isoformat(), "--until", "tiers"],
+        ["run", *options, "--as-of", SECOND.isoformat(), "--until", "outcomes"],
+        ["ingest", *options, "--source", str(feed), "--format", "csv", "--max-rejected-share", "0.5"],
+        ["export", *options, "--as-of", SECOND.isoformat(), "--output", str(root / AUDIENCES)],
+        ["report", *options],
+        ["erase", *options, "--customer", erased],
+    ]
+
+
+def _options(root: Path) -> list[str]:
+    """The test's configuration, with storage under `root`, as command-line options."""
+    settings = [f"storage.root={root}", *TEST_SPARK_SETTINGS, *FEED]
+    return ["--conf-dir", str(CONF_DIR), *[arg for setting in settings for arg in ("--set", setting)]]
+
+
+@dataclass(frozen=True)
+class Sides:
+    classic: Path  # storage root of the commands on the test's classic session
+    connect: Path  # storage root of the same commands through the Connect client
+    bench: Path  # storage root of `segmentation bench` through a second Connect client
+    erased: str  # the raw id of the customer both erased
+    reports: list[dict]  # what each client process reported
+
+
+@pytest.fixture(scope="module")
+def two_pipelines(connect_server, spark, tmp_path_factory) -> Sides:
+    """From the same raw table, the same commands (`_commands`) on the classic session and
+    as a Connect client (a process with no Java, run meanwhile); and `segmentation bench`
+    as a second Connect client, also meanwhile."""
+    source, classic, connect, bench = (tmp_path_factory.mktemp(name) for name in ("source", "classic", "connect", "bench"))
+    generate.run(StageContext(make_config(source, *FEED, f"as_of={FIRST}"), spark))
+    raw_ref = tables.table_ref(make_config(source), "raw_transactions")
+    raw = Path(raw_ref.location)
+    for root in (classic, connect):
+        shutil.copytree(raw, root / raw.relative_to(source))
+    # A customer with a purchase before FIRST: in every snapshot, so in every table.
+    erased = tables.read(spark, raw_ref).orderBy("transaction_ts", "transaction_id").first().customer_id.strip()
+    feed = write_feed(source / "feed.csv", CSV_LINES)
+
+    env = {key: value for key, value in os.environ.items() if key != "SEGMENTATION_PSEUDONYMISATION_KEY"}
+    env.update(JAVA_HOME=NO_JAVA_HOME, SPARK_REMOTE=connect_server(), PYTHONPATH=str(REPO))
+    commands = {connect: _commands(connect, feed, erased),
+                bench: [["bench", *_options(bench), "--customers", str(BENCH_CUSTOMERS), "--no-baselines"]]}
+    clients = {root: _client(commands[root], root, env, source / f"client-{root.name}.log") for root in commands}
+    try:
+        codes = [cli.main(command) for command in _commands(classic, feed, erased)]
+        reports = [_client_report(client, source / f"client-{root.name}.log", commands[root]) for root, client in clients.items()]
+    finally:
+        for client in clients.values():
+            if client.poll() is None:
+                client.kill()
+    assert codes == [0] * len(codes)
+    return Sides(classic, connect, bench, erased, reports)
+
+
+def test_the_connect_clients_start_no_jvm(two_pipelines):
+    assert len(two_pipelines.reports) == 2
+    for report in two_pipelines.reports:
+        assert not report["gateway"] and report["java"] == []
     assert not Path(NO_JAVA_HOME).exists()  # and it could not have
 
 
@@ -146,18 +213,28 @@ def _tiers(spark, root: Path) -> pd.DataFrame:
 
 
 def test_the_tier_table_equals_the_classic_sessions(spark, two_pipelines):
-    classic, connect, _ = two_pipelines
-    expected, actual = _tiers(spark, classic), _tiers(spark, connect)
+    expected, actual = _tiers(spark, two_pipelines.classic), _tiers(spark, two_pipelines.connect)
     assert sorted(expected["as_of_date"].unique()) == [FIRST, SECOND]
     assert len(expected) > 0
     pd.testing.assert_frame_equal(actual, expected, check_exact=False, rtol=1e-6, atol=1e-6)
 
 
+def _client_of(root: Path) -> MlflowClient:
+    return MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
+
+
+def _runs(root: Path, where: str = "") -> list:
+    """The MLflow runs of the storage root's store matching the filter `where`, oldest first."""
+    client = _client_of(root)
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    return client.search_runs(experiments, where, max_results=1000, order_by=["attributes.start_time ASC"])
+
+
 def _mlflow(root: Path) -> tuple[list[tuple], dict[str, dict[str, str]], dict[str, int]]:
     """The runs (stage, as_of, name, status, input and output versions, decision), the
     registry aliases and each pipeline run's position, by pipeline run id."""
-    client = MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
-    runs = client.search_runs([e.experiment_id for e in client.search_experiments()], max_results=1000, order_by=["attributes.start_time ASC"])
+    client = _client_of(root)
+    runs = _runs(root)
     position = {}
     for run in runs:
         position.setdefault(run.data.tags["pipeline_run_id"], len(position))
@@ -173,11 +250,19 @@ def _mlflow(root: Path) -> tuple[list[tuple], dict[str, dict[str, str]], dict[st
 
 
 def test_mlflow_runs_and_registry_aliases_are_the_classic_sessions(two_pipelines):
-    classic, connect, _ = two_pipelines
-    expected, actual = _mlflow(classic), _mlflow(connect)
-    assert {stage for stage, *_ in expected[0]} >= {"pipeline", "ingest", "features", "clv", "cluster", "churn.train", "churn.score", "tiers"}
+    expected, actual = _mlflow(two_pipelines.classic), _mlflow(two_pipelines.connect)
+    assert {stage for stage, *_ in expected[0]} >= {"pipeline", "ingest", "features", "clv", "cluster", "churn.train", "churn.score",
+                                                    "tiers", "outcomes", "export", "report", "erase"}
     assert expected[1]["churn_classifier"].get("champion") and expected[1]["customer_segments"].get("champion")
     assert actual[:2] == expected[:2]
+
+
+def _run_of(user_metadata: str | None, position: dict[str, int]) -> int | str | None:
+    """The pipeline run (by position) that made a commit; ERASE for an erase's commits,
+    which carry an id of their own."""
+    if (user_metadata or "").startswith(ERASE_MARKER):
+        return ERASE
+    return position.get(user_metadata, user_metadata)
 
 
 def _delta_lineage(spark, root: Path, position: dict[str, int]) -> dict[str, list[tuple]]:
@@ -187,22 +272,23 @@ def _delta_lineage(spark, root: Path, position: dict[str, int]) -> dict[str, lis
     for log in sorted(root.rglob("_delta_log")):
         ref = tables.TableRef(str(log.parent.relative_to(root)), str(log.parent), is_path=True)
         commits = tables.history(spark, ref).select("version", "operation", "userMetadata").collect()
-        found[ref.key] = sorted((r.version, r.operation, position.get(r.userMetadata, r.userMetadata)) for r in commits)
+        found[ref.key] = sorted((r.version, r.operation, _run_of(r.userMetadata, position)) for r in commits)
     return found
 
 
 def test_delta_lineage_is_the_classic_sessions(spark, two_pipelines):
-    classic, connect, _ = two_pipelines
+    classic, connect = two_pipelines.classic, two_pipelines.connect
     expected = _delta_lineage(spark, classic, _mlflow(classic)[2])
     actual = _delta_lineage(spark, connect, _mlflow(connect)[2])
     assert {"transactions", "customer_tiers", "customer_tier_history"} <= set(expected)
+    assert any(run == ERASE for commits in expected.values() for _, _, run in commits)
     assert actual == expected
 
 
 def _champion_outputs(spark, root: Path) -> dict[str, list]:
     """Each champion, loaded as a reviewer loads it (mlflow.spark on a classic session, and
     mlflow.pyfunc), on the SECOND snapshot's customer features."""
-    config = make_config(root, *SETTINGS)
+    config = make_config(root, *FEED)
     mlflow.set_tracking_uri(f"sqlite:///{root / 'mlflow.db'}")
     rows = tables.read(spark, tables.table_ref(config, "customer_features")).where(F.col("as_of_date") == F.lit(SECOND))
     outputs = {}
@@ -215,9 +301,79 @@ def _champion_outputs(spark, root: Path) -> dict[str, list]:
 
 
 def test_reviewers_load_and_score_the_models_the_connect_client_registered(spark, two_pipelines):
-    classic, connect, _ = two_pipelines
-    expected, actual = _champion_outputs(spark, classic), _champion_outputs(spark, connect)
+    expected, actual = _champion_outputs(spark, two_pipelines.classic), _champion_outputs(spark, two_pipelines.connect)
     assert len(expected["churn_classifier"]) == 20 and all(0 <= p <= 1 for p in expected["churn_classifier"])
     assert set(actual) == set(expected)
     for name, outputs in expected.items():
         assert actual[name] == pytest.approx(outputs, abs=1e-6), name
+
+
+def _erase_commit(spark, ref: tables.TableRef) -> int:
+    [version] = [r.version for r in tables.history(spark, ref).collect() if (r.userMetadata or "").startswith(ERASE_MARKER)]
+    return version
+
+
+def test_erase_through_connect_removes_the_customer_and_nothing_else(spark, two_pipelines):
+    """As the classic erase (test_privacy_pipeline): gone from the current version of the raw
+    table (raw id) and of the tier tables (pseudonym), every other row kept, and still in
+    the version before the erase (time travel) until a vacuum."""
+    config = make_config(two_pipelines.connect, *FEED)
+    raw_id = two_pipelines.erased
+    deleted = {}
+    for key in ("raw_transactions", "transactions", "customer_tiers", "customer_tier_history"):
+        ref = tables.table_ref(config, key)
+        is_erased = F.trim("customer_id") == raw_id if key == "raw_transactions" else F.col("customer_id") == pseudonym(raw_id)
+        before, after = (tables.read(spark, ref, version).agg(F.count(F.lit(1)).alias("rows"), F.count(F.when(is_erased, 1)).alias("erased")).first()
+                         for version in (_erase_commit(spark, ref) - 1, None))
+        assert before.erased > 0 and after.erased == 0, key
+        assert after.rows == before.rows - before.erased, key
+        deleted[f"rows_deleted.{key}"] = before.erased
+    [run] = _runs(two_pipelines.connect, "tags.stage = 'erase'")
+    assert run.data.params["customers"] == "1"
+    assert {key: run.data.metrics[key] for key in deleted} == deleted
+
+
+def _batch(spark, root: Path, key: str, columns: list[str]) -> pd.DataFrame:
+    rows = tables.read(spark, tables.table_ref(make_config(root), key)).where(F.col("transaction_id").startswith("CSV-"))
+    return rows.select(*columns).toPandas().sort_values("transaction_id", ignore_index=True)
+
+
+def test_a_csv_batch_ingested_through_connect_is_the_classic_sessions(spark, two_pipelines):
+    classic, connect = two_pipelines.classic, two_pipelines.connect
+    for key, columns, expected in (("transactions", ["transaction_id", "customer_id", "transaction_ts", "net_amount"], 2),
+                                   ("transactions_quarantine", ["transaction_id", "customer_id", "net_amount", "reasons"], 1)):
+        rows = _batch(spark, connect, key, columns)
+        assert len(rows) == expected, key
+        pd.testing.assert_frame_equal(rows, _batch(spark, classic, key, columns))
+    assert set(_batch(spark, connect, "transactions", ["transaction_id", "customer_id"])["customer_id"]) == {pseudonym("CSV-C1")}
+    assert list(_batch(spark, connect, "transactions_quarantine", ["transaction_id", "reasons"])["reasons"][0]) == ["bad_type:net_amount"]
+
+
+def test_the_audiences_exported_through_connect_are_the_classic_sessions(two_pipelines):
+    expected, actual = two_pipelines.classic / AUDIENCES, two_pipelines.connect / AUDIENCES
+    files = sorted(path.name for path in expected.iterdir())
+    assert len(files) > 1 and sorted(path.name for path in actual.iterdir()) == files
+    assert sum(len((expected / name).read_text().splitlines()) - 1 for name in files) > 0  # customers, beyond the headers
+    for name in files:
+        assert (actual / name).read_text() == (expected / name).read_text(), name
+
+
+def _report_kpis(root: Path) -> dict[str, float]:
+    [run] = _runs(root, "tags.stage = 'report'")
+    return {key: value for key, value in run.data.metrics.items() if key.startswith("kpi.")}
+
+
+def test_the_report_through_connect_is_the_classic_sessions(two_pipelines):
+    assert (two_pipelines.connect / "reports" / f"customer_tiers_{SECOND.isoformat()}.html").stat().st_size > 10_000
+    expected = _report_kpis(two_pipelines.classic)
+    assert expected and _report_kpis(two_pipelines.connect) == pytest.approx(expected, rel=1e-6)
+
+
+def test_bench_through_connect_reports_the_stage_times(two_pipelines):
+    """Under Connect the client cannot ask the server's UI for jobs: stage times, no profile."""
+    report = json.loads((two_pipelines.bench / "bench" / f"bench_{BENCH_CUSTOMERS}.json").read_text())
+    assert report["customers_generated"] == BENCH_CUSTOMERS and report["customers"] > 0
+    assert [stage["stage"] for stage in report["stages"]] == ["generate", *pipeline.STAGES]
+    assert all(stage["seconds"] > 0 for stage in report["stages"])
+    assert report["pipeline_seconds"] > 0 and report["profile"] is None
+    assert "rfm" not in report and "clv" not in report  # --no-baselines

@@ -5,7 +5,8 @@ from pathlib import Path
 
 from segmentation.config import load_config
 from segmentation.connect import PORT_SETTING, SERVER_CLASS, server_command
-from segmentation.spark import DELTA_SQL, REMOTE_ENV, remote_url
+from segmentation import profiling
+from segmentation.spark import DELTA_SQL, REMOTE_ENV, _submitted_conf, is_connect, remote_url
 from tests.conftest import CONF_DIR
 
 
@@ -36,3 +37,14 @@ def test_a_remote_address_from_the_configuration_or_spark_remote_selects_connect
     assert remote_url(load_config("local", CONF_DIR).spark) == "sc://localhost:15002"
     configured = load_config("local", CONF_DIR, ["spark.remote=sc://connect.example:443"]).spark
     assert remote_url(configured) == "sc://connect.example:443"  # the configuration wins
+
+
+def test_under_connect_nothing_asks_a_jvm_for_settings_or_a_spark_context(monkeypatch):
+    """A gateway port in the environment (spark-submit's) is not followed under Connect,
+    and a stage's job group needs no SparkContext: neither touches the session or a JVM."""
+    monkeypatch.setenv("PYSPARK_GATEWAY_PORT", "1")  # nothing listens there: a JVM call would fail
+    monkeypatch.setenv("SPARK_CONNECT_MODE_ENABLED", "1")  # pyspark's mark of a Connect session
+    assert is_connect() and _submitted_conf() == {}
+    with profiling.grouped(object(), "features"):  # a classic session would have its SparkContext asked
+        pass
+    assert profiling.spark_jobs(object()) is None
