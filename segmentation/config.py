@@ -123,6 +123,14 @@ class PrivacyConfig(_Section):
     allow_demo_key: bool
 
 
+class DropoutLogOdds(_Section):
+    """The generator's planted covariate effects on dropout: the shift in the log-odds of
+    dropping out after a purchase per unit of each, relative to the archetype's average."""
+
+    discount_seeker: float = Field(allow_inf_nan=False)  # per unit of discount seeker (0 or 1)
+    return_rate: float = Field(allow_inf_nan=False)  # per unit of return rate (a share)
+
+
 class GenerateConfig(_Section):
     dataset: Literal["synthetic", "cdnow_sample", "cdnow_master"]
     customers: int = Field(gt=0)
@@ -137,6 +145,7 @@ class GenerateConfig(_Section):
     # the outcome window than the generator has them buy (control customers: untouched).
     treatment_response: dict[str, float]
     response_after: dt.date | None
+    dropout_log_odds: DropoutLogOdds
 
     @field_validator("treatment_response")
     @classmethod

@@ -23,7 +23,7 @@ import math
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from segmentation.config import GenerateConfig
+from segmentation.config import DropoutLogOdds, GenerateConfig
 from segmentation.schema import RAW_COLUMNS
 
 CHANNELS = ["store", "web", "app", "marketplace", "call_centre"]
@@ -43,12 +43,6 @@ ARCHETYPES = [
     ("one_off", 0.30, 3.0, 1.2, 35.0, (0.35, 0.30, 0.10, 0.25, 0.00), 0.05, 0.55, 0.10),
 ]
 MAX_REPEAT_PURCHASES = 200
-# Dropout is not only the buy-till-you-die draw: as in retail, deal seekers leave sooner and so
-# do customers who send more back. Each shifts the log-odds of dropping out after a purchase,
-# centred on the archetype's discount-seeker share and mean return rate (its average dropout
-# stays about the same). The features see them (discount_share, return_rate); BG/NBD does not.
-DISCOUNT_SEEKER_LOG_ODDS = 1.0
-RETURN_RATE_LOG_ODDS = 12.0
 # Seasonal weight per month (thinning of candidate purchases): November and December peak.
 SEASONALITY = [0.85, 0.75, 0.9, 0.95, 1.0, 0.95, 0.9, 0.9, 1.0, 1.05, 1.3, 1.6]
 DEFECTS = [
@@ -125,16 +119,21 @@ def generate_customers(spark: SparkSession, config: GenerateConfig) -> DataFrame
         (_uniform(seed, customer, "discount") < _by_archetype([a[7] for a in ARCHETYPES])).alias("discount_seeker"),
         (_by_archetype([a[8] for a in ARCHETYPES]) * 2.0 * _uniform(seed, customer, "returns")).alias("return_rate"),
         _pick(_uniform(seed, customer, "region"), REGIONS, [1.0] * len(REGIONS)).alias("region"),
-    ).transform(_with_dropout_probability)
+    ).transform(_with_dropout_probability, config.dropout_log_odds)
 
 
-def _with_dropout_probability(customers: DataFrame) -> DataFrame:
+def _with_dropout_probability(customers: DataFrame, log_odds: DropoutLogOdds) -> DataFrame:
     """The dropout probability after each purchase: the Beta draw, its odds raised for discount
-    seekers and for customers who return more, each relative to their archetype's average."""
+    seekers and for customers who return more, each relative to their archetype's average.
+
+    Dropout is not only the buy-till-you-die draw: as in retail, deal seekers leave sooner and
+    so do customers who send more back. Centred on the archetype's discount-seeker share and
+    mean return rate, each shift leaves its average dropout about the same. The churn features
+    see them (discount_share, return_rate); BG/NBD does not."""
     base = F.col("base_dropout")
     shift = (
-        DISCOUNT_SEEKER_LOG_ODDS * (F.col("discount_seeker").cast("double") - _by_archetype([a[7] for a in ARCHETYPES]))
-        + RETURN_RATE_LOG_ODDS * (F.col("return_rate") - _by_archetype([a[8] for a in ARCHETYPES]))
+        log_odds.discount_seeker * (F.col("discount_seeker").cast("double") - _by_archetype([a[7] for a in ARCHETYPES]))
+        + log_odds.return_rate * (F.col("return_rate") - _by_archetype([a[8] for a in ARCHETYPES]))
     )
     odds = base / (1.0 - base) * F.exp(shift)
     return customers.select(*[c for c in customers.columns if c != "base_dropout"], (odds / (1.0 + odds)).alias("dropout_probability"))

@@ -108,6 +108,7 @@ def test_relative_root_is_resolved_and_fingerprint_tracks_values(tmp_path, monke
         ("features.lifecycle=[{name: x, when: ''}]", r"features.lifecycle.0.when: String should have at least 1 character"),
         ("as_of=2025-02-30", r"--set as_of=2025-02-30: value is not valid YAML: day is out of range"),
         ("ingest.channels=[store, 'web shop']", r"channel 'web shop' must be letters, digits and underscores"),
+        ("generate.dropout_log_odds.return_rate=.nan", r"generate.dropout_log_odds.return_rate: Input should be a finite number"),
     ],
 )
 def test_tiering_settings_are_validated(override, message):

@@ -90,3 +90,26 @@ def test_customers_prefer_a_channel_yet_some_are_omnichannel(clean_feed):
 def test_seasonal_peak_in_december(clean_feed):
     months = {r.m: r["count"] for r in clean_feed.groupBy(F.month(F.col("transaction_ts").cast("timestamp")).alias("m")).count().collect()}
     assert months[12] > 1.4 * months[2]
+
+
+def test_dropout_log_odds_shift_dropout_for_deal_seekers_and_returners(spark):
+    """generate.dropout_log_odds is the planted effect: within an archetype, the gap in the
+    log-odds of dropout between discount seekers and the others, and its slope on the return
+    rate, move by exactly the configured amounts over the same Beta draws."""
+
+    def effects(discount_seeker, return_rate):
+        config = base_section(
+            "generate", customers=1500, seed=7, dropout_log_odds={"discount_seeker": discount_seeker, "return_rate": return_rate}
+        )
+        p = F.col("dropout_probability")
+        logit = F.log(p / (1.0 - p))
+        row = generate_customers(spark, config).where("archetype = 'occasional'").agg(
+            (F.avg(F.when(F.col("discount_seeker"), logit)) - F.avg(F.when(~F.col("discount_seeker"), logit))).alias("gap"),
+            (F.covar_samp("return_rate", logit) / F.var_samp("return_rate")).alias("slope"),
+        ).first()
+        return row.gap, row.slope
+
+    none, default, strong = effects(0.0, 0.0), effects(1.0, 12.0), effects(3.0, 40.0)
+    assert abs(none[0]) < 0.3  # without the effect, the Beta draw ignores the customer's habits
+    assert default[0] - none[0] == pytest.approx(1.0, abs=1e-6) and default[1] - none[1] == pytest.approx(12.0, abs=1e-4)
+    assert strong[0] - none[0] == pytest.approx(3.0, abs=1e-6) and strong[1] - none[1] == pytest.approx(40.0, abs=1e-4)
