@@ -14,10 +14,11 @@ from segmentation.stages import clv
 from segmentation.stages import features
 from segmentation.stages import pipeline
 from segmentation.stages.context import StageContext
-from tests.conftest import SMALL_FEED, make_config
+from tests.conftest import PLANTED_DROPOUT, SMALL_FEED, make_config
 
 # Small and quick settings for the distributed and fault tests.
-SETTINGS = ["generate.customers=300", "cluster.k=3", "cluster.restarts=1", "churn.model=logistic_regression", *SMALL_FEED]
+SETTINGS = ["generate.customers=300", "cluster.k=3", "cluster.restarts=1", "churn.model=logistic_regression", *SMALL_FEED,
+            *PLANTED_DROPOUT]
 FIRST, SECOND, THIRD = dt.date(2025, 10, 15), dt.date(2025, 11, 15), dt.date(2025, 12, 15)
 
 

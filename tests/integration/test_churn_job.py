@@ -22,10 +22,11 @@ from segmentation.stages.context import StageContext
 from segmentation import tables, tracking
 from segmentation.cli import main
 from segmentation.errors import ModelRegistryError
-from tests.conftest import make_config
+from tests.conftest import PLANTED_DROPOUT, make_config
 from tests.integration.test_bad_input import csv_source, row, write_feed
 
-SETTINGS = ["generate.customers=3000", "churn.sample_customers=2000", "churn.gbt={maxIter: 30, maxDepth: 4, stepSize: 0.1, subsamplingRate: 0.8}"]
+SETTINGS = ["generate.customers=3000", "churn.sample_customers=2000", "churn.gbt={maxIter: 30, maxDepth: 4, stepSize: 0.1, subsamplingRate: 0.8}",
+            *PLANTED_DROPOUT]
 # The bound stated in the README for this data: expected calibration error (10 bins) below 0.08.
 CALIBRATION_BOUND = 0.08
 

@@ -29,12 +29,12 @@ from segmentation.stages.context import StageContext
 from segmentation import tables, tracking
 from segmentation.churn.model import PROBABILITY
 from segmentation.clustering.model import PREDICTION
-from tests.conftest import SMALL_FEED, make_config
+from tests.conftest import PLANTED_DROPOUT, SMALL_FEED, make_config
 
 pytestmark = pytest.mark.slow
 
 # Small and quick: 400 customers, one K-means fit, two training cutoffs, a shallow GBT.
-SETTINGS = ["generate.customers=400", "cluster.restarts=1", "churn.training_cutoffs=2", *SMALL_FEED,
+SETTINGS = ["generate.customers=400", "cluster.restarts=1", "churn.training_cutoffs=2", *SMALL_FEED, *PLANTED_DROPOUT,
             "churn.gbt={maxIter: 5, maxDepth: 3, stepSize: 0.3, subsamplingRate: 0.8}"]
 FIRST, FIRST_UNTIL = [*SETTINGS, "cluster.k=3", "churn.model=gbt"], "report"
 SECOND, SECOND_UNTIL = [*SETTINGS, "cluster.k=4", "churn.model=logistic_regression"], "churn"  # a retrain, scored

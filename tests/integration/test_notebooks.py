@@ -11,14 +11,14 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-from tests.conftest import CONF_DIR, REPO, SMALL_FEED, TEST_SPARK_SETTINGS
+from tests.conftest import CONF_DIR, PLANTED_DROPOUT, REPO, SMALL_FEED, TEST_SPARK_SETTINGS
 
 NOTEBOOKS = REPO / "notebooks"
 ORDER = ["01_quickstart.ipynb", "02_analyst_tiers.ipynb", "03_reviewer_mlflow.ipynb"]
 # Small and fast: what tests/integration/test_pipeline.py runs, with a quick GBT champion.
 SMALL = [
     "generate.customers=400", "cluster.k=3", "cluster.restarts=1", "churn.training_cutoffs=2", "churn.gbt={maxIter: 10, maxDepth: 3}",
-    *SMALL_FEED,
+    *SMALL_FEED, *PLANTED_DROPOUT,
 ]
 RAW_CUSTOMER_ID = re.compile(r"\bC\d{9}\b")  # the generator's ids before pseudonymisation
 CELL_TIMEOUT = 1800  # seconds; a quick-start cell runs the whole pipeline on a shared 2-core machine

@@ -11,9 +11,10 @@ from segmentation.stages import pipeline
 from segmentation.stages import tiers
 from segmentation.stages.context import StageContext
 from segmentation import tables
-from tests.conftest import SMALL_FEED, make_config
+from tests.conftest import PLANTED_DROPOUT, SMALL_FEED, make_config
 
-SETTINGS = ["generate.customers=400", "cluster.k=3", "cluster.restarts=1", "churn.model=logistic_regression", *SMALL_FEED]
+SETTINGS = ["generate.customers=400", "cluster.k=3", "cluster.restarts=1", "churn.model=logistic_regression", *SMALL_FEED,
+            *PLANTED_DROPOUT]
 ARGS = argparse.Namespace(generate=False, train_churn=False, until="report")
 
 

@@ -24,9 +24,9 @@ from segmentation.tiers.history import history_columns, tier_history
 from segmentation.tiers.migrations import EVENT_COLUMNS, MIGRATION_COLUMNS
 from segmentation.tiers.snapshot import TIER_COLUMNS
 from segmentation.treatments.holdout import holdout_draw
-from tests.conftest import make_config
+from tests.conftest import PLANTED_DROPOUT, make_config
 
-SETTINGS = ["generate.customers=1500", "cluster.k=3", "cluster.restarts=1", "churn.model=logistic_regression"]
+SETTINGS = ["generate.customers=1500", "cluster.k=3", "cluster.restarts=1", "churn.model=logistic_regression", *PLANTED_DROPOUT]
 LATE, EARLY = dt.date(2025, 12, 15), dt.date(2025, 9, 15)
 
 
