@@ -20,6 +20,7 @@ from segmentation.stages import generate
 from segmentation.stages import ingest
 from segmentation.stages.context import StageContext
 from segmentation import tables, tracking
+from segmentation.churn.btyd import BTYD_FEATURES
 from segmentation.cli import main
 from segmentation.errors import ModelRegistryError
 from tests.conftest import PLANTED_DROPOUT, make_config
@@ -74,7 +75,7 @@ def test_cutoffs_labels_and_artifacts_are_in_the_run(trained):
             "driver_importance.png", "driver_importance.json")} <= artifacts
     # Global importance: mean absolute contribution per feature over the evaluation rows, largest first.
     importance = mlflow.artifacts.load_dict(f"runs:/{run.info.run_id}/churn/driver_importance.json")
-    assert set(importance) == set(ctx.config.churn.features) and list(importance.values()) == sorted(importance.values(), reverse=True)
+    assert set(importance) == {*ctx.config.churn.features, *BTYD_FEATURES} and list(importance.values()) == sorted(importance.values(), reverse=True)
     assert min(importance.values()) >= 0 and next(iter(importance.values())) > 0
     assert sum(result.importance.values()) == pytest.approx(1.0)
     per_cutoff = result.labels.per_cutoff
