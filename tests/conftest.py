@@ -52,10 +52,11 @@ def base_section(key: str, **values):
 
 # Files that share a session fixture, so one worker builds it (three_dates, tests/integration/conftest.py).
 SHARED_FIXTURE_GROUPS = {"test_cluster": "three_dates", "test_faults": "three_dates", "test_export": "three_dates"}
-# The longest groups (minutes each, measured by `pytest --durations`) start first, so no
+# The longest groups (minutes each, measured by `pytest --durations`, longest first) start first, so no
 # worker is left with one of them at the end while the other idles.
-LONGEST_FIRST = ["three_dates", "test_notebooks", "test_outcomes", "test_privacy_pipeline", "test_mlflow_server",
-                 "test_tiers_job", "test_real_feeds", "test_pipeline", "test_metastore_tables", "test_churn_job"]
+LONGEST_FIRST = ["three_dates", "test_spark_connect", "test_real_feeds", "test_tiers_job", "test_notebooks", "test_clv_job",
+                 "test_bad_input", "test_metastore_tables", "test_privacy_pipeline", "test_churn_job", "test_mlflow_server",
+                 "test_outcomes", "test_ingest_job", "test_pipeline", "test_cluster_job", "test_features_job"]
 
 
 def _group(nodeid: str) -> str:
