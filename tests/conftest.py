@@ -24,8 +24,8 @@ TEST_SPARK_SETTINGS = [
     "spark.conf.spark.driver.memory=2g",
     "logging.level=INFO",
 ]
-# A Spark JVM the test starts in a process of its own (a job, a notebook kernel, a Connect
-# server, a cluster's driver and executors) runs one small pipeline and exits: a third of such
+# A Spark JVM a test starts in a process of its own (a job, a notebook kernel, a Connect
+# server, the standalone cluster's executors) runs one small pipeline and exits: a third of such
 # a JVM's CPU went to the C2 JIT compiler, for code that ran once. C1 only, with room for its
 # code, cut two concurrent 300-customer pipelines' time to 0.75-0.83x. Not for the test
 # workers' own session: it lives for the whole suite, and C2's code pays off there (with C1
@@ -67,10 +67,15 @@ def _group(nodeid: str) -> str:
 def pytest_xdist_make_scheduler(config, log):
     """With pytest-xdist's `--dist loadfile` (what `make test` runs), each test file runs
     whole in one worker, so its module fixtures are built once; files sharing a session
-    fixture (SHARED_FIXTURE_GROUPS) run in the same worker, so it is built once too."""
+    fixture (SHARED_FIXTURE_GROUPS) run in the same worker, so it is built once too. The
+    groups are handed out in the workers' order (LONGEST_FIRST): xdist would otherwise
+    reorder them by their number of tests, and a module of a few long tests (Spark Connect,
+    14 minutes) started half an hour into the run."""
     if config.getvalue("dist") != "loadfile":
         return None
     from xdist.scheduler import LoadScopeScheduling
+
+    config.option.loadscopereorder = False  # what --no-loadscope-reorder sets
 
     class FileGroupScheduling(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
