@@ -26,13 +26,13 @@ from pyspark.sql import functions as F
 from segmentation import tables
 from segmentation.spark import configured_jars_dir, local_delta_jars
 from segmentation.tiers.snapshot import TIER_COLUMNS
-from tests.conftest import CONF_DIR, REPO, TEST_SPARK_SETTINGS, make_config
+from tests.conftest import CONF_DIR, FRESH_JVM_SETTINGS, REPO, make_config
 from tests.integration.conftest import FIRST, SETTINGS
 
 pytestmark = pytest.mark.slow
 
 SPARK_HOME = Path(pyspark.__file__).parent
-SPARK_SETTINGS = [s for s in TEST_SPARK_SETTINGS if not s.startswith("spark.master=")]
+SPARK_SETTINGS = [s for s in FRESH_JVM_SETTINGS if not s.startswith("spark.master=")]
 KILL_DURING = "stage cluster: started"
 
 

@@ -18,7 +18,7 @@ from pyspark.sql import functions as F
 
 from segmentation import tables
 from segmentation.tiers.history import tier_history
-from tests.conftest import CONF_DIR, REPO, TEST_SPARK_SETTINGS
+from tests.conftest import CONF_DIR, FRESH_JVM_SETTINGS, REPO
 from tests.integration.conftest import FIRST, SECOND, SETTINGS, THIRD, context
 
 pytestmark = pytest.mark.slow
@@ -28,7 +28,7 @@ KILLED, OTHER = SECOND, THIRD
 
 def job_command(script: str, root: Path, as_of: dt.date, *extra: str) -> list[str]:
     """A job script as its own driver process, with the settings of `context`."""
-    settings = [f"storage.root={root}", *TEST_SPARK_SETTINGS, *SETTINGS]
+    settings = [f"storage.root={root}", *FRESH_JVM_SETTINGS, *SETTINGS]
     return [sys.executable, str(REPO / "jobs" / script), "--conf-dir", str(CONF_DIR), "--as-of", as_of.isoformat(),
             *[a for s in settings for a in ("--set", s)], *extra]
 

@@ -18,7 +18,7 @@ from pyspark.sql import functions as F
 import segmentation.spark
 from segmentation import cli, tables
 from segmentation.config import TableLocations, load_config
-from tests.conftest import CONF_DIR, REPO, SMALL_FEED, TEST_SPARK_SETTINGS
+from tests.conftest import CONF_DIR, FRESH_JVM_OPTIONS, REPO, SMALL_FEED, TEST_SPARK_SETTINGS
 
 SCHEMA = "segmentation_metastore_test"
 SETTINGS = ["generate.customers=400", "cluster.k=3", "cluster.restarts=1", "churn.model=logistic_regression", *SMALL_FEED]
@@ -124,7 +124,7 @@ def test_spark_submit_with_the_cluster_overlay_and_metastore_tables(tmp_path):
         "spark.conf.spark.databricks.delta.snapshotPartitions=2", *metastore_settings("spark_catalog.default"),
     ]
     result = subprocess.run(
-        [str(BIN / "spark-submit"), "--master", "local[2]", "--jars", jars, str(REPO / "jobs" / "run.py"),
+        [str(BIN / "spark-submit"), "--master", "local[2]", "--jars", jars, "--driver-java-options", FRESH_JVM_OPTIONS, str(REPO / "jobs" / "run.py"),
          "--env", "cluster", "--conf-dir", str(CONF_DIR), "--dataset", "cdnow_sample", "--until", "features",
          *[arg for item in overrides for arg in ("--set", item)]],
         cwd=tmp_path, capture_output=True, text=True, timeout=600,

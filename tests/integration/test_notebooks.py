@@ -11,7 +11,7 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-from tests.conftest import CONF_DIR, PLANTED_DROPOUT, REPO, SMALL_FEED, TEST_SPARK_SETTINGS
+from tests.conftest import CONF_DIR, FRESH_JVM_SETTINGS, PLANTED_DROPOUT, REPO, SMALL_FEED
 
 NOTEBOOKS = REPO / "notebooks"
 ORDER = ["01_quickstart.ipynb", "02_analyst_tiers.ipynb", "03_reviewer_mlflow.ipynb"]
@@ -56,7 +56,7 @@ def test_the_notebooks_are_saved_clean():
 @pytest.mark.slow
 def test_the_notebooks_run_in_order_on_generated_data(tmp_path, monkeypatch):
     root = tmp_path / "data"
-    settings = [f"storage.root={root}", *TEST_SPARK_SETTINGS, f"spark.conf.spark.sql.warehouse.dir={tmp_path / 'warehouse'}", *SMALL]
+    settings = [f"storage.root={root}", *FRESH_JVM_SETTINGS, f"spark.conf.spark.sql.warehouse.dir={tmp_path / 'warehouse'}", *SMALL]
     monkeypatch.setenv("SEGMENTATION_ENV", "local")
     monkeypatch.setenv("SEGMENTATION_CONF_DIR", str(CONF_DIR))
     monkeypatch.setenv("SEGMENTATION_SET", "\n".join(settings))

@@ -33,7 +33,7 @@ from segmentation.churn.model import PROBABILITY
 from segmentation.clustering.model import CLUSTER_ID
 from segmentation.stages import generate, pipeline
 from segmentation.stages.context import StageContext
-from tests.conftest import CONF_DIR, REPO, TEST_SPARK_SETTINGS, make_config
+from tests.conftest import CONF_DIR, FRESH_JVM_SETTINGS, REPO, TEST_SPARK_SETTINGS, make_config
 from tests.integration.conftest import FIRST, SECOND, SETTINGS
 from tests.integration.test_bad_input import pseudonym, row, write_feed
 
@@ -97,7 +97,7 @@ def connect_server(tmp_path_factory):
     port = _free_port()
     log = folder / "server.log"
     command = [sys.executable, "-m", "segmentation.connect", "serve", "--port", str(port),
-               *[arg for setting in TEST_SPARK_SETTINGS for arg in ("--set", setting)]]
+               *[arg for setting in FRESH_JVM_SETTINGS for arg in ("--set", setting)]]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     with log.open("w") as out:
         server = subprocess.Popen(command, cwd=folder, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
