@@ -586,9 +586,9 @@ def score(ctx: StageContext) -> ChurnScoreResult:
     config, settings = ctx.config, ctx.config.churn
     target = ctx.table("customer_churn")
     with tracking.stage_run(config, "churn.score", ctx.pipeline_run_id) as active, stage("churn.score") as summary:
+        scoring = _score_source(config)  # first: without a champion or a training run, nothing else matters
         source, version, features = ctx.read_input("customer_features", "no customer features yet; run 'segmentation features' first")
         as_of = ctx.snapshot_as_of(features, source, "has no snapshots: run 'segmentation features' first")
-        scoring = _score_source(config)
         snapshot = features.where(F.col("as_of_date") == F.lit(as_of))
         _record_score_inputs(source, version, as_of, scoring, settings)
 

@@ -128,11 +128,11 @@ def test_score_uses_the_champion_and_replaces_its_snapshot(spark, trained):
     assert set(tiers) <= {"critical", "high", "medium", "low"} and tiers == {k: v for k, v in first.risk_tiers.items() if v}
     high = scored.where(F.col("churn_risk_tier") == "critical").agg(F.min("churn_probability")).first()[0]
     assert high is None or high >= 0.75
-    # Every scored customer has up to 3 drivers, each a configured feature that raised the score, largest first.
+    # Every scored customer has up to 3 drivers, each a configured or BG/NBD feature that raised the score, largest first.
     drivers = [r.churn_drivers for r in scored.select("churn_drivers").collect()]
     assert all(d is not None and len(d) <= 3 for d in drivers) and sum(len(d) == 3 for d in drivers) > len(drivers) / 2
     for entries in drivers:
-        assert all(e.feature in ctx.config.churn.features and e.contribution > 0 and e.value is not None for e in entries)
+        assert all(e.feature in {*ctx.config.churn.features, *BTYD_FEATURES} and e.contribution > 0 and e.value is not None for e in entries)
         assert [e.contribution for e in entries] == sorted((e.contribution for e in entries), reverse=True)
     # The champion loads the same way for a reviewer, through the registry alias.
     model = mlflow.spark.load_model("models:/churn_classifier@champion")
