@@ -621,13 +621,17 @@ def _score_source(config) -> ScoreSource:
 
 def current_score_source(config) -> ScoreSource | None:
     """The champion; without one, the baseline scorer of the latest finished training run of
-    the registered model that left no champion; None before any such training."""
+    the registered model that left no champion; None before any such training. MLflow must
+    point at the configured store (`tracking.configure_mlflow`); no run needs to be active."""
     settings = config.churn
     champion = registry.aliased_version(MlflowClient(), settings.registered_model, CHAMPION)
     if champion is not None:
         return ScoreSource(champion, None, champion.run_id, model_horizon(champion))
+    experiment = mlflow.get_experiment_by_name(config.mlflow.experiment)
+    if experiment is None:
+        return None
     runs = MlflowClient().search_runs(
-        [mlflow.active_run().info.experiment_id],
+        [experiment.experiment_id],
         filter_string=(f"tags.stage = 'churn.train' AND tags.registered_model = '{settings.registered_model}' "
                        f"AND tags.{SCORE_SOURCE_TAG} LIKE 'baseline:%' AND attributes.status = 'FINISHED'"),
         order_by=["attributes.start_time DESC"], max_results=1,

@@ -31,6 +31,7 @@ from pyspark.sql import functions as F
 from segmentation import cli, tables
 from segmentation.churn.model import PROBABILITY
 from segmentation.clustering.model import CLUSTER_ID
+from segmentation.registry import CHALLENGER, CHAMPION
 from segmentation.stages import generate, pipeline
 from segmentation.stages.context import StageContext
 from tests.conftest import CONF_DIR, FRESH_JVM_SETTINGS, REPO, TEST_SPARK_SETTINGS, make_config
@@ -240,7 +241,7 @@ def _mlflow(root: Path) -> tuple[list[tuple], dict[str, dict[str, str]], dict[st
         position.setdefault(run.data.tags["pipeline_run_id"], len(position))
     records = sorted(
         (run.data.tags["stage"], run.data.tags.get("as_of", ""), run.info.run_name, run.info.status,
-         tuple(sorted((k, v) for k, v in run.data.tags.items() if k.startswith(("input.", "output.", "champion_decision")))),
+         tuple(sorted((k, v) for k, v in run.data.tags.items() if k.startswith(("input.", "output.", "champion_decision", "score_source")))),
          position[run.data.tags["pipeline_run_id"]])
         for run in runs
     )
@@ -253,7 +254,8 @@ def test_mlflow_runs_and_registry_aliases_are_the_classic_sessions(two_pipelines
     expected, actual = _mlflow(two_pipelines.classic), _mlflow(two_pipelines.connect)
     assert {stage for stage, *_ in expected[0]} >= {"pipeline", "ingest", "features", "clv", "cluster", "churn.train", "churn.score",
                                                     "tiers", "outcomes", "export", "report", "erase"}
-    assert expected[1]["churn_classifier"].get("champion") and expected[1]["customer_segments"].get("champion")
+    # Every churn training sets the challenger; the champion only if the model beat every baseline.
+    assert expected[1]["churn_classifier"].get("challenger") and expected[1]["customer_segments"].get("champion")
     assert actual[:2] == expected[:2]
 
 
@@ -285,23 +287,25 @@ def test_delta_lineage_is_the_classic_sessions(spark, two_pipelines):
     assert actual == expected
 
 
-def _champion_outputs(spark, root: Path) -> dict[str, list]:
-    """Each champion, loaded as a reviewer loads it (mlflow.spark on a classic session, and
-    mlflow.pyfunc), on the SECOND snapshot's customer features."""
+def _registered_outputs(spark, root: Path) -> dict[str, list]:
+    """The cluster champion and the latest churn model (its challenger alias: on a small feed
+    it may not beat the baselines and so be no champion), loaded as a reviewer loads them
+    (mlflow.spark on a classic session, and mlflow.pyfunc), on the SECOND snapshot's features."""
     config = make_config(root, *FEED)
     mlflow.set_tracking_uri(f"sqlite:///{root / 'mlflow.db'}")
     rows = tables.read(spark, tables.table_ref(config, "customer_features")).where(F.col("as_of_date") == F.lit(SECOND))
     outputs = {}
-    for name, settings, output in (("customer_segments", config.cluster, CLUSTER_ID), ("churn_classifier", config.churn, PROBABILITY)):
+    for name, alias, settings, output in (("customer_segments", CHAMPION, config.cluster, CLUSTER_ID),
+                                          ("churn_classifier", CHALLENGER, config.churn, PROBABILITY)):
         sample = rows.orderBy("customer_id").select(*[F.col(c).cast("double") for c in settings.features]).limit(20)
-        outputs[name] = [r[0] for r in mlflow.spark.load_model(f"models:/{name}@champion").transform(sample).select(output).collect()]
-        predicted = mlflow.pyfunc.load_model(f"models:/{name}@champion").predict(sample.toPandas())
+        outputs[name] = [r[0] for r in mlflow.spark.load_model(f"models:/{name}@{alias}").transform(sample).select(output).collect()]
+        predicted = mlflow.pyfunc.load_model(f"models:/{name}@{alias}").predict(sample.toPandas())
         outputs[f"{name} (pyfunc)"] = list(pd.DataFrame(predicted).iloc[:, 0])
     return outputs
 
 
 def test_reviewers_load_and_score_the_models_the_connect_client_registered(spark, two_pipelines):
-    expected, actual = _champion_outputs(spark, two_pipelines.classic), _champion_outputs(spark, two_pipelines.connect)
+    expected, actual = _registered_outputs(spark, two_pipelines.classic), _registered_outputs(spark, two_pipelines.connect)
     assert len(expected["churn_classifier"]) == 20 and all(0 <= p <= 1 for p in expected["churn_classifier"])
     assert set(actual) == set(expected)
     for name, outputs in expected.items():
