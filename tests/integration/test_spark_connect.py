@@ -7,13 +7,15 @@ for two snapshots (the first trains the churn model), `ingest` of a CSV file, `e
 `report` and `erase` of one customer. The tier tables are equal value for value, the MLflow
 runs, registry aliases and Delta histories are the same, and so are the ingested batch, the
 exported audiences and the report's figures. `segmentation bench` runs through a second
-Connect client meanwhile.
+Connect client meanwhile. Then the analyst and reviewer notebooks run on the Connect side's
+tables in kernels whose Spark is the Connect server.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -381,3 +383,29 @@ def test_bench_through_connect_reports_the_stage_times(two_pipelines):
     assert all(stage["seconds"] > 0 for stage in report["stages"])
     assert report["pipeline_seconds"] > 0 and report["profile"] is None
     assert "rfm" not in report and "clv" not in report  # --no-baselines
+
+
+def test_the_analyst_and_reviewer_notebooks_run_through_connect(connect_server, two_pipelines, monkeypatch):
+    """The analyst and reviewer notebooks on the Connect side's tables, in kernels whose Spark
+    is the Connect server (no Java either). The quick start is `segmentation run` in a kernel:
+    the commands above cover its Spark work."""
+    from tests.integration.test_notebooks import ORDER, execute, outputs
+
+    settings = [f"storage.root={two_pipelines.connect}", *TEST_SPARK_SETTINGS, *FEED]
+    for key, value in {"SEGMENTATION_ENV": "local", "SEGMENTATION_CONF_DIR": str(CONF_DIR), "SEGMENTATION_SET": "\n".join(settings),
+                       "SPARK_REMOTE": connect_server(), "JAVA_HOME": NO_JAVA_HOME, "PYTHONPATH": str(REPO)}.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("SEGMENTATION_PSEUDONYMISATION_KEY", raising=False)
+    analyst, analyst_images = outputs(execute(ORDER[1]))
+    reviewer, _ = outputs(execute(ORDER[2]))
+    for text in (analyst, reviewer):
+        assert "Spark Connect session on sc://localhost:" in text
+    assert f"exploring {SECOND}, compared with {FIRST}" in analyst and f"{FIRST} -> {SECOND}, from tier_migrations" in analyst
+    assert analyst_images >= 5
+    aliases = _client_of(two_pipelines.connect).get_registered_model("churn_classifier").aliases
+    champion = f"version {aliases[CHAMPION]}" if CHAMPION in aliases else "none"
+    assert f"champion: {champion}; challenger: version {aliases[CHALLENGER]}" in reviewer
+    if champion == "none":  # the stored scores name the baseline that scores today
+        assert re.search(r"stored scores by source \{'baseline:[^']+': \d+\}; today baseline:\S+ scores customers \(the same\)", reviewer)
+    else:  # the champion reproduces the stored scores
+        assert re.search(r"largest difference (0\.00e\+00|\d\.\d\de-(1\d|[6-9]))", reviewer)
