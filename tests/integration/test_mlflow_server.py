@@ -29,6 +29,7 @@ from segmentation.stages.context import StageContext
 from segmentation import tables, tracking
 from segmentation.churn.model import PROBABILITY
 from segmentation.clustering.model import PREDICTION
+from segmentation.registry import CHALLENGER, CHAMPION
 from tests.conftest import PLANTED_DROPOUT, SMALL_FEED, make_config
 
 pytestmark = pytest.mark.slow
@@ -178,7 +179,11 @@ def test_search_by_tag_and_metric_and_compare_the_two_churn_models(server, two_r
         assert name in gbt.data.metrics and name in lr.data.metrics, name
     assert gbt.data.metrics["evaluation_rows"] == lr.data.metrics["evaluation_rows"]  # the same out-of-time rows
     assert gbt.data.metrics["pr_auc"] != lr.data.metrics["pr_auc"]
-    assert lr.data.metrics["champion_pr_auc"] == pytest.approx(gbt.data.metrics["pr_auc"])  # the champion on the same rows
+    if gbt.data.tags["champion_decision"] == "promoted":  # the champion, re-scored on the same rows
+        assert lr.data.metrics["champion_pr_auc"] == pytest.approx(gbt.data.metrics["pr_auc"])
+    else:  # the GBT lost to a baseline (README "Churn risk"): no champion to compare with, a baseline scores
+        assert "champion_pr_auc" not in lr.data.metrics and "baseline" in gbt.data.tags["champion_reason"]
+        assert gbt.data.tags["score_source"].startswith("baseline:")
     for name in ("evaluation_cutoff", "training_cutoffs", "horizon_days", "input.transactions.version"):
         assert gbt.data.tags[name] == lr.data.tags[name], name
 
@@ -199,12 +204,19 @@ def test_champions_load_by_alias_and_predict(spark, server, two_runs):
 
     for name, stage, settings, output in (("churn_classifier", "churn.train", second.config.churn, PROBABILITY),
                                           ("customer_segments", "cluster", second.config.cluster, PREDICTION)):
-        champion = client.get_model_version_by_alias(name, "champion")
-        run = client.get_run(champion.run_id)
+        # A churn model that beat no baseline is no champion (README "Churn risk"): then the
+        # latest training's version, its challenger, is the one a reviewer loads.
+        aliases = client.get_registered_model(name).aliases
+        alias = CHAMPION if CHAMPION in aliases or name != "churn_classifier" else CHALLENGER
+        version = client.get_model_version_by_alias(name, alias)
+        run = client.get_run(version.run_id)
         assert run.data.tags["stage"] == stage
         decided = _experiment_runs(client, run.info.experiment_id, f"tags.stage = '{stage}' AND tags.champion_decision = 'promoted'")
-        assert champion.run_id == decided[-1].info.run_id  # the last promotion holds the alias
-        model = mlflow.spark.load_model(f"models:/{name}@champion")
+        if alias == CHAMPION:
+            assert version.run_id == decided[-1].info.run_id  # the last promotion holds the alias
+        else:
+            assert decided == [] and run.data.tags["score_source"].startswith("baseline:")
+        model = mlflow.spark.load_model(f"models:/{name}@{alias}")
         sample = rows.select(*[F.col(c).cast("double") for c in settings.features]).limit(5)
         predicted = [r[0] for r in model.transform(sample).select(output).collect()]
         assert len(predicted) == 5

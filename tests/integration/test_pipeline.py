@@ -21,7 +21,7 @@ ARGS = argparse.Namespace(generate=False, train_churn=False, until="report")
 def test_a_rerun_after_a_failure_resumes_past_committed_stages(spark, tmp_path, monkeypatch, capsys):
     config = make_config(tmp_path / "data", *SETTINGS)
 
-    def broken(ctx, args=None):
+    def broken(*_):
         raise RuntimeError("disk full")
 
     with monkeypatch.context() as patched:

@@ -72,12 +72,13 @@ def test_one_row_per_customer_and_snapshot_with_every_dimension(spark, tiered):
         for column in ("value_tier", "rfm_segment", "lifecycle_stage", "business_tier", "cluster_name", "stickiness",
                        "treatment", "treatment_action", "treatment_channel", "treatment_priority"):
             assert snapshot.where(F.col(column).isNull()).count() == 0, column
-        lineage = snapshot.select("lineage.*").distinct().collect()
-        assert len(lineage) == 1 and lineage[0].pipeline_run_id == ctx.pipeline_run_id
-        assert lineage[0].churn_model_version == 1 and lineage[0].clv_run_id and lineage[0].value_rank_by == "clv"
+        assert snapshot.select(F.to_json("lineage")).distinct().count() == 1  # one lineage per snapshot (a map has no distinct)
+        lineage = snapshot.select("lineage.*").first()
+        assert lineage.pipeline_run_id == ctx.pipeline_run_id and lineage.missing_predictions == {}
+        assert lineage.churn_model_version == 1 and lineage.clv_run_id and lineage.value_rank_by == "clv"
         client = MlflowClient()
-        assert lineage[0].churn_run_id == client.get_model_version("churn_classifier", "1").run_id
-        assert lineage[0].cluster_run_id == client.get_model_version("customer_segments", str(lineage[0].cluster_model_version)).run_id
+        assert lineage.churn_run_id == client.get_model_version("churn_classifier", "1").run_id
+        assert lineage.cluster_run_id == client.get_model_version("customer_segments", str(lineage.cluster_model_version)).run_id
     shares = {r.value_tier: r["count"] for r in rows.where(F.col("as_of_date") == F.lit(LATE)).groupBy("value_tier").count().collect()}
     assert shares["diamond"] / sum(shares.values()) == pytest.approx(0.05, abs=0.01)
 
