@@ -4,7 +4,7 @@ segmentation.connect serve`, what `make connect-server` runs), against a classic
 From the same raw table, the same commands run once on the test's classic session and once
 as a Connect client in its own process, whose JAVA_HOME points nowhere: `segmentation run`
 for two snapshots (the first trains the churn model), `ingest` of a CSV file, `export`,
-`report` and `erase` of one customer. The tier tables are equal value for value, the MLflow
+`report` and `erase` of one customer (and `erase --vacuum` on a copy). The tier tables are equal value for value, the MLflow
 runs, registry aliases and Delta histories are the same, and so are the ingested batch, the
 exported audiences and the report's figures. `segmentation bench` runs through a second
 Connect client meanwhile. Then the analyst and reviewer notebooks run on the Connect side's
@@ -140,6 +140,13 @@ def _client_report(client: subprocess.Popen, log: Path, commands: list[list[str]
     return report
 
 
+def _client_env(address: str) -> dict[str, str]:
+    """A Connect client's environment: the server's address, Java nowhere, the demo key."""
+    env = {key: value for key, value in os.environ.items() if key != "SEGMENTATION_PSEUDONYMISATION_KEY"}
+    env.update(JAVA_HOME=NO_JAVA_HOME, SPARK_REMOTE=address, PYTHONPATH=str(REPO))
+    return env
+
+
 def _commands(root: Path, feed: Path, erased: str) -> list[list[str]]:
     """The commands both sides run on `root`, in this order: `run` for FIRST (to the tier
     table) and SECOND (to the outcomes), a CSV batch ingested, the audiences exported, the
@@ -185,8 +192,7 @@ def two_pipelines(connect_server, spark, tmp_path_factory) -> Sides:
     erased = tables.read(spark, raw_ref).orderBy("transaction_ts", "transaction_id").first().customer_id.strip()
     feed = write_feed(source / "feed.csv", CSV_LINES)
 
-    env = {key: value for key, value in os.environ.items() if key != "SEGMENTATION_PSEUDONYMISATION_KEY"}
-    env.update(JAVA_HOME=NO_JAVA_HOME, SPARK_REMOTE=connect_server(), PYTHONPATH=str(REPO))
+    env = _client_env(connect_server())
     commands = {connect: _commands(connect, feed, erased),
                 bench: [["bench", *_options(bench), "--customers", str(BENCH_CUSTOMERS), "--no-baselines"]]}
     clients = {root: _client(commands[root], root, env, source / f"client-{root.name}.log") for root in commands}
@@ -337,6 +343,33 @@ def test_erase_through_connect_removes_the_customer_and_nothing_else(spark, two_
     [run] = _runs(two_pipelines.connect, "tags.stage = 'erase'")
     assert run.data.params["customers"] == "1"
     assert {key: run.data.metrics[key] for key in deleted} == deleted
+
+
+def test_erase_vacuum_through_connect_removes_the_old_files(spark, connect_server, two_pipelines, tmp_path):
+    """`erase --vacuum` with a short retention through a Connect client, on a copy of the
+    Connect side's tables (the other tests read their history): afterwards the erased
+    customer's rows in the version before the erase cannot be read, the current version
+    can, and the tables holding customers were vacuumed."""
+    root = tmp_path / "vacuumed"
+    shutil.copytree(two_pipelines.connect, root, ignore=shutil.ignore_patterns(AUDIENCES))
+    ref = tables.table_ref(make_config(root, *FEED), "transactions")
+    before_erase, current = _erase_commit(spark, ref) - 1, tables.read(spark, ref).count()
+
+    def erased_rows(version: int | None) -> int:  # a filter, so the files are read (a bare count reads Delta's stats)
+        return tables.read(spark, ref, version).where(F.col("customer_id") == pseudonym(two_pipelines.erased)).count()
+
+    assert erased_rows(before_erase) > 0 and erased_rows(None) == 0  # time travel still holds them before the vacuum
+    commands = [["erase", *_options(root), "--vacuum", "--retention-hours", "0", "--allow-short-retention"]]
+    log = tmp_path / "client.log"
+    report = _client_report(_client(commands, root, _client_env(connect_server()), log), log, commands)
+    assert not report["gateway"] and report["java"] == []
+    vacuumed = re.search(r"Vacuumed ([\w, ]+):", log.read_text())
+    assert vacuumed and {"raw_transactions", "transactions", "customer_tiers"} <= set(vacuumed.group(1).split(", "))
+    assert tables.read(spark, ref).where(F.col("customer_id").isNotNull()).count() == current
+    with pytest.raises(Exception, match="(?i)file|path"):
+        erased_rows(before_erase)
+    [run] = _runs(root, "tags.stage = 'erase' AND params.vacuum = 'True'")
+    assert run.data.params["retention_hours"] == "0.0"
 
 
 def _batch(spark, root: Path, key: str, columns: list[str]) -> pd.DataFrame:
