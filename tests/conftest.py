@@ -14,6 +14,13 @@ REPO = Path(__file__).resolve().parent.parent
 # top holds the Databricks bundle.
 CONF_DIR = REPO / "segmentation" / "conf"
 
+# Expressions interpreted, not compiled to Java: a test's queries run on a few hundred rows,
+# where Janino compiling each new query (and the JIT compiling the classes it generates) cost
+# more than it saved. A 300-customer pipeline took 0.82-0.86x the time (`segmentation bench`
+# side by side). Spark tests both paths; the Spark Connect test's server keeps the compiled
+# one (production's) and its tier table must equal, value for value, the one the
+# interpreted test session makes.
+INTERPRETED_EXPRESSIONS = ["spark.conf.spark.sql.codegen.factoryMode=NO_CODEGEN", "spark.conf.spark.sql.codegen.wholeStage=false"]
 TEST_SPARK_SETTINGS = [
     "spark.master=local[2]",
     "spark.conf.spark.sql.shuffle.partitions=2",
@@ -23,6 +30,7 @@ TEST_SPARK_SETTINGS = [
     "spark.conf.spark.sql.adaptive.coalescePartitions.initialPartitionNum=2",
     "spark.conf.spark.driver.memory=2g",
     "logging.level=INFO",
+    *INTERPRETED_EXPRESSIONS,
 ]
 # A Spark JVM a test starts in a process of its own (a job, a notebook kernel, a Connect
 # server, the standalone cluster's executors) runs one small pipeline and exits: a third of such

@@ -29,9 +29,9 @@ class StageContext:
         """A stage's input table at its current version (the version is what runs record);
         `missing` says what to run first when the table does not exist yet."""
         ref = self.table(key)
-        if not tables.exists(self.spark, ref):
-            raise DataQualityError(f"{ref}: {missing}")
         version = tables.current_version(self.spark, ref)
+        if version is None:
+            raise DataQualityError(f"{ref}: {missing}")
         return ref, version, tables.read(self.spark, ref, version)
 
     def read_transactions(self) -> tuple[TableRef, int, DataFrame]:

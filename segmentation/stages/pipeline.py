@@ -314,8 +314,9 @@ def _print_where(ctx: StageContext, mlflow_run_id: str, until: int) -> None:
     lines = ["", "Results:"]
     for key in keys:
         ref = ctx.table(key)
-        if tables.exists(ctx.spark, ref):
-            lines.append(f"  {key:<24} {ref.location}  (Delta version {tables.current_version(ctx.spark, ref)})")
+        version = tables.current_version(ctx.spark, ref)
+        if version is not None:
+            lines.append(f"  {key:<24} {ref.location}  (Delta version {version})")
     path = report.report_path(config, config.as_of) if config.as_of and until >= STAGES.index("report") else None
     if path is not None and path.is_file():
         lines.append(f"  {'report':<24} {path}")

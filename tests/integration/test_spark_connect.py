@@ -36,7 +36,7 @@ from segmentation.clustering.model import CLUSTER_ID
 from segmentation.registry import CHALLENGER, CHAMPION
 from segmentation.stages import generate, pipeline
 from segmentation.stages.context import StageContext
-from tests.conftest import CONF_DIR, FRESH_JVM_SETTINGS, REPO, TEST_SPARK_SETTINGS, make_config
+from tests.conftest import CONF_DIR, FRESH_JVM_SETTINGS, INTERPRETED_EXPRESSIONS, REPO, TEST_SPARK_SETTINGS, make_config
 from tests.integration.conftest import FIRST, SECOND, SETTINGS
 from tests.integration.test_bad_input import pseudonym, row, write_feed
 
@@ -46,6 +46,10 @@ MODELS = ("customer_segments", "churn_classifier")
 # What differs between two pipelines by construction: the ids of their runs.
 RUN_IDS = ("pipeline_run_id", "clv_run_id", "cluster_run_id", "churn_run_id")
 SERVER_START_SECONDS = 240
+# Through Connect, expressions are compiled to Java as in production; the test session
+# interprets them (tests/conftest.py), so equal tier tables also prove the two paths agree.
+COMPILED_SETTINGS = [setting for setting in TEST_SPARK_SETTINGS if setting not in INTERPRETED_EXPRESSIONS]
+COMPILED_FRESH_JVM_SETTINGS = [setting for setting in FRESH_JVM_SETTINGS if setting not in INTERPRETED_EXPRESSIONS]
 # Half the other integration modules' feed: every comparison holds at any size, and each
 # side runs every stage twice.
 FEED = [*SETTINGS, "generate.customers=150"]
@@ -100,7 +104,7 @@ def connect_server(tmp_path_factory):
     port = _free_port()
     log = folder / "server.log"
     command = [sys.executable, "-m", "segmentation.connect", "serve", "--port", str(port),
-               *[arg for setting in FRESH_JVM_SETTINGS for arg in ("--set", setting)]]
+               *[arg for setting in COMPILED_FRESH_JVM_SETTINGS for arg in ("--set", setting)]]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     with log.open("w") as out:
         server = subprocess.Popen(command, cwd=folder, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
@@ -164,7 +168,7 @@ def _commands(root: Path, feed: Path, erased: str) -> list[list[str]]:
 
 def _options(root: Path) -> list[str]:
     """The test's configuration, with storage under `root`, as command-line options."""
-    settings = [f"storage.root={root}", *TEST_SPARK_SETTINGS, *FEED]
+    settings = [f"storage.root={root}", *COMPILED_SETTINGS, *FEED]
     return ["--conf-dir", str(CONF_DIR), *[arg for setting in settings for arg in ("--set", setting)]]
 
 
@@ -424,7 +428,7 @@ def test_the_analyst_and_reviewer_notebooks_run_through_connect(connect_server, 
     the commands above cover its Spark work."""
     from tests.integration.test_notebooks import ORDER, execute, outputs
 
-    settings = [f"storage.root={two_pipelines.connect}", *TEST_SPARK_SETTINGS, *FEED]
+    settings = [f"storage.root={two_pipelines.connect}", *COMPILED_SETTINGS, *FEED]
     for key, value in {"SEGMENTATION_ENV": "local", "SEGMENTATION_CONF_DIR": str(CONF_DIR), "SEGMENTATION_SET": "\n".join(settings),
                        "SPARK_REMOTE": connect_server(), "JAVA_HOME": NO_JAVA_HOME, "PYTHONPATH": str(REPO)}.items():
         monkeypatch.setenv(key, value)
