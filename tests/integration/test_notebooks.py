@@ -27,6 +27,33 @@ RAW_CUSTOMER_ID = re.compile(r"\bC\d{9}\b")  # the generator's ids before pseudo
 CELL_TIMEOUT = 1800  # seconds; a quick-start cell runs the whole pipeline on a shared 2-core machine
 
 
+# What the reviewer notebook prints of the stored scores: the champion rescoring them (the
+# largest difference, 0 or a rounding error), or without one the baseline that scores today.
+RESCORED = re.compile(r"largest difference (0\.00e\+00|\d\.\d\de-(1\d|[6-9]))")
+SCORED_BY_BASELINE = re.compile(r"stored scores by source \{'baseline:[^']+': \d+\}; today baseline:[^;(]+ scores customers \(the same\)")
+
+
+def notebook_env(monkeypatch, settings: list[str], **extra: str) -> None:
+    """The notebooks' kernels' environment (they inherit it): the local overlay, the package's
+    configuration with `settings`, this venv's Python for Spark's workers, the demo key, and `extra`."""
+    values = {"SEGMENTATION_ENV": "local", "SEGMENTATION_CONF_DIR": str(CONF_DIR), "SEGMENTATION_SET": "\n".join(settings),
+              "PYSPARK_PYTHON": sys.executable, **extra}
+    for key, value in values.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("SEGMENTATION_PSEUDONYMISATION_KEY", raising=False)  # the local demo key
+    monkeypatch.delenv("DATABRICKS_RUNTIME_VERSION", raising=False)
+
+
+def assert_reviewer_scoring(reviewer: str, champion: str | None) -> None:
+    """The reviewer notebook's account of the stored scores, for the churn champion's version
+    (None: no model is champion)."""
+    if champion is not None:  # it reproduces the stored scores
+        assert f"champion: version {champion}" in reviewer and RESCORED.search(reviewer)
+    else:  # the stored scores name the baseline that scores today
+        assert "champion: none" in reviewer and "customers are scored by the" in reviewer
+        assert SCORED_BY_BASELINE.search(reviewer)
+
+
 def execute(name: str) -> nbformat.NotebookNode:
     notebook = nbformat.read(NOTEBOOKS / name, as_version=4)
     # The kernel starts in the notebook's folder, as in Jupyter; it inherits the environment.
@@ -60,12 +87,7 @@ def test_the_notebooks_are_saved_clean():
 def test_the_notebooks_run_in_order_on_generated_data(tmp_path, monkeypatch):
     root = tmp_path / "data"
     settings = [f"storage.root={root}", *FRESH_JVM_SETTINGS, f"spark.conf.spark.sql.warehouse.dir={tmp_path / 'warehouse'}", *SMALL]
-    monkeypatch.setenv("SEGMENTATION_ENV", "local")
-    monkeypatch.setenv("SEGMENTATION_CONF_DIR", str(CONF_DIR))
-    monkeypatch.setenv("SEGMENTATION_SET", "\n".join(settings))
-    monkeypatch.setenv("PYSPARK_PYTHON", sys.executable)  # Spark's Python workers: this venv's interpreter
-    monkeypatch.delenv("SEGMENTATION_PSEUDONYMISATION_KEY", raising=False)  # the local demo key
-    monkeypatch.delenv("DATABRICKS_RUNTIME_VERSION", raising=False)
+    notebook_env(monkeypatch, settings)
 
     quickstart, quickstart_images = outputs(execute(ORDER[0]))
     reports = sorted(p.name for p in (root / "reports").glob("customer_tiers_*.html"))
@@ -91,12 +113,7 @@ def test_the_notebooks_run_in_order_on_generated_data(tmp_path, monkeypatch):
     reviewer, reviewer_images = outputs(execute(ORDER[2]))
     assert "2 churn training runs compared" in reviewer
     assert "challenger: version" in reviewer
-    if champion is not None:  # it reproduces the stored scores
-        assert f"champion: version {champion.version}" in reviewer
-        assert "largest difference 0.00e+00" in reviewer or re.search(r"largest difference \d\.\d\de-(1\d|[6-9])", reviewer)
-    else:  # the stored scores name the baseline that scores today
-        assert "champion: none" in reviewer and "customers are scored by the" in reviewer
-        assert re.search(r"stored scores by source \{'baseline:[^']+': \d+\}; today baseline:[^;(]+ scores customers \(the same\)", reviewer)
+    assert_reviewer_scoring(reviewer, champion.version if champion is not None else None)
     assert reviewer_images >= 3  # stage times, PR AUC against baselines, the logged precision-recall curves
 
     for text in (quickstart, analyst, reviewer):  # ids are shown pseudonymised only
