@@ -21,6 +21,7 @@ CONF_DIR = REPO / "segmentation" / "conf"
 # one (production's) and its tier table must equal, value for value, the one the
 # interpreted test session makes.
 INTERPRETED_EXPRESSIONS = ["spark.conf.spark.sql.codegen.factoryMode=NO_CODEGEN", "spark.conf.spark.sql.codegen.wholeStage=false"]
+COMPILED_EXPRESSIONS = {"spark.sql.codegen.factoryMode": "FALLBACK", "spark.sql.codegen.wholeStage": "true"}  # Spark's defaults
 TEST_SPARK_SETTINGS = [
     "spark.master=local[2]",
     "spark.conf.spark.sql.shuffle.partitions=2",
