@@ -122,7 +122,7 @@ def exists(spark: SparkSession, ref: TableRef) -> bool:
     if not ref.is_path:
         return spark.catalog.tableExists(ref.location)
     # DESCRIBE DETAIL: a fifth of DESCRIBE HISTORY's time (which reads the newest commit's file too)
-    return _unless_not_delta(lambda: spark.sql(f"DESCRIBE DETAIL {sql_name(ref)}").select("format").first()) is not None
+    return _unless_not_delta(lambda: detail(spark, ref)) is not None
 
 
 def _unless_not_delta(query: Callable[[], Row]) -> Row | None:
