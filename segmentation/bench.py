@@ -12,7 +12,8 @@ The tables and the MLflow store of a size go to `<storage.root>/bench/<N>/` (cle
 the results to `<storage.root>/bench/bench_<N>.json` and `bench_<N>.md`, and
 `bench_summary.md` there puts every size measured so far side by side, with the growth of
 time between sizes. Set the session up as for a real run (driver memory, shuffle partitions)
-with `--set spark.conf...`.
+with `--set spark.conf...`. `--until STAGE` times the pipeline up to that stage only (as
+`segmentation run --until` does); the comparisons need the clv stage.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from segmentation.stages import pipeline
 from segmentation.stages.context import StageContext
 from segmentation.arguments import positive_int
 from segmentation import profiling, tables
@@ -49,9 +51,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--customers", type=positive_int, default=100_000, help="customers to generate (default: 100000)")
     parser.add_argument("--seed", type=int, help="random seed of the generated feed")
     parser.add_argument("--no-baselines", action="store_true", help="time the pipeline only (no DuckDB, no lifetimes)")
+    parser.add_argument("--until", choices=pipeline.STAGES, default=pipeline.STAGES[-1],
+                        help="time the pipeline up to this stage (default: report); the comparisons need clv or later")
 
 
 def config_overrides(args: argparse.Namespace) -> list[str]:
+    _check_arguments(args)  # before the command starts a Spark session
     overrides = [f"generate.customers={args.customers}", "generate.dataset=synthetic"]
     return overrides + ([f"generate.seed={args.seed}"] if args.seed is not None else [])
 
@@ -74,23 +79,41 @@ class BenchResult:
     report: dict[str, object]  # the measurements, as written to json_path
 
 
-def run(ctx: StageContext, args: argparse.Namespace | None = None) -> BenchResult:
-    from segmentation.stages import pipeline
+def baselines_shortfall(until: str, baselines: bool) -> str | None:
+    """Why the comparisons cannot run when the pipeline stops after `until`, if they cannot:
+    DuckDB's RFM query reads the snapshot the features stage made, lifetimes the clv stage's."""
+    if baselines and pipeline.STAGES.index(until) < pipeline.STAGES.index("clv"):
+        return (f"bench --until {until}: the DuckDB and lifetimes comparisons need the features and clv stages; "
+                "add --no-baselines or stop at clv or later")
+    return None
 
+
+def _check_arguments(args: argparse.Namespace | None) -> tuple[str, bool]:
+    """The stage to stop after and whether to run the comparisons; a ConfigError when they cannot go together."""
+    until = getattr(args, "until", None) or pipeline.STAGES[-1]
+    baselines = not getattr(args, "no_baselines", False)
+    shortfall = baselines_shortfall(until, baselines)
+    if shortfall:
+        raise ConfigError(shortfall)
+    return until, baselines
+
+
+def run(ctx: StageContext, args: argparse.Namespace | None = None) -> BenchResult:
     missing = missing_modules()
     if missing:
         raise SetupError(f"bench needs {', '.join(missing)}: pip install 'segmentation[bench]'")
+    until, baselines = _check_arguments(args)
     customers = ctx.config.generate.customers
     bench_root = Path(ctx.config.storage.root) / "bench"
     if ctx.config.storage.catalog != "path":
         raise ConfigError("bench writes its own Delta directories under storage.root: run it with storage.catalog: path")
     bench_ctx = _bench_context(ctx, bench_root / str(customers))
-    pipeline_args = argparse.Namespace(generate=True, train_churn=False, until=pipeline.STAGES[-1])
+    pipeline_args = argparse.Namespace(generate=True, train_churn=False, until=until)
     with ProcessTreeMemory() as memory:
         results = pipeline.run(bench_ctx, pipeline_args)
     report = pipeline_report(ctx, bench_ctx.config, results, memory)
     report["profile"] = _profile(ctx.spark, results.timings)
-    if not getattr(args, "no_baselines", False):
+    if baselines:
         report.update(_baselines(bench_ctx, results, report["stages"]))
     result = _write(bench_root, customers, report)
     print("\n" + bench_markdown(report), flush=True)
@@ -127,20 +150,23 @@ def stage_rows(timings: dict, lines: int, customers: int, peak_mb) -> list[dict[
 def pipeline_report(ctx: StageContext, config, results, memory: "ProcessTreeMemory") -> dict[str, object]:
     """The pipeline's measurements: time and peak memory per stage and in all, on this machine."""
     timings = results.timings
-    lines, scored = results.ingest.rows_clean, results.features.customers
+    last = list(timings)[-1]  # the stage the pipeline stopped after (--until)
+    lines = results.ingest.rows_clean
+    scored = results.features.customers if results.features is not None else None  # None: stopped after ingest
     stages = stage_rows(timings, lines, scored, memory.peak_between)
     pipeline_seconds = sum(s["seconds"] for s in stages if s["stage"] != "generate")
     return {
         "customers_generated": config.generate.customers,
         "customers": scored,
         "transactions": lines,
-        "as_of": results.as_of.isoformat(),
+        "as_of": results.as_of.isoformat() if results.as_of else None,
+        "until": last,
         "machine": _machine(),
         "spark": {"master": ctx.spark.conf.get("spark.master", None), **{k: v for k, v in config.spark.conf.items() if "memory" in k or "partitions" in k}},
         "command": " ".join(["segmentation", *sys.argv[1:]]) if sys.argv else "segmentation bench",
         "stages": stages,
         "pipeline_seconds": round(pipeline_seconds, 1),
-        "peak_memory_mb": round(memory.peak_between(timings["ingest"].started, timings["report"].ended)),
+        "peak_memory_mb": round(memory.peak_between(timings["ingest"].started, timings[last].ended)),
         "targets": TARGETS,
     }
 
@@ -378,9 +404,24 @@ def _reports(bench_root: Path) -> list[dict]:
     return sorted(reports, key=lambda r: r["customers_generated"])
 
 
+def _until(report: dict) -> str:
+    """The stage a report's pipeline stopped after (reports written before --until: report)."""
+    return report.get("until") or pipeline.STAGES[-1]
+
+
+def _span(report: dict) -> str:
+    until = _until(report)
+    return "ingest only" if until == "ingest" else f"ingest to {until}"
+
+
+def _heading(report: dict) -> str:
+    as_of = f" (as of {report['as_of']})" if report["as_of"] else ""
+    return f"### {_customers(report):,} customers, {report['transactions']:,} transactions{as_of}"
+
+
 def bench_markdown(report: dict) -> str:
     lines = [
-        f"### {report['customers']:,} customers, {report['transactions']:,} transactions (as of {report['as_of']})",
+        _heading(report),
         "",
         f"Command: `{report['command']}`. Machine: {report['machine']['cpus']} cores, {report['machine']['memory_gb']} GB; "
         f"Spark {report['spark']}.",
@@ -396,7 +437,7 @@ def bench_markdown(report: dict) -> str:
                   "time, outside Spark (planning, the Delta log, MLflow, Python).", "",
                   profiling.profile_markdown(report["profile"]), ""]
     lines += [
-        f"| **pipeline, ingest to report** | **{report['pipeline_seconds']:.1f}** | | | **{report['peak_memory_mb']:,}** |",
+        f"| **pipeline, {_span(report)}** | **{report['pipeline_seconds']:.1f}** | | | **{report['peak_memory_mb']:,}** |",
         "",
         f"Target: at most {targets['pipeline_seconds']} s and {targets['peak_memory_gb']} GB at 1,000,000 customers.",
     ]
@@ -426,20 +467,26 @@ def bench_markdown(report: dict) -> str:
 
 def summary_markdown(reports: list[dict]) -> str:
     """Every size side by side; growth = time ratio / customer ratio against the previous size
-    (at most 1 means time grew at most linearly)."""
+    timed to the same stage (at most 1 means time grew at most linearly)."""
     lines = ["| customers | transactions | pipeline s | growth vs previous size | peak memory MB | features / DuckDB | lifetimes / clv |",
              "|---:|---:|---:|---:|---:|---:|---:|"]
     previous = None
     for r in reports:
         growth = ""
-        if previous is not None:
-            growth = f"{(r['pipeline_seconds'] / previous['pipeline_seconds']) / (r['customers'] / previous['customers']):.2f}"
+        if previous is not None and _until(previous) == _until(r):
+            growth = f"{(r['pipeline_seconds'] / previous['pipeline_seconds']) / (_customers(r) / _customers(previous)):.2f}"
         rfm = f"{r['rfm']['features_vs_duckdb']}x" if "rfm" in r else "-"
         clv = f"{r['clv']['speedup_vs_lifetimes']}x" if "clv" in r else "-"
-        lines.append(f"| {r['customers']:,} | {r['transactions']:,} | {r['pipeline_seconds']:.1f} | {growth} | "
+        to = "" if _until(r) == pipeline.STAGES[-1] else f" (to {_until(r)})"
+        lines.append(f"| {_customers(r):,} | {r['transactions']:,} | {r['pipeline_seconds']:.1f}{to} | {growth} | "
                      f"{r['peak_memory_mb']:,} | {rfm} | {clv} |")
         previous = r
     return "\n".join(lines) + "\n"
+
+
+def _customers(report: dict) -> int:
+    """Customers with features (generated, when the pipeline stopped after ingest)."""
+    return report["customers"] if report["customers"] is not None else report["customers_generated"]
 
 
 if __name__ == "__main__":  # the lifetimes reference, run in its own process by the bench

@@ -6,8 +6,8 @@ as a Connect client in its own process, whose JAVA_HOME points nowhere: `segment
 for two snapshots (the first trains the churn model), `ingest` of a CSV file, `export`,
 `report` and `erase` of one customer (and `erase --vacuum` on a copy). The tier tables are equal value for value, the MLflow
 runs, registry aliases and Delta histories are the same, and so are the ingested batch, the
-exported audiences and the report's figures. `segmentation bench` runs through a second
-Connect client meanwhile. Then the analyst and reviewer notebooks run on the Connect side's
+exported audiences and the report's figures. `segmentation bench --until features` runs
+through a second Connect client meanwhile (the whole pipeline runs through the first). Then the analyst and reviewer notebooks run on the Connect side's
 tables in kernels whose Spark is the Connect server.
 """
 
@@ -55,6 +55,7 @@ COMPILED_FRESH_JVM_SETTINGS = [setting for setting in FRESH_JVM_SETTINGS if sett
 FEED = [*SETTINGS, "generate.customers=150"]
 AUDIENCES = "audiences"  # the export's folder under each storage root
 BENCH_CUSTOMERS = 100
+BENCH_UNTIL = "features"  # the bench's own code is the same for every stage; the first client runs them all
 ERASE_MARKER, ERASE = "segmentation-erase-", "erase"  # an erase's Delta commits: their marker, and as compared
 # The CSV batch both sides ingest after the pipelines: two lines of a new customer and one
 # with an amount that is not a number (quarantined).
@@ -198,7 +199,7 @@ def two_pipelines(connect_server, spark, tmp_path_factory) -> Sides:
 
     env = _client_env(connect_server())
     commands = {connect: _commands(connect, feed, erased),
-                bench: [["bench", *_options(bench), "--customers", str(BENCH_CUSTOMERS), "--no-baselines"]]}
+                bench: [["bench", *_options(bench), "--customers", str(BENCH_CUSTOMERS), "--no-baselines", "--until", BENCH_UNTIL]]}
     clients = {root: _client(commands[root], root, env, source / f"client-{root.name}.log") for root in commands}
     try:
         codes = [cli.main(command) for command in _commands(classic, feed, erased)]
@@ -420,7 +421,8 @@ def test_bench_through_connect_reports_the_stage_times(two_pipelines):
     """Under Connect the client cannot ask the server's UI for jobs: stage times, no profile."""
     report = json.loads((two_pipelines.bench / "bench" / f"bench_{BENCH_CUSTOMERS}.json").read_text())
     assert report["customers_generated"] == BENCH_CUSTOMERS and report["customers"] > 0
-    assert [stage["stage"] for stage in report["stages"]] == ["generate", *pipeline.STAGES]
+    assert report["until"] == BENCH_UNTIL
+    assert [stage["stage"] for stage in report["stages"]] == ["generate", *pipeline.STAGES[:pipeline.STAGES.index(BENCH_UNTIL) + 1]]
     assert all(stage["seconds"] > 0 for stage in report["stages"])
     assert report["pipeline_seconds"] > 0 and report["profile"] is None
     assert "rfm" not in report and "clv" not in report  # --no-baselines

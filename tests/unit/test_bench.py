@@ -89,3 +89,44 @@ def test_without_its_extra_bench_says_what_to_install(monkeypatch):
     assert bench.missing_modules() == ["duckdb"]
     with pytest.raises(SetupError, match=r"^bench needs duckdb: pip install 'segmentation\[bench\]'$"):
         bench.run(None)
+
+
+def test_growth_compares_sizes_timed_to_the_same_stage_only():
+    partial = {**_report(1_000_000, 300.0, 6000), "until": "features"}
+    text = bench.summary_markdown([_report(100_000, 100.0, 4000), partial, {**_report(2_000_000, 540.0, 7000), "until": "features"}])
+    rows = text.strip().splitlines()[2:]
+    assert rows[1].startswith("| 1,000,000 | 16,000,000 | 300.0 (to features) |  |")  # not comparable with a whole pipeline
+    assert rows[2].startswith("| 2,000,000 | 32,000,000 | 540.0 (to features) | 0.90 |")
+
+
+@pytest.mark.parametrize("until, baselines, refused", [
+    ("ingest", True, True), ("features", True, True), ("clv", True, False), ("report", True, False), ("ingest", False, False),
+])
+def test_the_comparisons_need_the_clv_stage(until, baselines, refused):
+    shortfall = bench.baselines_shortfall(until, baselines)
+    assert (shortfall is not None) == refused
+    if refused:
+        assert shortfall.startswith(f"bench --until {until}: ") and "--no-baselines" in shortfall
+
+
+def test_a_bench_stopped_after_ingest_reads_as_such():
+    report = {**_report(300, 12.0, 900), "customers": None, "as_of": None, "until": "ingest", "command": "segmentation bench",
+              "machine": {"cpus": 2, "memory_gb": 23.5}, "spark": {}, "profile": None,
+              "stages": [{"stage": "ingest", "seconds": 12.0, "rows": 4800, "rows_per_second": 400, "peak_memory_mb": 900}],
+              "targets": bench.TARGETS}
+    text = bench.bench_markdown(report)
+    assert text.startswith("### 300 customers, 4,800 transactions\n")
+    assert "| **pipeline, ingest only** | **12.0** |" in text
+
+
+def test_the_command_refuses_comparisons_without_clv_before_any_spark_session(capsys, monkeypatch):
+    from segmentation import spark
+    from segmentation.cli import main
+
+    def no_session(config):
+        raise AssertionError("a Spark session was asked for")
+
+    monkeypatch.setattr(spark, "get_spark", no_session)
+    assert main(["bench", "--customers", "10", "--until", "features"]) == 1
+    assert capsys.readouterr().err == ("segmentation bench: error: bench --until features: the DuckDB and lifetimes comparisons "
+                                       "need the features and clv stages; add --no-baselines or stop at clv or later\n")
