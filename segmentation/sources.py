@@ -93,18 +93,20 @@ def read_source(spark: SparkSession, config: Config, ingested_versions: Mapping[
     ingested_versions = ingested_versions or {}
     if source.table is not None:
         ref = tables.table_ref(config, source.table)
-        if not tables.exists(spark, ref):
+        version = tables.current_version(spark, ref)  # None: no such table
+        if version is None:
             raise DataQualityError(
                 f"source table {ref} does not exist: run 'segmentation generate' first, or ingest from a path (--source PATH)"
             )
-        return _delta_batch(spark, ref, str(ref), ingested_versions.get(str(ref)))
+        return _delta_batch(spark, ref, str(ref), version, ingested_versions.get(str(ref)))
     path = source.path
     assert path is not None  # guaranteed by SourceConfig
     if source.format == "delta":
         ref = tables.TableRef("source", path, is_path=True)
-        if not tables.exists(spark, ref):
+        version = tables.current_version(spark, ref)  # None: not a Delta table
+        if version is None:
             raise DataQualityError(f"{path}: not a Delta table")
-        return _delta_batch(spark, ref, path, ingested_versions.get(path))
+        return _delta_batch(spark, ref, path, version, ingested_versions.get(path))
     options = {k: _option_text(v) for k, v in source.options.items()}
     if source.format == "parquet":
         df = _read_files(spark, path, lambda: spark.read.options(**options).parquet(path))
@@ -179,8 +181,8 @@ def _option_text(value: object) -> str:
     return str(value).lower() if isinstance(value, bool) else str(value)
 
 
-def _delta_batch(spark: SparkSession, ref: tables.TableRef, name: str, last_ingested: int | None) -> SourceBatch:
-    version = tables.current_version(spark, ref)
+def _delta_batch(spark: SparkSession, ref: tables.TableRef, name: str, version: int, last_ingested: int | None) -> SourceBatch:
+    """The rows of `version` of the source (its newest), or those added after `last_ingested`."""
     snapshot = tables.read(spark, ref, version)
     df, from_version = snapshot, None
     if last_ingested is not None and last_ingested < version:

@@ -21,6 +21,7 @@ import datetime as dt
 import hashlib
 import hmac
 import logging
+import re
 from dataclasses import dataclass, field
 
 import mlflow
@@ -445,6 +446,19 @@ def test_a_missing_source_table_says_to_generate_first(spark, tmp_path, mlflow_s
     ctx = StageContext(make_config(tmp_path / "data", *mlflow_store), spark)
     with pytest.raises(DataQualityError, match="source table raw_transactions .* does not exist: run 'segmentation generate' first"):
         ingest.run(ctx)
+
+
+@pytest.mark.parametrize("folder", ["missing", "plain"])
+def test_a_delta_source_path_that_holds_no_delta_table_is_named(spark, tmp_path, mlflow_store, folder):
+    path = tmp_path / folder
+    if folder == "plain":  # a folder of files, but no Delta log
+        path.mkdir()
+        write_feed(path / "day1.csv", [row("T1")])
+    source = ["ingest.source.table=null", f"ingest.source.path={path}", "ingest.source.format=delta"]
+    ctx = StageContext(make_config(tmp_path / "data", *source, *mlflow_store), spark)
+    with pytest.raises(DataQualityError, match=f"^{re.escape(str(path))}: not a Delta table$"):
+        ingest.run(ctx)
+    assert not tables.exists(spark, ctx.table("transactions"))
 
 
 # ------------------------------------------------------------- the stages after ingest
