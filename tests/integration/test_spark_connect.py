@@ -7,8 +7,9 @@ for two snapshots (the first trains the churn model), `ingest` of a CSV file, `e
 `report` and `erase` of one customer (and `erase --vacuum` on a copy). The tier tables are equal value for value, the MLflow
 runs, registry aliases and Delta histories are the same, and so are the ingested batch, the
 exported audiences and the report's figures. `segmentation bench --until features` runs
-through a second Connect client meanwhile (the whole pipeline runs through the first). Then the analyst and reviewer notebooks run on the Connect side's
-tables in kernels whose Spark is the Connect server.
+through a second Connect client meanwhile (the whole pipeline runs through the first). Then
+the analyst and reviewer notebooks run on the Connect side's tables in kernels whose Spark
+is the Connect server.
 """
 
 from __future__ import annotations
