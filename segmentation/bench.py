@@ -472,12 +472,12 @@ def summary_markdown(reports: list[dict]) -> str:
              "|---:|---:|---:|---:|---:|---:|---:|"]
     previous = None
     for r in reports:
-        growth = ""
-        if previous is not None and _until(previous) == _until(r):
+        until, growth = _until(r), ""
+        if previous is not None and _until(previous) == until:
             growth = f"{(r['pipeline_seconds'] / previous['pipeline_seconds']) / (_customers(r) / _customers(previous)):.2f}"
         rfm = f"{r['rfm']['features_vs_duckdb']}x" if "rfm" in r else "-"
         clv = f"{r['clv']['speedup_vs_lifetimes']}x" if "clv" in r else "-"
-        to = "" if _until(r) == pipeline.STAGES[-1] else f" (to {_until(r)})"
+        to = "" if until == pipeline.STAGES[-1] else f" (to {until})"
         lines.append(f"| {_customers(r):,} | {r['transactions']:,} | {r['pipeline_seconds']:.1f}{to} | {growth} | "
                      f"{r['peak_memory_mb']:,} | {rfm} | {clv} |")
         previous = r

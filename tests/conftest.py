@@ -17,9 +17,9 @@ CONF_DIR = REPO / "segmentation" / "conf"
 # Expressions interpreted, not compiled to Java: a test's queries run on a few hundred rows,
 # where Janino compiling each new query (and the JIT compiling the classes it generates) cost
 # more than it saved. A 300-customer pipeline took 0.82-0.86x the time (`segmentation bench`,
-# one run after another in one session; README, "Fixed costs on a small feed"). Spark tests both paths; the Spark Connect test's server keeps the compiled
-# one (production's) and its tier table must equal, value for value, the one the
-# interpreted test session makes.
+# one run after another in one session; README, "Fixed costs on a small feed"). Spark tests
+# both paths; the Spark Connect test's server keeps the compiled one (production's) and its
+# tier table must equal, value for value, the one the interpreted test session makes.
 INTERPRETED_EXPRESSIONS = ["spark.conf.spark.sql.codegen.factoryMode=NO_CODEGEN", "spark.conf.spark.sql.codegen.wholeStage=false"]
 COMPILED_EXPRESSIONS = {"spark.sql.codegen.factoryMode": "FALLBACK", "spark.sql.codegen.wholeStage": "true"}  # Spark's defaults
 TEST_SPARK_SETTINGS = [
