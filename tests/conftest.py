@@ -14,14 +14,23 @@ REPO = Path(__file__).resolve().parent.parent
 # top holds the Databricks bundle.
 CONF_DIR = REPO / "segmentation" / "conf"
 
-# Expressions interpreted, not compiled to Java: a test's queries run on a few hundred rows,
-# where Janino compiling each new query (and the JIT compiling the classes it generates) cost
-# more than it saved. A 300-customer pipeline took 0.82-0.86x the time (`segmentation bench`,
-# one run after another in one session; README, "Fixed costs on a small feed"). Spark tests
-# both paths; the Spark Connect test's server keeps the compiled one (production's) and its
-# tier table must equal, value for value, the one the interpreted test session makes.
+# Plans for a few hundred rows, not production's (Spark tests both paths; the Spark Connect
+# test's server keeps production's, and its tier table must equal, value for value, the one a
+# test session makes):
+# - expressions interpreted, not compiled to Java: Janino compiling each new query (and the
+#   JIT compiling the classes it generates) cost more than it saved. A 300-customer pipeline
+#   took 0.82-0.86x the time (`segmentation bench`, one run after another in one session;
+#   README, "Fixed costs on a small feed");
+# - no adaptive query execution: it runs each shuffle as a Spark job of its own and plans the
+#   rest again after it. The same bench's JVM took 0.92x the CPU (median of three, alternated).
 INTERPRETED_EXPRESSIONS = ["spark.conf.spark.sql.codegen.factoryMode=NO_CODEGEN", "spark.conf.spark.sql.codegen.wholeStage=false"]
 COMPILED_EXPRESSIONS = {"spark.sql.codegen.factoryMode": "FALLBACK", "spark.sql.codegen.wholeStage": "true"}  # Spark's defaults
+SMALL_DATA_PLANS = [*INTERPRETED_EXPRESSIONS, "spark.conf.spark.sql.adaptive.enabled=false"]
+# Every test JVM collects garbage with the parallel collector, not G1: a test's Spark moves
+# small data through a 2 GB heap, where G1's concurrent marking and write barriers cost more
+# than its short pauses are worth. The same bench's JVM took 0.86x the CPU (median of two
+# against three, alternated in one session).
+TEST_JVM_OPTIONS = "-XX:+UseParallelGC"
 TEST_SPARK_SETTINGS = [
     "spark.master=local[2]",
     "spark.conf.spark.sql.shuffle.partitions=2",
@@ -30,8 +39,9 @@ TEST_SPARK_SETTINGS = [
     "spark.conf.spark.databricks.delta.snapshotPartitions=1",
     "spark.conf.spark.sql.adaptive.coalescePartitions.initialPartitionNum=2",
     "spark.conf.spark.driver.memory=2g",
+    f"spark.conf.spark.driver.extraJavaOptions={TEST_JVM_OPTIONS}",
     "logging.level=INFO",
-    *INTERPRETED_EXPRESSIONS,
+    *SMALL_DATA_PLANS,
 ]
 # A Spark JVM a test starts in a process of its own (a job, a notebook kernel, a Connect
 # server, the standalone cluster's executors) runs one small pipeline and exits: a third of such
@@ -41,7 +51,7 @@ TEST_SPARK_SETTINGS = [
 # 2026-12-06 on fresh clones: with C1 only the suite had done 93 tests after 21 minutes where
 # the default had done 92 after 16.5 (stopped there); C2 compiling only the hottest methods
 # (ten times Tier 4's thresholds) took 1,597 s against the default's 1,528 s.
-FRESH_JVM_OPTIONS = "-XX:TieredStopAtLevel=1 -XX:ReservedCodeCacheSize=512m"
+FRESH_JVM_OPTIONS = f"{TEST_JVM_OPTIONS} -XX:TieredStopAtLevel=1 -XX:ReservedCodeCacheSize=512m"
 FRESH_JVM_SETTINGS = [
     *TEST_SPARK_SETTINGS,
     f"spark.conf.spark.driver.extraJavaOptions={FRESH_JVM_OPTIONS}",

@@ -37,7 +37,7 @@ from segmentation.clustering.model import CLUSTER_ID
 from segmentation.registry import CHALLENGER, CHAMPION
 from segmentation.stages import generate, pipeline
 from segmentation.stages.context import StageContext
-from tests.conftest import CONF_DIR, FRESH_JVM_SETTINGS, INTERPRETED_EXPRESSIONS, REPO, TEST_SPARK_SETTINGS, make_config
+from tests.conftest import CONF_DIR, FRESH_JVM_SETTINGS, REPO, SMALL_DATA_PLANS, TEST_SPARK_SETTINGS, make_config
 from tests.integration.conftest import FIRST, SECOND, SETTINGS
 from tests.integration.test_bad_input import pseudonym, row, write_feed
 
@@ -47,10 +47,11 @@ MODELS = ("customer_segments", "churn_classifier")
 # What differs between two pipelines by construction: the ids of their runs.
 RUN_IDS = ("pipeline_run_id", "clv_run_id", "cluster_run_id", "churn_run_id")
 SERVER_START_SECONDS = 240
-# Through Connect, expressions are compiled to Java as in production; the test session
-# interprets them (tests/conftest.py), so equal tier tables also prove the two paths agree.
-COMPILED_SETTINGS = [setting for setting in TEST_SPARK_SETTINGS if setting not in INTERPRETED_EXPRESSIONS]
-COMPILED_FRESH_JVM_SETTINGS = [setting for setting in FRESH_JVM_SETTINGS if setting not in INTERPRETED_EXPRESSIONS]
+# Through Connect, plans are production's (expressions compiled to Java, adaptive execution);
+# the test session makes small-data plans (tests/conftest.py), so equal tier tables also prove
+# the two paths agree.
+COMPILED_SETTINGS = [setting for setting in TEST_SPARK_SETTINGS if setting not in SMALL_DATA_PLANS]
+COMPILED_FRESH_JVM_SETTINGS = [setting for setting in FRESH_JVM_SETTINGS if setting not in SMALL_DATA_PLANS]
 # Half the other integration modules' feed: every comparison holds at any size, and each
 # side runs every stage twice.
 FEED = [*SETTINGS, "generate.customers=150"]

@@ -13,11 +13,10 @@ import pytest
 from pyspark.ml.functions import vector_to_array
 from pyspark.sql import functions as F
 
-from segmentation.churn.drivers import (
-    CONTRIBUTIONS, DRIVERS, Tree, TreeExplainer, driver_importance, explained, score_with_drivers, top_drivers,
-)
+from segmentation.churn.drivers import CONTRIBUTIONS, DRIVERS, driver_importance, explained, score_with_drivers, top_drivers
 from segmentation.churn.labels import LABEL
 from segmentation.churn.model import PROBABILITY, class_weights, fit_churn_model
+from segmentation.churn.treeshap import Tree, TreeExplainer
 from segmentation.config import load_config
 from tests.conftest import CONF_DIR
 
