@@ -246,12 +246,17 @@ def _finished_run(ctx: StageContext, stage_name: str, inputs: list[str]) -> str 
     inputs were at their current Delta versions (and whose output table still exists), so
     a re-run after a failure resumes instead of redoing it; its id, else None."""
     config = ctx.config
-    versions = {key: tables.current_version(ctx.spark, ctx.table(key)) for key in inputs}
-    conditions = resume_filter(stage_name, config.as_of, config.fingerprint(), versions)
-    if conditions is None:
+    experiment_id, client = mlflow.active_run().info.experiment_id, MlflowClient()
+
+    def finished(versions: dict[str, int | None]) -> list:
+        conditions = resume_filter(stage_name, config.as_of, config.fingerprint(), versions)
+        return [] if conditions is None else client.search_runs([experiment_id], conditions, max_results=1)
+
+    # Most runs find no finished run of the stage at all (one query to the tracking store);
+    # only then are the inputs' versions asked for (one DESCRIBE HISTORY each).
+    if not finished({}):
         return None
-    experiment_id = mlflow.active_run().info.experiment_id
-    runs = MlflowClient().search_runs([experiment_id], conditions, max_results=1)
+    runs = finished({key: tables.current_version(ctx.spark, ctx.table(key)) for key in inputs})
     if not runs:
         return None
     outputs = {key: tables.exists(ctx.spark, ctx.table(key)) for key in resume_outputs(stage_name)}

@@ -11,6 +11,7 @@ from mlflow.tracking import MlflowClient
 
 from segmentation import tracking
 from segmentation.tables import TableRef
+from tests.conftest import make_config
 
 
 def test_a_stage_run_carries_exactly_the_reviewer_tags_and_its_delta_versions(config):
@@ -65,3 +66,45 @@ def test_the_local_store_is_created_under_the_storage_root(config):
     assert mlflow.get_tracking_uri() == f"sqlite:///{Path(config.storage.root) / 'mlflow.db'}"
     location = MlflowClient().get_experiment(experiment_id).artifact_location
     assert location == (Path(config.storage.root) / "mlartifacts").resolve().as_uri()
+
+
+@pytest.fixture()
+def empty_stores(tmp_path, monkeypatch) -> Path:
+    """Where this test's empty MLflow store is kept (none is made yet)."""
+    folder = tmp_path / "empty-stores"
+    monkeypatch.setattr(tracking, "EMPTY_STORES", folder)
+    tracking._empty_store.cache_clear()
+    yield folder
+    tracking._empty_store.cache_clear()
+
+
+def _store(root: Path) -> tuple[MlflowClient, str]:
+    experiment_id = tracking.configure_mlflow(make_config(root))
+    return MlflowClient(), experiment_id
+
+
+def test_a_new_store_is_a_copy_of_an_empty_one_and_mlflow_adds_its_default_experiment(tmp_path, empty_stores):
+    _, first_id = _store(tmp_path / "first")
+    [empty] = empty_stores.iterdir()
+    assert empty.name == f"empty-{mlflow.__version__}.db"
+    with mlflow.start_run(experiment_id=first_id):
+        mlflow.log_param("root", "first")
+    second, second_id = _store(tmp_path / "second")
+    experiments = {e.name: e for e in second.search_experiments()}
+    assert set(experiments) == {"Default", "segmentation"}  # the copy held none: MLflow made Default
+    assert experiments["segmentation"].artifact_location == (tmp_path / "second" / "mlartifacts").resolve().as_uri()
+    assert second.search_runs([second_id]) == []  # nothing of the first store's
+    assert [r.data.params for r in _store(tmp_path / "first")[0].search_runs([first_id])] == [{"root": "first"}]
+
+
+def test_without_an_empty_store_mlflow_makes_the_store(tmp_path, monkeypatch):
+    blocked = tmp_path / "a-file"
+    blocked.write_text("")
+    monkeypatch.setattr(tracking, "EMPTY_STORES", blocked / "stores")  # cannot be made
+    tracking._empty_store.cache_clear()
+    try:
+        client, _ = _store(tmp_path / "root")
+    finally:
+        tracking._empty_store.cache_clear()
+    assert {e.name for e in client.search_experiments()} == {"Default", "segmentation"}
+    assert (tmp_path / "root" / "mlflow.db").is_file()
