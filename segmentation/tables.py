@@ -117,7 +117,7 @@ def history(spark: SparkSession, ref: TableRef, limit: int | None = None) -> Dat
 
 # A command's rows (DESCRIBE ...) are in hand once spark.sql returns: read them as they are.
 # `first()` adds a LIMIT that runs as a Spark job, a projection adds a query to analyse; without
-# them the newest version takes 0.75x the time, DESCRIBE DETAIL 0.7x (README, "Fixed costs on a
+# them the newest version takes 0.76x the time, DESCRIBE DETAIL half (README, "Fixed costs on a
 # small feed").
 
 
