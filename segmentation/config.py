@@ -29,6 +29,9 @@ from segmentation.errors import ConfigError
 CONF_DIR_ENV = "SEGMENTATION_CONF_DIR"
 # The package's own configuration: base.yaml and the environment overlays (package data).
 PACKAGE_CONF_DIR = Path(__file__).resolve().parent / "conf"
+# What the product keeps between runs on this machine, per user: Delta's jars (spark.py) and
+# an empty MLflow store to copy (tracking.py).
+CACHE_DIR = Path.home() / ".cache" / "segmentation"
 # Free-form mappings whose keys contain dots themselves (Spark settings, reader options):
 # in `--set spark.conf.spark.sql.shuffle.partitions=8` everything after the prefix is one key.
 _FREEFORM_MAPPINGS = [("spark", "conf"), ("ingest", "source", "options")]

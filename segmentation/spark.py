@@ -20,7 +20,7 @@ import uuid
 from importlib import metadata
 from pathlib import Path
 
-from segmentation.config import SparkConfig
+from segmentation.config import CACHE_DIR, SparkConfig
 from segmentation.errors import SetupError
 
 log = logging.getLogger(__name__)
@@ -55,7 +55,7 @@ def default_jars_dir() -> Path:
     import pyspark
 
     name = f"delta-{metadata.version('delta-spark')}-spark-{pyspark.__version__}"
-    return Path.home() / ".cache" / "segmentation" / "jars" / name
+    return CACHE_DIR / "jars" / name
 
 
 def configured_jars_dir(config: SparkConfig) -> Path:

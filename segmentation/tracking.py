@@ -29,7 +29,7 @@ import mlflow
 from mlflow.data.delta_dataset_source import DeltaDatasetSource
 from mlflow.data.meta_dataset import MetaDataset
 
-from segmentation.config import Config
+from segmentation.config import CACHE_DIR, Config
 from segmentation.tables import TableRef
 
 log = logging.getLogger(__name__)
@@ -77,7 +77,7 @@ def configure_mlflow(config: Config) -> str:
 # CPU, paid by every new storage root (each test's). A copy of an empty store made once per
 # MLflow version takes 35 ms. The copy holds the schema and no experiment: MLflow adds its
 # Default experiment on opening it, as it does in a store it made itself.
-EMPTY_STORES = Path.home() / ".cache" / "segmentation" / "mlflow"
+EMPTY_STORES = CACHE_DIR / "mlflow"
 
 
 def _start_from_empty_store(database: Path) -> None:

@@ -245,11 +245,11 @@ def _finished_run(ctx: StageContext, stage_name: str, inputs: list[str]) -> str 
     """A finished MLflow run of this stage for the same as-of date and configuration whose
     inputs were at their current Delta versions (and whose output table still exists), so
     a re-run after a failure resumes instead of redoing it; its id, else None."""
-    config = ctx.config
+    config, fingerprint = ctx.config, ctx.config.fingerprint()
     experiment_id, client = mlflow.active_run().info.experiment_id, MlflowClient()
 
     def finished(versions: dict[str, int | None]) -> list:
-        conditions = resume_filter(stage_name, config.as_of, config.fingerprint(), versions)
+        conditions = resume_filter(stage_name, config.as_of, fingerprint, versions)
         return [] if conditions is None else client.search_runs([experiment_id], conditions, max_results=1)
 
     # Most runs find no finished run of the stage at all (one query to the tracking store);

@@ -97,14 +97,9 @@ def test_a_new_store_is_a_copy_of_an_empty_one_and_mlflow_adds_its_default_exper
     assert [r.data.params for r in _store(tmp_path / "first")[0].search_runs([first_id])] == [{"root": "first"}]
 
 
-def test_without_an_empty_store_mlflow_makes_the_store(tmp_path, monkeypatch):
-    blocked = tmp_path / "a-file"
-    blocked.write_text("")
-    monkeypatch.setattr(tracking, "EMPTY_STORES", blocked / "stores")  # cannot be made
-    tracking._empty_store.cache_clear()
-    try:
-        client, _ = _store(tmp_path / "root")
-    finally:
-        tracking._empty_store.cache_clear()
+def test_without_an_empty_store_mlflow_makes_the_store(tmp_path, empty_stores):
+    empty_stores.write_text("")  # a file where the folder would be: no empty store can be made
+    client, _ = _store(tmp_path / "root")
+    assert not empty_stores.is_dir()
     assert {e.name for e in client.search_experiments()} == {"Default", "segmentation"}
     assert (tmp_path / "root" / "mlflow.db").is_file()
