@@ -11,6 +11,7 @@ split of one snapshot.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from pyspark.sql import DataFrame
@@ -18,7 +19,7 @@ from pyspark.sql import functions as F
 
 from segmentation.config import ChurnConfig
 from segmentation.errors import ConfigError
-from segmentation.features.customer import customer_features, transactions_between
+from segmentation.features.customer import AS_OF, customer_features_by_date, lines_by_date
 
 LABEL = "churned"
 CUTOFF = "cutoff_date"
@@ -78,10 +79,11 @@ def cutoffs_with_history(cutoffs: Cutoffs, first_day: dt.date, lookback_days: in
     return Cutoffs(kept, cutoffs.evaluation, cutoffs.horizon_days), dropped
 
 
-def purchasers_between(transactions: DataFrame, after: dt.date, until: dt.date) -> DataFrame:
-    """Customers with a purchase (not a return) on a day in (after, until]."""
-    lines = transactions_between(transactions, after, until).where(~F.col("is_return"))
-    return lines.select("customer_id").distinct()
+def purchasers_after(transactions: DataFrame, cutoffs: Sequence[dt.date], horizon_days: int) -> DataFrame:
+    """(customer_id, as_of_date) of the customers with a purchase (not a return) on a day in
+    (C, C + horizon_days], for each cutoff C of `cutoffs` (as_of_date = C)."""
+    lines = lines_by_date(transactions, cutoffs, following_days=horizon_days).where(~F.col("is_return"))
+    return lines.select("customer_id", AS_OF).distinct()
 
 
 def eligible_customers(features: DataFrame, lookback_days: int) -> DataFrame:
@@ -90,15 +92,17 @@ def eligible_customers(features: DataFrame, lookback_days: int) -> DataFrame:
 
 
 def churn_examples(
-    transactions: DataFrame, cutoff: dt.date, horizon_days: int, lookback_days: int, channels: list[str]
+    transactions: DataFrame, cutoffs: dt.date | Sequence[dt.date], horizon_days: int, lookback_days: int, channels: list[str]
 ) -> DataFrame:
-    """Eligible customers at `cutoff`: their features as of it, `cutoff_date` and the label."""
-    features = eligible_customers(customer_features(transactions, cutoff, channels), lookback_days)
-    bought = purchasers_between(transactions, cutoff, cutoff + dt.timedelta(days=horizon_days))
-    labelled = features.join(bought.select("customer_id", F.lit(True).alias("_bought")), on="customer_id", how="left")
+    """Eligible customers at each cutoff (one date, or several stacked): their features as of
+    it, `cutoff_date` and the label. All cutoffs come from one pass over the transactions."""
+    dates = [cutoffs] if isinstance(cutoffs, dt.date) else list(cutoffs)
+    features = eligible_customers(customer_features_by_date(transactions, dates, channels), lookback_days)
+    bought = purchasers_after(transactions, dates, horizon_days).withColumn("_bought", F.lit(True))
+    labelled = features.join(bought, on=["customer_id", AS_OF], how="left")
     return labelled.select(
         *features.columns,
-        F.lit(cutoff).alias(CUTOFF),
+        F.col(AS_OF).alias(CUTOFF),
         F.when(F.col("_bought"), 0.0).otherwise(1.0).alias(LABEL),
     )
 
@@ -107,8 +111,4 @@ def training_examples(
     transactions: DataFrame, cutoffs: Cutoffs, lookback_days: int, channels: list[str]
 ) -> DataFrame:
     """The examples of every training cutoff, stacked."""
-    frames = [churn_examples(transactions, c, cutoffs.horizon_days, lookback_days, channels) for c in cutoffs.training]
-    stacked = frames[0]
-    for frame in frames[1:]:
-        stacked = stacked.unionByName(frame)
-    return stacked
+    return churn_examples(transactions, cutoffs.training, cutoffs.horizon_days, lookback_days, channels)

@@ -11,11 +11,12 @@ from those sets, so Spark reads and shuffles the transactions once.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
+AS_OF = "as_of_date"
 WINDOWS_DAYS = (30, 90, 365)
 TREND_DAYS = 90
 
@@ -103,14 +104,46 @@ def transactions_between(transactions: DataFrame, after: dt.date, until: dt.date
     return transactions.where((stamped >= _start_of_next_day(after)) & (stamped < _start_of_next_day(until)))
 
 
+def _days_after(day: Column, days: int) -> Column:
+    """The start of the `days`-th day after `day` (1: the next day), in the session's time zone."""
+    return F.to_timestamp(F.date_add(day, days))
+
+
+def lines_by_date(transactions: DataFrame, dates: Sequence[dt.date], following_days: int | None = None) -> DataFrame:
+    """The lines of each date in `dates`, with that date as `as_of_date`: the lines stamped on
+    or before it, or with `following_days` those of the days in (date, date + following_days].
+    A line belongs to every date whose window holds it, so the snapshots of several dates
+    come from one read of the transactions (a broadcast join with the dates); one date is a
+    plain range on the timestamp."""
+    dates = sorted(set(dates))
+    if following_days is None:
+        lines = transactions_as_of(transactions, dates[-1])
+    else:
+        lines = transactions_between(transactions, dates[0], dates[-1] + dt.timedelta(days=following_days))
+    if len(dates) == 1:
+        return lines.withColumn(AS_OF, F.lit(dates[0]))
+    stamped, as_of = F.col("transaction_ts"), F.col(AS_OF)
+    within = stamped < _days_after(as_of, 1)
+    if following_days is not None:
+        within = (stamped >= _days_after(as_of, 1)) & (stamped < _days_after(as_of, following_days + 1))
+    snapshots = transactions.sparkSession.createDataFrame([(d,) for d in dates], f"{AS_OF} date")
+    return lines.join(F.broadcast(snapshots), within)
+
+
 def customer_features(transactions: DataFrame, as_of: dt.date, channels: list[str]) -> DataFrame:
     """One row per customer with a transaction on or before `as_of`; columns: `feature_columns`."""
-    as_of_date = F.lit(as_of)
+    return customer_features_by_date(transactions, [as_of], channels)
+
+
+def customer_features_by_date(transactions: DataFrame, dates: Sequence[dt.date], channels: list[str]) -> DataFrame:
+    """`customer_features` as of each of `dates`, stacked (`as_of_date` tells them apart), from
+    one aggregation over the lines of every date (`lines_by_date`)."""
+    as_of_date = F.col(AS_OF)
     day = F.to_date("transaction_ts")
     age = F.datediff(as_of_date, day)
     purchase = ~F.col("is_return")
-    lines = transactions_as_of(transactions, as_of).select(
-        "customer_id", "order_id", "channel", "product_category", "net_amount", "gross_margin",
+    lines = lines_by_date(transactions, dates).select(
+        "customer_id", AS_OF, "order_id", "channel", "product_category", "net_amount", "gross_margin",
         F.coalesce("discount_amount", F.lit(0.0)).alias("discount_amount"),
         purchase.alias("is_purchase"), day.alias("day"), age.alias("age"),
     )
@@ -137,7 +170,7 @@ def customer_features(transactions: DataFrame, as_of: dt.date, channels: list[st
         F.size(F.collect_set(F.when(is_purchase, F.col("product_category")))).alias("distinct_categories"),
         F.mode(F.when(is_purchase, F.col("product_category")), deterministic=True).alias("top_category"),
     ]
-    per_customer = lines.groupBy("customer_id").agg(*aggregates)
+    per_customer = lines.groupBy("customer_id", AS_OF).agg(*aggregates)
 
     orders, days = F.col("orders"), F.col("purchase_days")
     counts = per_customer.select(
@@ -183,7 +216,7 @@ def customer_features(transactions: DataFrame, as_of: dt.date, channels: list[st
 
     return counts.select(
         "customer_id",
-        as_of_date.alias("as_of_date"),
+        AS_OF,
         "first_purchase_date",
         "last_purchase_date",
         "recency_days",

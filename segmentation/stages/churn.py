@@ -42,7 +42,7 @@ from segmentation.churn.baseline import ARTIFACT as BASELINE_ARTIFACT, BaselineS
 from segmentation.churn.drivers import DRIVERS, DRIVERS_TYPE, driver_importance, score_with_drivers
 from segmentation.churn.evaluation import ScoreEvaluation, confusion_matrix, evaluate_score, evaluate_scores, operating_threshold
 from segmentation.churn.labels import (
-    CUTOFF, LABEL, Cutoffs, churn_cutoffs, churn_examples, cutoffs_with_history, eligible_customers, training_examples,
+    CUTOFF, LABEL, Cutoffs, churn_cutoffs, churn_examples, cutoffs_with_history, eligible_customers,
 )
 from segmentation.churn.btyd import BgNbdFeatures
 from segmentation.churn.model import (
@@ -166,18 +166,20 @@ def train(ctx: StageContext) -> ChurnTrainResult:
         channels = config.ingest.channels
         sample = _customer_sample(transactions, as_of, settings)
         transactions = customer_sample(transactions, sample.fraction, settings.seed)
-        training = training_examples(transactions, cutoffs, settings.lookback_days, channels)
+        # the training and the evaluation rows from one pass over the transactions
+        examples = churn_examples(transactions, (*cutoffs.training, cutoffs.evaluation), settings.horizon_days,
+                                  settings.lookback_days, channels)
         require_numeric_columns(
-            training, {"churn.features": settings.features, "churn.recency_baseline": [settings.recency_baseline]},
+            examples, {"churn.features": settings.features, "churn.recency_baseline": [settings.recency_baseline]},
             "customer_features",
         )
         classifier(settings)  # unknown Spark parameters fail here, before any Spark job
         _log_setup(source, version, as_of, cutoffs, settings)
         summary.update(as_of=as_of.isoformat(), evaluation_cutoff=cutoffs.evaluation.isoformat(), transactions_version=version)
 
-        training = training.persist(StorageLevel.MEMORY_AND_DISK)
-        evaluation = churn_examples(transactions, cutoffs.evaluation, settings.horizon_days, settings.lookback_days, channels)
-        evaluation = evaluation.persist(StorageLevel.MEMORY_AND_DISK)
+        examples = examples.persist(StorageLevel.MEMORY_AND_DISK)
+        evaluated_at = F.col(CUTOFF) == F.lit(cutoffs.evaluation)
+        training, evaluation = examples.where(~evaluated_at), examples.where(evaluated_at)
         scored = None
         try:
             labels = _label_counts(training, evaluation, cutoffs, sample, settings.min_positives, settings.min_negatives)
@@ -191,8 +193,7 @@ def train(ctx: StageContext) -> ChurnTrainResult:
             champion, champion_metric = _champion_on(evaluation, settings)
             decision = _register_and_decide(evaluated, evaluation, champion, champion_metric, scorer.baselines, settings)
         finally:
-            training.unpersist()
-            evaluation.unpersist()
+            examples.unpersist()
             if scored is not None:
                 scored.unpersist()
 

@@ -59,6 +59,29 @@ def test_labels_and_eligibility_by_hand(spark):
     assert {r.cutoff_date for r in examples.select("cutoff_date").collect()} == {CUTOFF}
 
 
+def test_cutoffs_stacked_in_one_pass_each_read_their_own_windows(spark):
+    """Several cutoffs from one call: each row's eligibility, features and label come from
+    its own cutoff's windows (hours at the windows' edges), as one cutoff alone gives them."""
+    early = dt.date(2025, 2, 20)  # window (02-20, 03-22]; CUTOFF's is (03-10, 04-09]; look-back 60 days
+    lines = [
+        line("B", "2025-02-01", 50), line("B", "2025-03-20", -50),  # eligible at both, only a return after: churned at both
+        line("G", "2025-01-09", 40),  # 42 days before early: eligible, churned; 60 before CUTOFF: not eligible
+        line("I", "2025-02-20", 25, hour=23), line("I", "2025-03-22", 25, hour=23),  # bought on early + 30: stays at both
+        line("K", "2025-02-21", 10, hour=0),  # first purchase the day after early: only a customer at CUTOFF, churned
+        line("L", "2025-02-20", 10), line("L", "2025-03-23", 10, hour=0),  # early + 31: churned at early, stays at CUTOFF
+    ]
+    transactions = spark.createDataFrame(lines, TRANSACTIONS_SCHEMA)
+    examples = churn_examples(transactions, [CUTOFF, early], 30, 60, CHANNELS)
+    rows = {(r.cutoff_date, r.customer_id): (r[LABEL], r.recency_days) for r in examples.collect()}
+    assert rows == {
+        (early, "B"): (1.0, 19), (early, "G"): (1.0, 42), (early, "I"): (0.0, 0), (early, "L"): (1.0, 0),
+        (CUTOFF, "B"): (1.0, 37), (CUTOFF, "I"): (0.0, 18), (CUTOFF, "K"): (1.0, 17), (CUTOFF, "L"): (0.0, 18),
+    }
+    for cutoff in (early, CUTOFF):
+        alone = churn_examples(transactions, cutoff, 30, 60, CHANNELS)
+        assert_df_equality(examples.where(F.col("cutoff_date") == F.lit(cutoff)), alone, ignore_row_order=True, ignore_nullable=True)
+
+
 def _history(seed: int = 7):
     """40 customers buying (and sometimes returning) at random through 2024 and 2025."""
     rng = random.Random(seed)
