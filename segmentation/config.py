@@ -373,8 +373,12 @@ class ClusterConfig(_Section):
     silhouette_sample: int = Field(ge=100)
     seed: int
     # K-means finds a local optimum: fit this many times (seeds seed, seed+1, ...) per k and
-    # keep the lowest cost, so a retrain on barely changed data lands on the same clusters.
+    # keep the lowest cost.
     restarts: int = Field(ge=1)
+    # A K-means retrain of the champion's k starts from the champion's centres (one fit, no
+    # restarts), so barely changed data keeps its clusters, their ids and names; false: it
+    # starts from k-means|| like a first fit.
+    warm_start: bool
     max_iterations: int = Field(gt=0)
     registered_model: str
     # The new model becomes champion when its silhouette is at least the champion's minus this.

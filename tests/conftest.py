@@ -31,13 +31,17 @@ SMALL_DATA_PLANS = [*INTERPRETED_EXPRESSIONS, "spark.conf.spark.sql.adaptive.ena
 # than its short pauses are worth. The same bench's JVM took 0.86x the CPU (median of two
 # against three, alternated in one session).
 TEST_JVM_OPTIONS = "-XX:+UseParallelGC"
+# One partition per shuffle: a test's few hundred rows gain nothing from two tasks, and each
+# task is a closure serialised, scheduled and run. The same bench's JVM took 0.92x the CPU
+# (two runs each, alternated). The standalone cluster's run keeps two (one per executor, so
+# the killed worker holds shuffle data), and its tier table must still equal local mode's.
+SHUFFLE_PARTITIONS = ["spark.conf.spark.sql.shuffle.partitions=1", "spark.conf.spark.default.parallelism=1",
+                      "spark.conf.spark.sql.adaptive.coalescePartitions.initialPartitionNum=1"]
 TEST_SPARK_SETTINGS = [
     "spark.master=local[2]",
-    "spark.conf.spark.sql.shuffle.partitions=2",
-    "spark.conf.spark.default.parallelism=2",
+    *SHUFFLE_PARTITIONS,
     "spark.conf.spark.ui.enabled=false",
     "spark.conf.spark.databricks.delta.snapshotPartitions=1",
-    "spark.conf.spark.sql.adaptive.coalescePartitions.initialPartitionNum=2",
     "spark.conf.spark.driver.memory=2g",
     f"spark.conf.spark.driver.extraJavaOptions={TEST_JVM_OPTIONS}",
     "logging.level=INFO",

@@ -18,16 +18,18 @@ cluster id of `customer_clusters`: loaded with `mlflow.spark`, its `transform` a
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Sequence, TypeVar
 
 import numpy as np
-from pyspark import keyword_only
+from pyspark import StorageLevel, keyword_only
 from pyspark.ml import Pipeline, PipelineModel, Transformer
 from pyspark.ml.clustering import BisectingKMeans, KMeans
 from pyspark.ml.evaluation import ClusteringEvaluator
 from pyspark.ml.feature import Imputer, SQLTransformer, StandardScaler, VectorAssembler
 from pyspark.ml.functions import vector_to_array
+from pyspark.ml.linalg import Vectors
 from pyspark.ml.param import Param, Params, TypeConverters
 from pyspark.ml.param.shared import HasInputCol, HasOutputCol
 from pyspark.ml.util import DefaultParamsReadable, DefaultParamsWritable
@@ -36,9 +38,15 @@ from pyspark.sql import functions as F
 
 from segmentation.clustering.search import KScore
 from segmentation.config import ClusterConfig
+from segmentation.privacy import CUSTOMER_COLUMN
 
 VECTOR, SCALED, PREDICTION = "features_vector", "features_scaled", "cluster_index"
 CLUSTER_ID = "cluster_id"
+# Customers per partition of the points Spark's K-means fits (`partitioned_by_customer`).
+FIT_PARTITION_CUSTOMERS = 50_000
+# Lloyd's iterations stop when no centre moves farther than this (Spark's K-means default).
+TOLERANCE = 1e-4
+KMEANS_PARALLEL, CHAMPION_START = "k-means||", "champion"  # how a fit's centres started
 
 
 def model_input(name: str, log_features: list[str]) -> str:
@@ -81,9 +89,11 @@ def _clusterer(config: ClusterConfig, k: int, seed: int):
 
 @dataclass(frozen=True)
 class Candidate(KScore):
-    """A k fitted with Spark: its scores and the whole pipeline, raw features in."""
+    """A k fitted with Spark: its scores, the whole pipeline (raw features in), and where its
+    centres started (k-means|| or the champion's centres)."""
 
     model: PipelineModel
+    start: str = KMEANS_PARALLEL
 
 
 def fit_candidate(
@@ -101,6 +111,82 @@ def fit_candidate(
                      sizes=[int(s) for s in best.summary.clusterSizes], model=model)
 
 
+def fit_from_centres(
+    points: DataFrame, silhouette_points: DataFrame, prepared: PipelineModel, config: ClusterConfig, start: np.ndarray
+) -> Candidate:
+    """K-means from given standardised centres (a retrain from the champion's): Lloyd's
+    iterations over `points` in Spark (`lloyd`), the silhouette on `silhouette_points`. The
+    model is the same pipeline as `fit_candidate`'s, with a Spark KMeansModel at the centres
+    reached (Spark's K-means takes no initial centres; `_kmeans_model_at`)."""
+    centres, cost, sizes = lloyd(points, start, config.max_iterations)
+    clusterer, order = _kmeans_model_at(points.sparkSession, centres, config.seed)
+    silhouette = ClusteringEvaluator(featuresCol=SCALED, predictionCol=PREDICTION).evaluate(clusterer.transform(silhouette_points))
+    return Candidate(k=len(centres), cost=cost, silhouette=float(silhouette), sizes=[sizes[i] for i in order],
+                     model=PipelineModel(stages=[*prepared.stages, clusterer]), start=CHAMPION_START)
+
+
+def lloyd(points: DataFrame, start: np.ndarray, max_iterations: int) -> tuple[np.ndarray, float, list[int]]:
+    """Lloyd's K-means iterations from `start` over the standardised vectors of `points`, one
+    Spark aggregate each, until no centre moves more than TOLERANCE or `max_iterations`. An
+    empty cluster keeps its centre (as Spark's K-means does). The centres reached, and the
+    cost (sum of squared distances) and sizes of the assignment to them."""
+    vectors = points.select(vector_to_array(F.col(SCALED)).alias("x")).persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        centres = np.array(start, dtype=float)
+        for _ in range(max_iterations):
+            sizes, sums, _ = _assignment(vectors, centres)
+            moved = np.where(sizes[:, None] > 0, sums / np.maximum(sizes, 1)[:, None], centres)
+            shift = float(np.sqrt(((moved - centres) ** 2).sum(axis=1)).max())
+            centres = moved
+            if shift <= TOLERANCE:
+                break
+        sizes, _, cost = _assignment(vectors, centres)
+    finally:
+        vectors.unpersist()
+    return centres, cost, [int(size) for size in sizes]
+
+
+def _assignment(vectors: DataFrame, centres: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    """Each point to its nearest centre (ties: the lower index): per centre, the points and
+    their sum, and the total squared distance. One aggregate, k rows to the driver."""
+    x = F.col("x")
+    dimensions = centres.shape[1]
+    distances = [sum((x[i] - F.lit(float(centre[i]))) ** 2 for i in range(dimensions)) for centre in centres]
+    nearest = F.least(*[F.struct(d.alias("distance"), F.lit(j).alias("index")) for j, d in enumerate(distances)])
+    rows = (vectors.select(nearest.alias("n"), x)
+            .groupBy(F.col("n.index").alias("index"))
+            .agg(F.count(F.lit(1)).alias("size"), F.sum("n.distance").alias("cost"), *[F.sum(x[i]).alias(f"s{i}") for i in range(dimensions)])
+            .collect())
+    sizes, sums = np.zeros(len(centres)), np.zeros_like(centres)
+    for row in rows:
+        sizes[row["index"]] = row["size"]
+        sums[row["index"]] = [row[f"s{i}"] for i in range(dimensions)]
+    return sizes, sums, float(sum(row["cost"] for row in rows))
+
+
+def _kmeans_model_at(spark, centres: np.ndarray, seed: int):
+    """A Spark KMeansModel whose centres are `centres`: K-means with k = len(centres) on those
+    k points alone, each its own cluster. Its order of the centres (model index -> index in
+    `centres`)."""
+    frame = spark.createDataFrame([(Vectors.dense(c),) for c in centres], [SCALED])
+    model = KMeans(featuresCol=SCALED, predictionCol=PREDICTION, k=len(centres), initMode="random", maxIter=1, seed=seed).fit(frame)
+    found = np.array([np.array(c) for c in model.clusterCenters()])
+    gaps = np.sqrt(((found[:, None, :] - centres[None, :, :]) ** 2).sum(axis=2))
+    order = [int(i) for i in gaps.argmin(axis=1)]
+    if len(found) != len(centres) or sorted(order) != list(range(len(centres))) or gaps.min(axis=1).max() > 1e-9:
+        raise RuntimeError(f"Spark's K-means did not keep the {len(centres)} given centres (it found {len(found)})")
+    return model, order
+
+
+def standardised_centres(prepared: PipelineModel, config: ClusterConfig, inputs: list[str], centroids: np.ndarray) -> np.ndarray | None:
+    """Centroids in input units (after logs), standardised with the scaler of `prepared` (the
+    fitted `preparation`); None when they are of other inputs than `config`'s."""
+    scaler = prepared.stages[-1]
+    space = Space([model_input(f, config.log_features) for f in config.features], np.array(scaler.mean.toArray()),
+                  np.array(scaler.std.toArray()), np.empty((0, len(inputs))))
+    return space.standardise(np.asarray(centroids, dtype=float)) if inputs == space.inputs else None
+
+
 Scored = TypeVar("Scored", bound=KScore)
 
 
@@ -113,10 +199,23 @@ def candidate_ks(config: ClusterConfig) -> list[int]:
     return [config.k] if config.k is not None else list(range(config.k_min, config.k_max + 1))
 
 
+def partitioned_by_customer(points: DataFrame, customers: int) -> DataFrame:
+    """`points` in partitions set by the data alone: about FIT_PARTITION_CUSTOMERS customers
+    each, by a hash of the customer id, sorted by it within. K-means|| draws its initial
+    centres partition by partition, each with a seed of its own index, so this gives the same
+    clusters for the same customers whatever the session's shuffle partitions, the files of
+    the feature table or the cluster's size."""
+    partitions = max(1, math.ceil(customers / FIT_PARTITION_CUSTOMERS))
+    return points.repartition(partitions, CUSTOMER_COLUMN).sortWithinPartitions(CUSTOMER_COLUMN)
+
+
 def standardised_points(points: DataFrame) -> np.ndarray:
     """The standardised vectors of `points` (the output of the fitted `preparation`) on the
-    driver, one row each: only for a bounded sample, such as the silhouette sample."""
-    return np.array([row[0] for row in points.select(vector_to_array(F.col(SCALED))).collect()], dtype=float)
+    driver, one row each in customer id order (the solver's seeded start depends on the rows'
+    order, not on how Spark happened to partition them): only for a bounded sample, such as
+    the silhouette sample."""
+    rows = points.select(CUSTOMER_COLUMN, vector_to_array(F.col(SCALED)).alias(SCALED)).collect()
+    return np.array([row[SCALED] for row in sorted(rows, key=lambda row: row[CUSTOMER_COLUMN])], dtype=float)
 
 
 def features_without_spread(customers: DataFrame, config: ClusterConfig) -> tuple[list[str], list[str]]:

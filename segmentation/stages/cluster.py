@@ -36,8 +36,11 @@ from segmentation.clustering.model import (
     distinct_points,
     features_without_spread,
     fit_candidate,
+    fit_from_centres,
     preparation,
     model_space,
+    partitioned_by_customer,
+    standardised_centres,
     standardised_points,
     with_cluster_ids,
 )
@@ -159,7 +162,7 @@ def _compute(ctx: StageContext, customers: DataFrame, count: int, as_of, source,
     """Score a candidate per k (a child run each), fit the best, match its clusters to the
     champion's, assign and profile every customer, and name the clusters."""
     settings = ctx.config.cluster
-    best, candidates = _fit(ctx, customers, count, as_of, source, version, too_few_varying)
+    best, candidates = _fit(ctx, customers, count, as_of, source, version, too_few_varying, champion)
     space = model_space(best.model, settings)
     matching = match_to_reference(space, champion.reference if champion else None, settings.max_match_distance)
     assigned = assign_clusters(best.model, customers, space, matching.ids)
@@ -196,10 +199,11 @@ def _record(clustering: _Clustering, decision: ClusterDecision) -> None:
 
 
 def _fit(ctx: StageContext, customers: DataFrame, count: int, as_of, source, version: int,
-         too_few_varying: str | None) -> tuple[Candidate, list[KScore]]:
+         too_few_varying: str | None, champion: Champion | None) -> tuple[Candidate, list[KScore]]:
     """The fitted model and every candidate k's scores (a child run each). K-means with k to
     choose scores the candidates on the driver (numpy K-means on the silhouette sample) and
     fits only the chosen k with Spark; a fixed k, or BisectingKMeans, fits every k with Spark.
+    A K-means fit of the champion's k starts from its centres (`cluster.warm_start`).
     `too_few_varying` (fewer than 2 features vary) fails once the distinct points are counted."""
     settings = ctx.config.cluster
     snapshot = f"{source} as of {as_of}"
@@ -209,7 +213,7 @@ def _fit(ctx: StageContext, customers: DataFrame, count: int, as_of, source, ver
     points = prepared.transform(customers)
     fit_fraction = sample_fraction(count, settings.fit_sample)
     silhouette = sample_fraction(count, settings.silhouette_sample)
-    fit_points = customer_sample(points, fit_fraction, settings.seed)
+    fit_points = partitioned_by_customer(customer_sample(points, fit_fraction, settings.seed), round(fit_fraction * count))
     silhouette_points = customer_sample(points, silhouette, settings.seed + 1)
     if fit_fraction < 1:
         log.info("K-means fits on a sample of about %d of the %d customers (cluster.fit_sample); all are assigned",
@@ -223,19 +227,37 @@ def _fit(ctx: StageContext, customers: DataFrame, count: int, as_of, source, ver
             log.warning("k=%d skipped: only %d customers with distinct features", k, distinct)
     ks = [k for k in ks if k < distinct]
     params = {"algorithm": settings.algorithm, "seed": settings.seed, "silhouette_sample_fraction": silhouette}
+    start = _champion_start(champion, prepared, settings)
+
+    def fit(k: int) -> Candidate:
+        if start is not None and len(start) == k:
+            log.info("k=%d starts from the centres of champion version %s (cluster.warm_start)", k, champion.version)
+            return fit_from_centres(fit_points, silhouette_points, prepared, settings, start)
+        return fit_candidate(fit_points, silhouette_points, prepared, settings, k)
+
     if settings.algorithm == "kmeans" and len(ks) > 1:
         # Spark's KMeans takes no initial centroids: the chosen k is fitted anew, its
         # restarts seeded as every k used to be.
         scores = score_ks(standardised_points(silhouette_points), ks, settings.seed, settings.restarts, settings.max_iterations)
         for score in scores:
             _log_candidate(ctx, as_of, source, version, score, {**params, "solver": "numpy", "fit_sample_fraction": silhouette})
-        best = fit_candidate(fit_points, silhouette_points, prepared, settings, choose_k(scores).k)
+        best = fit(choose_k(scores).k)
         log.info("k=%d fitted with Spark: silhouette %.4f, cost %.1f, sizes %s", best.k, best.silhouette, best.cost, best.sizes)
         return best, scores
-    candidates = [fit_candidate(fit_points, silhouette_points, prepared, settings, k) for k in ks]
+    candidates = [fit(k) for k in ks]
     for candidate in candidates:
         _log_candidate(ctx, as_of, source, version, candidate, {**params, "solver": "spark", "fit_sample_fraction": fit_fraction})
     return choose_k(candidates), candidates
+
+
+def _champion_start(champion: Champion | None, prepared, settings) -> np.ndarray | None:
+    """The champion's centroids in the new fit's standardised space, for a K-means retrain to
+    start from (None without a champion or its centroids, for other features, BisectingKMeans,
+    or with cluster.warm_start off)."""
+    if not settings.warm_start or settings.algorithm != "kmeans" or champion is None or champion.reference is None:
+        return None
+    reference = champion.reference
+    return standardised_centres(prepared, settings, reference.inputs, reference.centroids)
 
 
 def _log_candidate(ctx: StageContext, as_of, source, version: int, candidate: KScore, params: dict) -> None:
@@ -345,6 +367,7 @@ def _decide(client: MlflowClient, settings, version: str, silhouette: float, cha
 
 def _log_parent(best: Candidate, candidates, space: Space, ids, names, profiles, decision: ClusterDecision) -> None:
     mlflow.log_metrics({"silhouette": best.silhouette, "cost": best.cost, "k": best.k})
+    mlflow.set_tag("kmeans_start", best.start)
     mlflow.log_dict({"profiles": profiles, "names": {str(k): v for k, v in names.items()}}, "cluster/profiles.json")
     mlflow.log_dict(decision.as_dict(), "cluster/champion_decision.json")
     mlflow.log_dict(

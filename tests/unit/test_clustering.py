@@ -16,9 +16,13 @@ from segmentation.clustering.model import (
     SCALED,
     assign_clusters,
     choose_k,
+    CHAMPION_START,
     fit_candidate,
+    fit_from_centres,
     model_space,
+    partitioned_by_customer,
     preparation,
+    standardised_points,
     with_cluster_ids,
 )
 from segmentation.clustering.search import fit_kmeans, score_ks, silhouette_sqeuclidean
@@ -93,6 +97,42 @@ def test_the_same_seed_gives_the_same_model(data):
     (first,), (second,) = fit(data, CONFIG, 4), fit(data, CONFIG, 4)
     first, second = model_space(first.model, CONFIG), model_space(second.model, CONFIG)
     np.testing.assert_array_equal(first.centroids_scaled, second.centroids_scaled)
+
+
+def test_the_same_customers_give_the_same_model_however_spark_partitioned_them(data):
+    """Six clusters on four groups: where K-means settles depends on its start, which Spark
+    draws partition by partition. Points arriving in one partition or in five, in another
+    order, are refitted from the same partitions (`partitioned_by_customer`), and the
+    driver's solver reads them in the same order."""
+    prepared = preparation(CONFIG).fit(data)
+    points = prepared.transform(data)
+    arrivals = [points.coalesce(1), points.repartition(5, F.rand(seed=3))]
+    fits = [fit_candidate(partitioned_by_customer(p, p.count()), points, prepared, CONFIG, 6) for p in arrivals]
+    one, five = (model_space(f.model, CONFIG).centroids_scaled for f in fits)
+    np.testing.assert_allclose(one, five, rtol=1e-9, atol=1e-9)
+    np.testing.assert_array_equal(*(standardised_points(p) for p in arrivals))
+
+
+def test_a_fit_from_given_centres_reaches_scikit_learn_s_lloyd_from_the_same_start(data):
+    """A retrain's start: six centres picked from the points (four groups, so where K-means
+    settles depends on them). Spark's iterations reach the centres, cost and sizes of
+    scikit-learn's Lloyd from the same start, and the model assigns customers by them."""
+    prepared = preparation(CONFIG).fit(data)
+    points = prepared.transform(data).cache()
+    scaled = standardised_points(points)
+    start = scaled[[0, 1, 2, 150, 300, 450]]
+    fitted = fit_from_centres(points, points, prepared, CONFIG, start)
+    oracle = SkKMeans(n_clusters=6, init=start, n_init=1, max_iter=CONFIG.max_iterations, tol=0.0, algorithm="lloyd").fit(scaled)
+
+    def rows(centres):
+        return np.array(sorted(map(tuple, np.round(centres, 9))))
+
+    np.testing.assert_allclose(rows(model_space(fitted.model, CONFIG).centroids_scaled), rows(oracle.cluster_centers_), atol=1e-7)
+    assert fitted.cost == pytest.approx(oracle.inertia_, rel=1e-9)
+    assert fitted.start == CHAMPION_START and fitted.k == 6
+    assigned = fitted.model.transform(data).groupBy("cluster_index").count().collect()
+    assert fitted.sizes == [dict(assigned).get(i, 0) for i in range(6)]
+    assert sorted(fitted.sizes) == sorted(np.bincount(oracle.labels_, minlength=6).tolist())
 
 
 def test_the_silhouette_is_spark_s_on_the_same_points_and_clusters(data, candidates):
