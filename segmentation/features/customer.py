@@ -5,7 +5,9 @@ zone, UTC by default). A purchase is a line that is not a return; a return line 
 against revenue on the day it happened. "The last N days" are the N days ending on `as_of`
 (age 0 to N-1). The whole snapshot is one `groupBy(customer_id)`: orders, purchase days and
 categories are gathered as small per-customer sets, and every count and gap is derived
-from those sets, so Spark reads and shuffles the transactions once.
+from those sets, so Spark reads and shuffles the transactions once. Snapshots as of several
+dates (churn's cutoffs) are one pass too: each line joins the dates it precedes, and the
+aggregation is by customer and date (`customer_features_by_date`).
 """
 
 from __future__ import annotations
