@@ -9,12 +9,16 @@ and the same data and seed always give the same sample.
 
 from __future__ import annotations
 
+import math
+
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from segmentation.privacy import CUSTOMER_COLUMN
 
 _BUCKETS = 1_000_000
+# Rows per partition of a model's training input (`partitioned_by_data`).
+TRAINING_PARTITION_ROWS = 50_000
 
 
 def sample_fraction(customer_count: int, sample_size: int | None) -> float:
@@ -32,3 +36,14 @@ def customer_sample(df: DataFrame, fraction: float, seed: int) -> DataFrame:
         return df
     bucket = F.pmod(F.xxhash64(F.col(CUSTOMER_COLUMN), F.lit(seed)), F.lit(_BUCKETS))
     return df.where(bucket < F.lit(int(round(fraction * _BUCKETS))))
+
+
+def partitioned_by_data(df: DataFrame, rows: int, keys: list[str]) -> DataFrame:
+    """`df` (about `rows` rows) in partitions set by the data alone: about
+    TRAINING_PARTITION_ROWS rows each, by a hash of `keys`, sorted by them within. Spark's
+    seeded estimators draw per partition, with a seed of the partition's index (K-means||
+    starting centres, a GBT's subsamples and split candidates), so a model fitted on this
+    is the same for the same rows whatever the session's shuffle partitions, the input's
+    files or the cluster's size."""
+    partitions = max(1, math.ceil(rows / TRAINING_PARTITION_ROWS))
+    return df.repartition(partitions, *keys).sortWithinPartitions(*keys)

@@ -18,7 +18,7 @@ cluster id of `customer_clusters`: loaded with `mlflow.spark`, its `transform` a
 
 from __future__ import annotations
 
-import math
+import logging
 from dataclasses import dataclass
 from typing import Sequence, TypeVar
 
@@ -40,10 +40,10 @@ from segmentation.clustering.search import KScore
 from segmentation.config import ClusterConfig
 from segmentation.privacy import CUSTOMER_COLUMN
 
+log = logging.getLogger(__name__)
+
 VECTOR, SCALED, PREDICTION = "features_vector", "features_scaled", "cluster_index"
 CLUSTER_ID = "cluster_id"
-# Customers per partition of the points Spark's K-means fits (`partitioned_by_customer`).
-FIT_PARTITION_CUSTOMERS = 50_000
 # Lloyd's iterations stop when no centre moves farther than this (Spark's K-means default).
 TOLERANCE = 1e-4
 KMEANS_PARALLEL, CHAMPION_START = "k-means||", "champion"  # how a fit's centres started
@@ -133,7 +133,7 @@ def lloyd(points: DataFrame, start: np.ndarray, max_iterations: int) -> tuple[np
     vectors = points.select(vector_to_array(F.col(SCALED)).alias("x")).persist(StorageLevel.MEMORY_AND_DISK)
     try:
         centres = np.array(start, dtype=float)
-        for _ in range(max_iterations):
+        for iteration in range(1, max_iterations + 1):
             sizes, sums, _ = _assignment(vectors, centres)
             moved = np.where(sizes[:, None] > 0, sums / np.maximum(sizes, 1)[:, None], centres)
             shift = float(np.sqrt(((moved - centres) ** 2).sum(axis=1)).max())
@@ -143,6 +143,7 @@ def lloyd(points: DataFrame, start: np.ndarray, max_iterations: int) -> tuple[np
         sizes, _, cost = _assignment(vectors, centres)
     finally:
         vectors.unpersist()
+    log.info("Lloyd's iterations from the given centres: %d, the last moved a centre by %.2g", iteration, shift)
     return centres, cost, [int(size) for size in sizes]
 
 
@@ -197,16 +198,6 @@ def choose_k(candidates: Sequence[Scored]) -> Scored:
 
 def candidate_ks(config: ClusterConfig) -> list[int]:
     return [config.k] if config.k is not None else list(range(config.k_min, config.k_max + 1))
-
-
-def partitioned_by_customer(points: DataFrame, customers: int) -> DataFrame:
-    """`points` in partitions set by the data alone: about FIT_PARTITION_CUSTOMERS customers
-    each, by a hash of the customer id, sorted by it within. K-means|| draws its initial
-    centres partition by partition, each with a seed of its own index, so this gives the same
-    clusters for the same customers whatever the session's shuffle partitions, the files of
-    the feature table or the cluster's size."""
-    partitions = max(1, math.ceil(customers / FIT_PARTITION_CUSTOMERS))
-    return points.repartition(partitions, CUSTOMER_COLUMN).sortWithinPartitions(CUSTOMER_COLUMN)
 
 
 def standardised_points(points: DataFrame) -> np.ndarray:

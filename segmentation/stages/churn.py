@@ -59,7 +59,8 @@ from segmentation.grades import churn_grade
 from segmentation.logs import stage
 from segmentation.plots import plt
 from segmentation.registry import CHALLENGER, CHAMPION, ChampionMetric, PromotionRule, RegisteredVersion, decide_promotion
-from segmentation.sampling import customer_sample, sample_fraction
+from segmentation.privacy import CUSTOMER_COLUMN
+from segmentation.sampling import customer_sample, partitioned_by_data, sample_fraction
 from segmentation.schema import CHURN_COLUMNS, require_numeric_columns
 from segmentation.sufficiency import churn_history_shortfall, label_shortfall
 
@@ -222,10 +223,13 @@ def train(ctx: StageContext) -> ChurnTrainResult:
 
 
 def _fit(training: DataFrame, labels: LabelCounts, cutoffs: Cutoffs, settings, bgnbd: BgNbdFeatures) -> FittedChurn:
+    """The model fitted on the training rows, in partitions set by the rows alone, so the same
+    rows give the same model whatever the session's partitioning (`partitioned_by_data`)."""
     weights = class_weights(labels.training_rows, labels.training_churners, settings.class_weight)
     log.info("training on %d rows from %d cutoffs (churn rate %.3f), evaluating on %d rows of %s",
              labels.training_rows, len(cutoffs.training), weights.churn_rate, labels.evaluation_rows, cutoffs.evaluation)
-    return fit_churn_model(training, settings, weights, bgnbd)
+    rows = partitioned_by_data(training, labels.training_rows, [CUSTOMER_COLUMN, CUTOFF])
+    return fit_churn_model(rows, settings, weights, bgnbd)
 
 
 def _evaluate(scored: DataFrame, fitted: FittedChurn, settings) -> _Evaluated:

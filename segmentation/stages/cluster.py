@@ -39,7 +39,6 @@ from segmentation.clustering.model import (
     fit_from_centres,
     preparation,
     model_space,
-    partitioned_by_customer,
     standardised_centres,
     standardised_points,
     with_cluster_ids,
@@ -59,7 +58,8 @@ from segmentation.sufficiency import cluster_shortfall, varying_features
 from segmentation.logs import stage
 from segmentation.plots import plt
 from segmentation.registry import CHAMPION, ChampionMetric, PromotionRule, decide_promotion
-from segmentation.sampling import customer_sample, sample_fraction
+from segmentation.sampling import customer_sample, partitioned_by_data, sample_fraction
+from segmentation.privacy import CUSTOMER_COLUMN
 from segmentation.schema import CLUSTER_COLUMNS, require_numeric_columns
 
 log = logging.getLogger(__name__)
@@ -213,7 +213,7 @@ def _fit(ctx: StageContext, customers: DataFrame, count: int, as_of, source, ver
     points = prepared.transform(customers)
     fit_fraction = sample_fraction(count, settings.fit_sample)
     silhouette = sample_fraction(count, settings.silhouette_sample)
-    fit_points = partitioned_by_customer(customer_sample(points, fit_fraction, settings.seed), round(fit_fraction * count))
+    fit_points = partitioned_by_data(customer_sample(points, fit_fraction, settings.seed), round(fit_fraction * count), [CUSTOMER_COLUMN])
     silhouette_points = customer_sample(points, silhouette, settings.seed + 1)
     if fit_fraction < 1:
         log.info("K-means fits on a sample of about %d of the %d customers (cluster.fit_sample); all are assigned",

@@ -20,11 +20,11 @@ from segmentation.clustering.model import (
     fit_candidate,
     fit_from_centres,
     model_space,
-    partitioned_by_customer,
     preparation,
     standardised_points,
     with_cluster_ids,
 )
+from segmentation.sampling import partitioned_by_data
 from segmentation.clustering.search import fit_kmeans, score_ks, silhouette_sqeuclidean
 from segmentation.clustering.profiles import (
     ReferenceClusters,
@@ -102,12 +102,12 @@ def test_the_same_seed_gives_the_same_model(data):
 def test_the_same_customers_give_the_same_model_however_spark_partitioned_them(data):
     """Six clusters on four groups: where K-means settles depends on its start, which Spark
     draws partition by partition. Points arriving in one partition or in five, in another
-    order, are refitted from the same partitions (`partitioned_by_customer`), and the
+    order, are refitted from the same partitions (`partitioned_by_data`), and the
     driver's solver reads them in the same order."""
     prepared = preparation(CONFIG).fit(data)
     points = prepared.transform(data)
     arrivals = [points.coalesce(1), points.repartition(5, F.rand(seed=3))]
-    fits = [fit_candidate(partitioned_by_customer(p, p.count()), points, prepared, CONFIG, 6) for p in arrivals]
+    fits = [fit_candidate(partitioned_by_data(p, p.count(), ["customer_id"]), points, prepared, CONFIG, 6) for p in arrivals]
     one, five = (model_space(f.model, CONFIG).centroids_scaled for f in fits)
     np.testing.assert_allclose(one, five, rtol=1e-9, atol=1e-9)
     np.testing.assert_array_equal(*(standardised_points(p) for p in arrivals))
