@@ -30,7 +30,7 @@ from delta.exceptions import (
     MetadataChangedException,
     ProtocolChangedException,
 )
-from pyspark.errors import AnalysisException
+from pyspark.errors import AnalysisException, PySparkException
 from pyspark.sql import DataFrame, Row, SparkSession
 from pyspark.sql import types as T
 
@@ -47,6 +47,12 @@ CONFLICTS = (
     ConcurrentTransactionException, ConcurrentWriteException, DeltaConcurrentModificationException,
     MetadataChangedException, ProtocolChangedException,
 )
+# The same conflicts as a Spark Connect client sees them: an error of the server whose
+# condition is Delta's (delta-spark's exception classes wrap py4j errors only).
+CONFLICT_CONDITIONS = frozenset({
+    "DELTA_CONCURRENT_APPEND", "DELTA_CONCURRENT_DELETE_DELETE", "DELTA_CONCURRENT_DELETE_READ",
+    "DELTA_CONCURRENT_TRANSACTION", "DELTA_CONCURRENT_WRITE", "DELTA_METADATA_CHANGED", "DELTA_PROTOCOL_CHANGED",
+})
 COMMIT_ATTEMPTS = 5
 _Answer = TypeVar("_Answer")
 
@@ -254,13 +260,23 @@ def _retrying_conflicts(ref: TableRef, commit: Callable[[], None]) -> None:
         try:
             commit()
             return
-        except CONFLICTS as conflict:
-            if attempt == COMMIT_ATTEMPTS:
+        except Exception as error:
+            conflict = commit_conflict(error)
+            if conflict is None or attempt == COMMIT_ATTEMPTS:
                 raise
             pause = attempt * random.uniform(1.0, 2.0)
             log.warning("%s: the commit conflicted with another writer's (%s); attempt %d of %d in %.1f s",
-                        ref, type(conflict).__name__, attempt + 1, COMMIT_ATTEMPTS, pause)
+                        ref, conflict, attempt + 1, COMMIT_ATTEMPTS, pause)
             time.sleep(pause)
+
+
+def commit_conflict(error: BaseException) -> str | None:
+    """What conflict `error` is, when it is a Delta commit that lost to another writer's: its
+    class in a classic session, its error condition through Spark Connect; None otherwise."""
+    if isinstance(error, CONFLICTS):
+        return type(error).__name__
+    condition = error.getCondition() if isinstance(error, PySparkException) else None
+    return condition if condition and condition.split(".")[0] in CONFLICT_CONDITIONS else None
 
 
 def _commit_by(

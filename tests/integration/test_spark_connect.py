@@ -9,7 +9,8 @@ runs, registry aliases and Delta histories are the same, and so are the ingested
 exported audiences and the report's figures. `segmentation bench --until features` runs
 through a second Connect client meanwhile (the whole pipeline runs through the first). Then
 the analyst and reviewer notebooks run on the Connect side's tables in kernels whose Spark
-is the Connect server.
+is the Connect server. A MERGE that loses to another Connect session's overwrite is tried
+again and commits.
 """
 
 from __future__ import annotations
@@ -350,6 +351,57 @@ def test_erase_through_connect_removes_the_customer_and_nothing_else(spark, two_
     [run] = _runs(two_pipelines.connect, "tags.stage = 'erase'")
     assert run.data.params["customers"] == "1"
     assert {key: run.data.metrics[key] for key in deleted} == deleted
+
+
+# Two Connect sessions on one table: the first MERGEs a source that takes seconds to compute
+# (a Python UDF on the server's workers), the second overwrites the table meanwhile. The
+# MERGE's commit then conflicts (it read files the overwrite removed) and is tried again.
+CONFLICT_CLIENT = """
+import json, logging, os, sys, threading, time
+from pyspark.sql import SparkSession, functions as F
+from segmentation import tables
+from segmentation.tables import TableRef
+
+logging.basicConfig(level=logging.WARNING, stream=sys.stdout, format="%(levelname)s %(name)s: %(message)s")
+first, second = (SparkSession.builder.remote(os.environ["SPARK_REMOTE"]).create() for _ in range(2))
+ref = TableRef("conflict", sys.argv[1], True)
+tables.write(first.range(3).select("id", F.lit(0).alias("v")), ref, mode="overwrite", run_id="created")
+
+@F.udf("long")
+def slowly(value):
+    import time
+    if value == 0:
+        time.sleep(6)
+    return 2
+
+source = first.range(3).select("id", slowly("id").alias("v"))
+merging = threading.Thread(target=tables.merge, args=(source, ref), kwargs={"on": ["id"], "compare": ["v"], "run_id": "merged"})
+merging.start()
+time.sleep(3)
+tables.write(second.range(10, 12).select("id", F.lit(5).alias("v")), ref, mode="overwrite", run_id="overwritten")
+merging.join()
+rows = sorted(tuple(r) for r in first.read.format("delta").load(ref.location).collect())
+history = [(r.operation, r.userMetadata) for r in first.sql(f"DESCRIBE HISTORY delta.`{ref.location}`").orderBy("version").collect()]
+print("CONFLICT " + json.dumps({"rows": rows, "history": history}), flush=True)
+for session in (first, second):
+    session.stop()
+"""
+
+
+def test_a_commit_that_loses_to_another_writer_is_tried_again_through_connect(connect_server, tmp_path):
+    """Through Connect, a lost commit arrives as the server's error with Delta's condition,
+    not as delta-spark's exception class: the retry recognises it, waits, and the MERGE
+    commits on the table as the other writer left it."""
+    log = tmp_path / "client.log"
+    with log.open("w") as out:
+        client = subprocess.run([sys.executable, "-c", CONFLICT_CLIENT, str(tmp_path / "table")], cwd=tmp_path,
+                                env=_client_env(connect_server()), stdout=out, stderr=subprocess.STDOUT, timeout=600)
+    output = log.read_text()
+    report = next((json.loads(line[len("CONFLICT "):]) for line in output.splitlines() if line.startswith("CONFLICT ")), None)
+    assert client.returncode == 0 and report is not None, output[-5000:]
+    assert re.search(r"the commit conflicted with another writer's \(DELTA_CONCURRENT_[A-Z_]+", output), output[-5000:]
+    assert report["history"] == [["WRITE", "created"], ["WRITE", "overwritten"], ["MERGE", "merged"]]
+    assert report["rows"] == [[0, 2], [1, 2], [2, 2], [10, 5], [11, 5]]
 
 
 def test_erase_vacuum_through_connect_removes_the_old_files(spark, connect_server, two_pipelines, tmp_path):

@@ -48,3 +48,24 @@ def test_under_connect_nothing_asks_a_jvm_for_settings_or_a_spark_context(monkey
     with profiling.grouped(object(), "features"):  # a classic session would have its SparkContext asked
         pass
     assert profiling.spark_jobs(object()) is None
+
+
+def test_a_delta_commit_conflict_is_recognised_through_connect_by_its_condition():
+    """Through Spark Connect a lost commit arrives as the server's error with Delta's
+    condition, not as delta-spark's exception class: the retry still recognises it, and
+    nothing else."""
+    from delta.exceptions import ConcurrentAppendException
+    from pyspark.errors.exceptions.connect import SparkConnectGrpcException, UnknownException
+
+    from segmentation.tables import commit_conflict
+
+    def through_connect(condition: str) -> Exception:
+        return UnknownException("Files were added to the root of the table by a concurrent update.",
+                                errorClass=condition, messageParameters={})
+
+    assert commit_conflict(through_connect("DELTA_CONCURRENT_APPEND.WITH_PARTITION_HINT")) == "DELTA_CONCURRENT_APPEND.WITH_PARTITION_HINT"
+    assert commit_conflict(through_connect("DELTA_METADATA_CHANGED")) == "DELTA_METADATA_CHANGED"
+    assert commit_conflict(through_connect("DELTA_TABLE_NOT_FOUND")) is None
+    assert commit_conflict(SparkConnectGrpcException("the server went away")) is None
+    assert commit_conflict(ValueError("DELTA_CONCURRENT_APPEND")) is None
+    assert commit_conflict(ConcurrentAppendException("conflict", None)) == "ConcurrentAppendException"
