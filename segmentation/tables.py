@@ -14,6 +14,7 @@ import random
 import re
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -47,6 +48,11 @@ USER_METADATA = "spark.databricks.delta.commitInfo.userMetadata"
 # session, against 170 ms for appending 10 rows). The session's commits are then the
 # caller's: a stage writes from one thread at a time, as every stage here does.
 LAST_COMMIT = "spark.databricks.delta.lastCommitVersionInSession"
+# The newest version each run id (its commits' user metadata) committed to each table location
+# in this process, for the newest RUNS_REMEMBERED runs: a pipeline's summary of where its
+# results are needs no query for the tables it wrote.
+RUNS_REMEMBERED = 32
+_RUN_COMMITS: OrderedDict[str, dict[str, int]] = OrderedDict()
 # A commit that lost to another writer's (optimistic concurrency): nothing of it was
 # committed, so it is tried again on the table as the other writer left it.
 CONFLICTS = (
@@ -78,7 +84,7 @@ class TableRef:
 class WriteResult:
     table: TableRef
     version: int | None  # None when nothing was committed (a write already applied, a MERGE that changed nothing)
-    count: Callable[[], int | None] | None = field(default=None, repr=False, compare=False)
+    rows_from: Callable[[], int | None] | None = field(default=None, repr=False, compare=False)  # reads `rows`
 
     @property
     def skipped(self) -> bool:
@@ -88,7 +94,7 @@ class WriteResult:
     def rows(self) -> int | None:
         """The rows the commit wrote (or deleted), from its metrics in the table's history:
         read on first use, as few callers need them."""
-        return self.count() if self.count else None
+        return self.rows_from() if self.rows_from else None
 
 
 def table_ref(config: Config, key: str) -> TableRef:
@@ -242,7 +248,7 @@ def write(
     if idempotency_key:
         writer = writer.option("txnAppId", idempotency_key[0]).option("txnVersion", idempotency_key[1])
     spark = df.sparkSession
-    version = _committed(spark, ref, lambda: writer.save(ref.location) if ref.is_path else writer.saveAsTable(ref.location))
+    version = _committed(spark, ref, run_id, lambda: writer.save(ref.location) if ref.is_path else writer.saveAsTable(ref.location))
     if version is None:
         log.info("write to %s skipped: already applied", ref)
         return WriteResult(ref, None)
@@ -262,13 +268,25 @@ def write_snapshot(
     )
 
 
-def _committed(spark: SparkSession, ref: TableRef, commit: Callable[[], None]) -> int | None:
-    """Run `commit` (again after a conflict): the version it committed, None when it
-    committed nothing."""
+def _committed(spark: SparkSession, ref: TableRef, run_id: str, commit: Callable[[], None]) -> int | None:
+    """Run `commit` (again after a conflict), made by `run_id`: the version it committed,
+    None when it committed nothing."""
     spark.conf.unset(LAST_COMMIT)
     _retrying_conflicts(ref, commit)
     version = spark.conf.get(LAST_COMMIT, None)
-    return None if version is None else int(version)
+    if version is None:
+        return None
+    _RUN_COMMITS.setdefault(run_id, {})[ref.location] = int(version)
+    _RUN_COMMITS.move_to_end(run_id)
+    while len(_RUN_COMMITS) > RUNS_REMEMBERED:
+        _RUN_COMMITS.popitem(last=False)
+    return int(version)
+
+
+def committed_by(run_id: str, ref: TableRef) -> int | None:
+    """The newest version of the table that `run_id` committed in this process (one of the
+    newest RUNS_REMEMBERED runs); None when it committed none."""
+    return _RUN_COMMITS.get(run_id, {}).get(ref.location)
 
 
 def _retrying_conflicts(ref: TableRef, commit: Callable[[], None]) -> None:
@@ -312,7 +330,7 @@ def delete_matching(keys: DataFrame, ref: TableRef, condition: str, *, run_id: s
     the keys `s`) in one Delta MERGE ... WHEN MATCHED THEN DELETE, again after a conflict.
     `rows` is the number deleted; `version` is None when nothing matched (nothing is committed)."""
     spark = keys.sparkSession
-    version = _committed(spark, ref, lambda: _merge_sql(keys, ref, condition, ["WHEN MATCHED THEN DELETE"], run_id))
+    version = _committed(spark, ref, run_id, lambda: _merge_sql(keys, ref, condition, ["WHEN MATCHED THEN DELETE"], run_id))
     if version is None:
         return WriteResult(ref, None, lambda: 0)
     return WriteResult(ref, version, lambda: _commit_rows(spark, ref, version, "numTargetRowsDeleted") or 0)
@@ -362,7 +380,7 @@ def merge(
     clauses = [f"WHEN MATCHED AND ({changed}) THEN UPDATE SET *", "WHEN NOT MATCHED THEN INSERT *"]
     if delete_missing:
         clauses.append("WHEN NOT MATCHED BY SOURCE THEN DELETE")
-    version = _committed(spark, ref, lambda: _merge_sql(source, ref, matched, clauses, run_id))
+    version = _committed(spark, ref, run_id, lambda: _merge_sql(source, ref, matched, clauses, run_id))
     log.info("merged into %s at version %s", ref, version)
     return WriteResult(ref, version)
 

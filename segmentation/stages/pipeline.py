@@ -319,7 +319,10 @@ def _print_where(ctx: StageContext, mlflow_run_id: str, until: int) -> None:
     lines = ["", "Results:"]
     for key in keys:
         ref = ctx.table(key)
-        version = tables.current_version(ctx.spark, ref)
+        # What this run committed, else (a stage resumed past, a table it did not write) Delta's newest version.
+        version = tables.committed_by(ctx.pipeline_run_id, ref)
+        if version is None:
+            version = tables.current_version(ctx.spark, ref)
         if version is not None:
             lines.append(f"  {key:<24} {ref.location}  (Delta version {version})")
     path = report.report_path(config, config.as_of) if config.as_of and until >= STAGES.index("report") else None

@@ -4,6 +4,7 @@ then a failure in the tiers stage and a re-run that resumes past the committed s
 from __future__ import annotations
 
 import argparse
+import re
 
 import pytest
 
@@ -16,6 +17,17 @@ from tests.conftest import PLANTED_DROPOUT, SMALL_FEED, make_config
 SETTINGS = ["generate.customers=400", "cluster.k=3", "cluster.restarts=1", "churn.model=logistic_regression", *SMALL_FEED,
             *PLANTED_DROPOUT]
 ARGS = argparse.Namespace(generate=False, train_churn=False, until="report")
+RESULT_LINE = re.compile(r"^  (\w+) +(\S+)  \(Delta version (\d+)\)$", re.M)
+
+
+def assert_results_show_current_versions(spark, config, out: str) -> None:
+    """The run's summary ("Results:") names each table with its newest Delta version, whether
+    the run committed it (known without asking Delta) or resumed past the stage that did."""
+    shown = {key: (location, int(version)) for key, location, version in RESULT_LINE.findall(out.split("Results:")[-1])}
+    assert {"transactions", "customer_features", "customer_clv", "customer_tiers"} <= set(shown)
+    for key, (location, version) in shown.items():
+        ref = tables.table_ref(config, key)
+        assert (location, version) == (ref.location, tables.current_version(spark, ref)), key
 
 
 def test_a_rerun_after_a_failure_resumes_past_committed_stages(spark, tmp_path, monkeypatch, capsys):
@@ -42,8 +54,11 @@ def test_a_rerun_after_a_failure_resumes_past_committed_stages(spark, tmp_path, 
     out = capsys.readouterr().out
     assert "customer_tiers" in out and "tier_migrations" not in out.split("Results:")[-1]  # one snapshot: no movement yet
     assert str(results.report.path) in out
+    assert_results_show_current_versions(spark, config, out)  # tiers committed by this run, features resumed
 
     again = pipeline.run(StageContext(config, spark), ARGS)  # nothing new: every stage resumes
     for stage in ("features", "clv", "cluster", "tiers", "report"):
         assert isinstance(getattr(again, stage), pipeline.Resumed), stage
-    assert str(results.report.path) in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert str(results.report.path) in out
+    assert_results_show_current_versions(spark, config, out)
