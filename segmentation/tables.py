@@ -273,14 +273,15 @@ def _committed(spark: SparkSession, ref: TableRef, run_id: str, commit: Callable
     None when it committed nothing."""
     spark.conf.unset(LAST_COMMIT)
     _retrying_conflicts(ref, commit)
-    version = spark.conf.get(LAST_COMMIT, None)
-    if version is None:
+    committed = spark.conf.get(LAST_COMMIT, None)
+    if committed is None:
         return None
-    _RUN_COMMITS.setdefault(run_id, {})[ref.location] = int(version)
+    version = int(committed)
+    _RUN_COMMITS.setdefault(run_id, {})[ref.location] = version
     _RUN_COMMITS.move_to_end(run_id)
     while len(_RUN_COMMITS) > RUNS_REMEMBERED:
         _RUN_COMMITS.popitem(last=False)
-    return int(version)
+    return version
 
 
 def committed_by(run_id: str, ref: TableRef) -> int | None:
