@@ -1,8 +1,9 @@
 """How good a churn score is, computed at scale: Spark aggregates only, so the driver sees a
 bounded number of rows (score buckets and calibration bins), never a row per customer.
 
-A score ranks customers from riskiest down. ROC AUC and PR AUC come from Spark's
-BinaryClassificationEvaluator. The ranking metrics (lift and capture in the top 10% and 20%,
+A score ranks customers from riskiest down. ROC AUC and PR AUC are those of Spark's
+BinaryClassificationMetrics without binning (`areas_under_curves`: every score in one query,
+where Spark's evaluator runs several jobs per score and metric). The ranking metrics (lift and capture in the top 10% and 20%,
 the cumulative gains, ROC and precision-recall curves, the best-F1 threshold) come from the
 score cut into `buckets` quantile buckets with their row and churner counts; within a bucket
 customers are taken in random order, which is exactly right for ties. Probabilities also get
@@ -15,8 +16,7 @@ from __future__ import annotations
 import logging
 from dataclasses import asdict, dataclass, field
 
-from pyspark.ml.evaluation import BinaryClassificationEvaluator
-from pyspark.sql import DataFrame
+from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
 from segmentation.churn.labels import LABEL
@@ -142,11 +142,46 @@ def expected_calibration_error(table: list[dict[str, float]]) -> float:
     return sum(b["rows"] * abs(b["predicted"] - b["observed"]) for b in table) / rows if rows else 0.0
 
 
-def area_under(df: DataFrame, score: str, metric: str) -> float:
-    """Spark's areaUnderROC or areaUnderPR of a score column against the label."""
-    frame = df.where(F.col(score).isNotNull()).select(F.col(score).cast("double").alias(score), F.col(LABEL).cast("double").alias(LABEL))
-    evaluator = BinaryClassificationEvaluator(rawPredictionCol=score, labelCol=LABEL, metricName=metric)
-    return float(evaluator.evaluate(frame))
+def areas_under_curves(df: DataFrame, scores: list[str]) -> dict[str, dict[str, float]]:
+    """ROC AUC and PR AUC of each score against the label, all scores in one query, as Spark's
+    BinaryClassificationMetrics computes them without binning (its evaluator's default bins
+    the curve to about 1,000 points once a score has over 2,000 distinct values):
+
+    - the rows (null scores left out) grouped by distinct score value, a point of each curve
+      per value from the riskiest down, with the churners and stayers at or above it;
+    - ROC: from (0, 0) through (false positive rate, recall) of each point, so tied rows
+      count half;
+    - PR: from (0, the first point's precision) through (recall, precision) of each point;
+    - each area the sum of the trapezoids between consecutive points.
+
+    A score whose rows hold one class only gets Spark's values for it: ROC 1.0 without
+    stayers and 0.0 without churners, PR 1.0 and 0.0 likewise."""
+    positive = (F.col(LABEL) > 0.5).cast("double")
+    stacked = df.select(positive.alias("positive"), F.inline(F.array(*[
+        F.struct(F.lit(i).alias("score"), F.col(score).cast("double").alias("value")) for i, score in enumerate(scores)
+    ])))
+    points = (stacked.where(F.col("value").isNotNull()).groupBy("score", "value")
+              .agg(F.sum("positive").alias("churners"), F.sum(F.lit(1.0) - F.col("positive")).alias("stayers")))
+    riskiest_first = Window.partitionBy("score").orderBy(F.col("value").desc()).rowsBetween(Window.unboundedPreceding, Window.currentRow)
+    cumulative = points.select("score", "churners", "stayers", F.sum("churners").over(riskiest_first).alias("caught"),
+                               F.sum("stayers").over(riskiest_first).alias("false_alarms"))
+    caught_before, false_alarms_before = F.col("caught") - F.col("churners"), F.col("false_alarms") - F.col("stayers")
+    precision = F.col("caught") / (F.col("caught") + F.col("false_alarms"))
+    precision_before = F.when(caught_before + false_alarms_before > 0,
+                              caught_before / (caught_before + false_alarms_before)).otherwise(precision)
+    sums = cumulative.groupBy("score").agg(
+        F.sum("churners").alias("churners"), F.sum("stayers").alias("stayers"),
+        F.sum(F.col("stayers") * (F.col("caught") + caught_before)).alias("roc"),  # 2 x churners x stayers x area
+        F.sum(F.col("churners") * (precision + precision_before)).alias("pr"),  # 2 x churners x area
+    ).collect()
+    areas = {}
+    for row in sums:
+        churners, stayers = row.churners, row.stayers
+        areas[scores[row.score]] = {
+            "roc_auc": 0.0 if churners == 0 else 1.0 if stayers == 0 else row.roc / (2.0 * churners * stayers),
+            "pr_auc": 0.0 if churners == 0 else row.pr / (2.0 * churners),
+        }
+    return areas
 
 
 def evaluate_score(df: DataFrame, score: str, is_probability: bool) -> ScoreEvaluation:
@@ -158,7 +193,7 @@ def evaluate_scores(df: DataFrame, scores: dict[str, bool]) -> dict[str, ScoreEv
     """Every metric of each score (name -> whether it is a probability) over the same rows of
     `df` (which the caller should persist). The scores share their Spark jobs: one aggregate
     for the totals, one pass for the quantile cuts, one grouped aggregate for the buckets and
-    calibration bins; only the areas under the curves are one evaluation per score and metric."""
+    calibration bins, and one query for the areas under the curves."""
     names = list(scores)
     totals = df.agg(
         F.count(F.lit(1)).alias("rows"),
@@ -167,6 +202,7 @@ def evaluate_scores(df: DataFrame, scores: dict[str, bool]) -> dict[str, ScoreEv
         *[F.avg(F.pow(F.col(score) - F.col(LABEL), 2)).alias(f"brier_{i}") for i, score in enumerate(names)],
     ).first()
     tables = _grouped_tables(df, scores, _bucket_cuts(df, names, BUCKETS, RELATIVE_ERROR))
+    areas = areas_under_curves(df, names)
     evaluations = {}
     for i, (score, is_probability) in enumerate(scores.items()):
         scored = totals[f"scored_{i}"]
@@ -176,8 +212,7 @@ def evaluate_scores(df: DataFrame, scores: dict[str, bool]) -> dict[str, ScoreEv
         metrics: dict[str, float | None] = {
             "rows": float(scored),
             "churn_rate": float(totals.churn_rate),
-            "roc_auc": area_under(df, score, "areaUnderROC"),
-            "pr_auc": area_under(df, score, "areaUnderPR"),
+            **areas.get(score, {"roc_auc": None, "pr_auc": None}),
         }
         for share in TOP_SHARES:
             lift, capture = top_share(buckets, share)

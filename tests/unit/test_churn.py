@@ -12,6 +12,7 @@ from pyspark.sql import functions as F
 
 from segmentation.churn.evaluation import (
     Bucket,
+    areas_under_curves,
     calibration_table,
     confusion_matrix,
     evaluate_score,
@@ -185,6 +186,33 @@ def test_roc_auc_matches_scikit_learn_and_ties_are_counted_half(spark):
     pairs = [(s, 1 if rng.random() < 0.2 + 0.6 * s else 0) for s, _ in pairs]
     metrics = evaluate_score(scored_rows(spark, pairs), "score", True).metrics
     assert metrics["roc_auc"] == pytest.approx(roc_auc_score([y for _, y in pairs], [s for s, _ in pairs]), abs=1e-9)
+
+
+def test_areas_under_curves_are_sparks_unbinned_ones_for_every_score_in_one_query(spark):
+    """Against Spark's own BinaryClassificationEvaluator without binning (numBins=0), score by
+    score: ties, a score with nulls, a score that is constant, and rows of one class only."""
+    from pyspark.ml.evaluation import BinaryClassificationEvaluator
+
+    rng = random.Random(11)
+    rows = []
+    for i in range(500):
+        y = 1.0 if rng.random() < 0.3 else 0.0
+        rows.append((f"c{i}", y, round(rng.random() * 0.6 + 0.4 * y, 2), None if i % 7 == 0 else rng.random() - 0.5 * y, 0.5))
+    df = spark.createDataFrame(rows, f"customer_id string, {LABEL} double, tied double, sparse double, constant double")
+    scores = ["tied", "sparse", "constant"]
+    areas = areas_under_curves(df, scores)
+    assert set(areas) == set(scores)
+    for score in scores:
+        frame = df.where(F.col(score).isNotNull())
+        for metric, key in (("areaUnderROC", "roc_auc"), ("areaUnderPR", "pr_auc")):
+            spark_value = BinaryClassificationEvaluator(rawPredictionCol=score, labelCol=LABEL, metricName=metric, numBins=0).evaluate(frame)
+            assert areas[score][key] == pytest.approx(spark_value, abs=1e-12), (score, metric)
+    assert areas["constant"]["roc_auc"] == pytest.approx(0.5)
+    assert 0.0 < areas["sparse"]["roc_auc"] < 0.5 < areas["tied"]["roc_auc"] < 1.0  # reversed in part; ranked in part
+
+    stayers_only = areas_under_curves(df.where(F.col(LABEL) == 0.0), ["tied"])["tied"]
+    churners_only = areas_under_curves(df.where(F.col(LABEL) == 1.0), ["tied"])["tied"]
+    assert stayers_only == {"roc_auc": 0.0, "pr_auc": 0.0} and churners_only == {"roc_auc": 1.0, "pr_auc": 1.0}
 
 
 def test_calibration_brier_and_confusion_by_hand(spark):
