@@ -702,10 +702,15 @@ def _write_scores(ctx: StageContext, scored: DataFrame, target, as_of: dt.date) 
 
 
 def _score_totals(written: DataFrame, risk_tiers) -> tuple[dict[str, int], int, float]:
-    """Customers per risk tier (every configured tier, in order), customers scored, mean probability."""
-    tiers = {r.churn_risk_tier: int(r.customers) for r in written.groupBy("churn_risk_tier").agg(F.count(F.lit(1)).alias("customers")).collect()}
-    totals = written.agg(F.count(F.lit(1)).alias("scored"), F.avg("churn_probability").alias("mean")).first()
-    return {tier.name: tiers.get(tier.name, 0) for tier in risk_tiers}, int(totals.scored), float(totals.mean or 0.0)
+    """Customers per risk tier (every configured tier, in order), customers scored, mean
+    probability: one grouped aggregate, a row per tier."""
+    rows = written.groupBy("churn_risk_tier").agg(
+        F.count(F.lit(1)).alias("customers"), F.sum("churn_probability").alias("total"), F.count("churn_probability").alias("with_probability"),
+    ).collect()
+    tiers = {r.churn_risk_tier: int(r.customers) for r in rows}
+    with_probability = sum(int(r.with_probability) for r in rows)
+    mean = sum(float(r.total) for r in rows if r.total is not None) / with_probability if with_probability else 0.0
+    return {tier.name: tiers.get(tier.name, 0) for tier in risk_tiers}, sum(tiers.values()), mean
 
 
 def _record_scores(result: ChurnScoreResult, scoring: ScoreSource, lookback: int) -> None:

@@ -261,6 +261,18 @@ def test_risk_tiers_by_cut_off(spark):
     assert got == ["critical", "critical", "high", "medium", "low", None]
 
 
+def test_score_totals_by_hand(spark):
+    from segmentation.stages.churn import _score_totals
+
+    tiers = churn_settings().risk_tiers
+    written = spark.createDataFrame(
+        [(0.8, "critical"), (0.9, "critical"), (0.3, "medium"), (None, None)], "churn_probability double, churn_risk_tier string")
+    counts, scored, mean = _score_totals(written, tiers)
+    assert counts == {"critical": 2, "high": 0, "medium": 1, "low": 0} and list(counts) == [t.name for t in tiers]
+    assert scored == 4 and mean == pytest.approx((0.8 + 0.9 + 0.3) / 3)  # the mean of the probabilities there are
+    assert _score_totals(written.limit(0), tiers) == ({"critical": 0, "high": 0, "medium": 0, "low": 0}, 0, 0.0)
+
+
 # -------------------------------------------------------------------------------- model
 
 
