@@ -3,12 +3,13 @@ bounded number of rows (score buckets and calibration bins), never a row per cus
 
 A score ranks customers from riskiest down. ROC AUC and PR AUC are those of Spark's
 BinaryClassificationMetrics without binning (`areas_under_curves`: every score in one query,
-where Spark's evaluator runs several jobs per score and metric). The ranking metrics (lift and capture in the top 10% and 20%,
-the cumulative gains, ROC and precision-recall curves, the best-F1 threshold) come from the
-score cut into `buckets` quantile buckets with their row and churner counts; within a bucket
-customers are taken in random order, which is exactly right for ties. Probabilities also get
-the Brier score and a calibration table (equal-width bins of predicted probability, with the
-expected calibration error: the row-weighted mean gap between predicted and observed rate).
+where Spark's evaluator runs several jobs per score and metric). The ranking metrics (lift
+and capture in the top 10% and 20%, the cumulative gains, ROC and precision-recall curves,
+the best-F1 threshold) come from the score cut into `buckets` quantile buckets with their
+row and churner counts; within a bucket customers are taken in random order, which is
+exactly right for ties. Probabilities also get the Brier score and a calibration table
+(equal-width bins of predicted probability, with the expected calibration error: the
+row-weighted mean gap between predicted and observed rate).
 """
 
 from __future__ import annotations

@@ -210,9 +210,12 @@ def test_areas_under_curves_are_sparks_unbinned_ones_for_every_score_in_one_quer
     assert areas["constant"]["roc_auc"] == pytest.approx(0.5)
     assert 0.0 < areas["sparse"]["roc_auc"] < 0.5 < areas["tied"]["roc_auc"] < 1.0  # reversed in part; ranked in part
 
-    stayers_only = areas_under_curves(df.where(F.col(LABEL) == 0.0), ["tied"])["tied"]
-    churners_only = areas_under_curves(df.where(F.col(LABEL) == 1.0), ["tied"])["tied"]
-    assert stayers_only == {"roc_auc": 0.0, "pr_auc": 0.0} and churners_only == {"roc_auc": 1.0, "pr_auc": 1.0}
+    for label, expected in ((0.0, {"roc_auc": 0.0, "pr_auc": 0.0}), (1.0, {"roc_auc": 1.0, "pr_auc": 1.0})):  # one class only
+        frame = df.where(F.col(LABEL) == label)
+        assert areas_under_curves(frame, ["tied"])["tied"] == expected
+        for metric, key in (("areaUnderROC", "roc_auc"), ("areaUnderPR", "pr_auc")):
+            evaluator = BinaryClassificationEvaluator(rawPredictionCol="tied", labelCol=LABEL, metricName=metric, numBins=0)
+            assert evaluator.evaluate(frame) == pytest.approx(expected[key]), (label, metric)
 
 
 def test_calibration_brier_and_confusion_by_hand(spark):
