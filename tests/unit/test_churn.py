@@ -188,7 +188,7 @@ def test_roc_auc_matches_scikit_learn_and_ties_are_counted_half(spark):
     assert metrics["roc_auc"] == pytest.approx(roc_auc_score([y for _, y in pairs], [s for s, _ in pairs]), abs=1e-9)
 
 
-def test_areas_under_curves_are_sparks_unbinned_ones_for_every_score_in_one_query(spark):
+def test_areas_under_curves_are_sparks_unbinned_ones_for_every_score(spark):
     """Against Spark's own BinaryClassificationEvaluator without binning (numBins=0), score by
     score: ties, a score with nulls, a score that is constant, and rows of one class only."""
     from pyspark.ml.evaluation import BinaryClassificationEvaluator
