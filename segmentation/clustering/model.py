@@ -2,14 +2,14 @@
 
 The pipeline: log transforms of skewed columns (SQLTransformer), median imputation of
 missing values (customers with only returns have no recency), a vector, standardisation,
-then KMeans (k-means|| initialisation) or BisectingKMeans, always seeded. k is fixed by
-configuration or chosen by silhouette. K-means is fitted on a seeded sample of at most
-`cluster.fit_sample` customers and the silhouette computed on one of at most
-`cluster.silhouette_sample`, so neither grows with the customer count; every customer is
-then assigned. The within-cluster cost of every candidate is kept for an elbow view. To
-choose k for KMeans, every candidate is scored on the driver by numpy K-means on the
-silhouette sample (`clustering/search.py`) and only the chosen k is fitted with Spark;
-BisectingKMeans fits every candidate with Spark.
+then KMeans or BisectingKMeans, always seeded. k is fixed by configuration or chosen by
+silhouette. K-means is fitted on a seeded sample of at most `cluster.fit_sample` customers and
+the silhouette computed on one of at most `cluster.silhouette_sample`, so neither grows with
+the customer count; every customer is then assigned. The within-cluster cost of every
+candidate is kept for an elbow view. For KMeans, every candidate k is fitted and scored on the
+driver by numpy K-means on the silhouette sample (`clustering/search.py`); the chosen k is
+then fitted in Spark on the fit sample by Lloyd's iterations from the centres found there (or
+from the champion's, `cluster.warm_start`). BisectingKMeans fits every candidate with Spark.
 
 The registered model ends with `ClusterIds`, which maps K-means' cluster index to the stable
 cluster id of `customer_clusters`: loaded with `mlflow.spark`, its `transform` adds
@@ -46,7 +46,9 @@ VECTOR, SCALED, PREDICTION = "features_vector", "features_scaled", "cluster_inde
 CLUSTER_ID = "cluster_id"
 # Lloyd's iterations stop when no centre moves farther than this (Spark's K-means default).
 TOLERANCE = 1e-4
-KMEANS_PARALLEL, CHAMPION_START = "k-means||", "champion"  # how a fit's centres started
+# How a fit's centres started: Spark's k-means|| initialisation, the champion's centres, the
+# centres the driver's K-means found on the silhouette sample; BisectingKMeans splits instead.
+KMEANS_PARALLEL, CHAMPION_START, SAMPLE_START, BISECTING = "k-means||", "champion", "sample", "bisecting"
 
 
 def model_input(name: str, log_features: list[str]) -> str:
@@ -90,7 +92,7 @@ def _clusterer(config: ClusterConfig, k: int, seed: int):
 @dataclass(frozen=True)
 class Candidate(KScore):
     """A k fitted with Spark: its scores, the whole pipeline (raw features in), and where its
-    centres started (k-means|| or the champion's centres)."""
+    centres started (see KMEANS_PARALLEL)."""
 
     model: PipelineModel
     start: str = KMEANS_PARALLEL
@@ -108,21 +110,24 @@ def fit_candidate(
     silhouette = ClusteringEvaluator(featuresCol=SCALED, predictionCol=PREDICTION).evaluate(best.transform(silhouette_points))
     model = PipelineModel(stages=[*prepared.stages, best])
     return Candidate(k=k, cost=float(best.summary.trainingCost), silhouette=float(silhouette),
-                     sizes=[int(s) for s in best.summary.clusterSizes], model=model)
+                     sizes=[int(s) for s in best.summary.clusterSizes], model=model,
+                     start=KMEANS_PARALLEL if config.algorithm == "kmeans" else BISECTING)
 
 
 def fit_from_centres(
-    points: DataFrame, silhouette_points: DataFrame, prepared: PipelineModel, config: ClusterConfig, start: np.ndarray
+    points: DataFrame, silhouette_points: DataFrame, prepared: PipelineModel, config: ClusterConfig, start: np.ndarray,
+    started_from: str,
 ) -> Candidate:
-    """K-means from given standardised centres (a retrain from the champion's): Lloyd's
-    iterations over `points` in Spark (`lloyd`), the silhouette on `silhouette_points`. The
-    model is the same pipeline as `fit_candidate`'s, with a Spark KMeansModel at the centres
-    reached (Spark's K-means takes no initial centres; `_kmeans_model_at`)."""
+    """K-means from given standardised centres (the sample's, or the champion's for a
+    retrain; `started_from` names them): Lloyd's iterations over `points` in Spark (`lloyd`),
+    the silhouette on `silhouette_points`. The model is the same pipeline as
+    `fit_candidate`'s, with a Spark KMeansModel at the centres reached (Spark's K-means takes
+    no initial centres; `_kmeans_model_at`)."""
     centres, cost, sizes = lloyd(points, start, config.max_iterations)
     clusterer, order = _kmeans_model_at(points.sparkSession, centres, config.seed)
     silhouette = ClusteringEvaluator(featuresCol=SCALED, predictionCol=PREDICTION).evaluate(clusterer.transform(silhouette_points))
     return Candidate(k=len(centres), cost=cost, silhouette=float(silhouette), sizes=[sizes[i] for i in order],
-                     model=PipelineModel(stages=[*prepared.stages, clusterer]), start=CHAMPION_START)
+                     model=PipelineModel(stages=[*prepared.stages, clusterer]), start=started_from)
 
 
 def lloyd(points: DataFrame, start: np.ndarray, max_iterations: int) -> tuple[np.ndarray, float, list[int]]:

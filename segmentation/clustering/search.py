@@ -3,13 +3,15 @@
 Scoring every candidate k with distributed fits costs a Spark job per Lloyd iteration, per
 restart, per k; on the silhouette sample (at most `cluster.silhouette_sample` points,
 whatever the customer count) the same search takes well under a second in numpy. Only the
-chosen k is then fitted with Spark, on the fit sample. The silhouette is the one Spark's
-ClusteringEvaluator computes (squared euclidean distance), so both solvers' scores read alike.
+chosen k is then fitted with Spark, on the fit sample, by Lloyd's iterations from the centres
+found here: a few aggregates, where k-means|| restarts from scratch took dozens. The
+silhouette is the one Spark's ClusteringEvaluator computes (squared euclidean distance), so
+both solvers' scores read alike.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from threadpoolctl import threadpool_limits
@@ -23,6 +25,14 @@ class KScore:
     cost: float
     silhouette: float
     sizes: list[int]
+
+
+@dataclass(frozen=True)
+class SampleFit(KScore):
+    """A k fitted on the driver's sample: its scores, and the centroids reached (in the
+    sample's units: standardised), for Spark's fit of the chosen k to start from."""
+
+    centroids: np.ndarray = field(compare=False)
 
 
 @dataclass(frozen=True)
@@ -119,15 +129,16 @@ def silhouette_sqeuclidean(points: np.ndarray, labels: np.ndarray) -> float:
     return float(scores.mean())
 
 
-def score_ks(points: np.ndarray, ks: list[int], seed: int, restarts: int, max_iterations: int) -> list[KScore]:
-    """Every k of `ks` fitted on `points` and scored: cost, silhouette and sizes on `points`."""
+def score_ks(points: np.ndarray, ks: list[int], seed: int, restarts: int, max_iterations: int) -> list[SampleFit]:
+    """Every k of `ks` fitted on `points` and scored: cost, silhouette and sizes on `points`,
+    and the centroids reached."""
     # One BLAS thread: the products are small ((n, d) by (d, k)), and several BLAS threads
     # fighting over busy cores made them ten times slower.
     with threadpool_limits(limits=1, user_api="blas"):
         return [_score(points, k, seed, restarts, max_iterations) for k in ks]
 
 
-def _score(points: np.ndarray, k: int, seed: int, restarts: int, max_iterations: int) -> KScore:
+def _score(points: np.ndarray, k: int, seed: int, restarts: int, max_iterations: int) -> SampleFit:
     fit = fit_kmeans(points, k, seed, restarts, max_iterations)
     sizes = np.bincount(fit.labels, minlength=k)
-    return KScore(k, fit.inertia, silhouette_sqeuclidean(points, fit.labels), [int(s) for s in sizes])
+    return SampleFit(k, fit.inertia, silhouette_sqeuclidean(points, fit.labels), [int(s) for s in sizes], fit.centroids)

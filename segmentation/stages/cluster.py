@@ -27,6 +27,7 @@ from segmentation.stages.context import StageContext
 from segmentation.arguments import add_as_of_argument, as_of_overrides, option_overrides
 from segmentation import registry, tables, tracking
 from segmentation.clustering.model import (
+    CHAMPION_START,
     CLUSTER_ID,
     Candidate,
     Space,
@@ -39,6 +40,7 @@ from segmentation.clustering.model import (
     fit_from_centres,
     preparation,
     model_space,
+    SAMPLE_START,
     standardised_centres,
     standardised_points,
     with_cluster_ids,
@@ -200,11 +202,12 @@ def _record(clustering: _Clustering, decision: ClusterDecision) -> None:
 
 def _fit(ctx: StageContext, customers: DataFrame, count: int, as_of, source, version: int,
          too_few_varying: str | None, champion: Champion | None) -> tuple[Candidate, list[KScore]]:
-    """The fitted model and every candidate k's scores (a child run each). K-means with k to
-    choose scores the candidates on the driver (numpy K-means on the silhouette sample) and
-    fits only the chosen k with Spark; a fixed k, or BisectingKMeans, fits every k with Spark.
-    A K-means fit of the champion's k starts from its centres (`cluster.warm_start`).
-    `too_few_varying` (fewer than 2 features vary) fails once the distinct points are counted."""
+    """The fitted model and every candidate k's scores (a child run each). K-means fits and
+    scores every candidate k on the driver (numpy K-means on the silhouette sample), then
+    fits the chosen k in Spark on the fit sample by Lloyd's iterations from the centres found
+    there, or from the champion's when it has that k (`cluster.warm_start`). BisectingKMeans
+    fits every k with Spark. `too_few_varying` (fewer than 2 features vary) fails once the
+    distinct points are counted."""
     settings = ctx.config.cluster
     snapshot = f"{source} as of {as_of}"
     prepared = preparation(settings).fit(customers)
@@ -227,27 +230,34 @@ def _fit(ctx: StageContext, customers: DataFrame, count: int, as_of, source, ver
             log.warning("k=%d skipped: only %d customers with distinct features", k, distinct)
     ks = [k for k in ks if k < distinct]
     params = {"algorithm": settings.algorithm, "seed": settings.seed, "silhouette_sample_fraction": silhouette}
+    spark_params = {**params, "solver": "spark", "fit_sample_fraction": fit_fraction}
+    if settings.algorithm != "kmeans":
+        candidates = [fit_candidate(fit_points, silhouette_points, prepared, settings, k) for k in ks]
+        for candidate in candidates:
+            _log_candidate(ctx, as_of, source, version, candidate, spark_params)
+        return choose_k(candidates), candidates
+
     start = _champion_start(champion, prepared, settings)
-
-    def fit(k: int) -> Candidate:
-        if start is not None and len(start) == k:
-            log.info("k=%d starts from the centres of champion version %s (cluster.warm_start)", k, champion.version)
-            return fit_from_centres(fit_points, silhouette_points, prepared, settings, start)
-        return fit_candidate(fit_points, silhouette_points, prepared, settings, k)
-
-    if settings.algorithm == "kmeans" and len(ks) > 1:
-        # Spark's KMeans takes no initial centroids: the chosen k is fitted anew, its
-        # restarts seeded as every k used to be.
-        scores = score_ks(standardised_points(silhouette_points), ks, settings.seed, settings.restarts, settings.max_iterations)
+    warm = [] if start is None else [len(start)]
+    # A fixed k that starts from the champion's centres needs no search on the driver.
+    scores = [] if ks == warm else score_ks(standardised_points(silhouette_points), ks, settings.seed, settings.restarts,
+                                             settings.max_iterations)
+    if len(ks) > 1:
         for score in scores:
             _log_candidate(ctx, as_of, source, version, score, {**params, "solver": "numpy", "fit_sample_fraction": silhouette})
-        best = fit(choose_k(scores).k)
-        log.info("k=%d fitted with Spark: silhouette %.4f, cost %.1f, sizes %s", best.k, best.silhouette, best.cost, best.sizes)
-        return best, scores
-    candidates = [fit(k) for k in ks]
-    for candidate in candidates:
-        _log_candidate(ctx, as_of, source, version, candidate, {**params, "solver": "spark", "fit_sample_fraction": fit_fraction})
-    return choose_k(candidates), candidates
+    k = choose_k(scores).k if scores else ks[0]
+    if k in warm:
+        log.info("k=%d starts from the centres of champion version %s (cluster.warm_start)", k, champion.version)
+        best = fit_from_centres(fit_points, silhouette_points, prepared, settings, start, CHAMPION_START)
+    else:
+        [centres] = [score.centroids for score in scores if score.k == k]
+        best = fit_from_centres(fit_points, silhouette_points, prepared, settings, centres, SAMPLE_START)
+    if len(ks) == 1:
+        _log_candidate(ctx, as_of, source, version, best, spark_params)
+        return best, [best]
+    log.info("k=%d fitted with Spark from the sample's centres: silhouette %.4f, cost %.1f, sizes %s", best.k, best.silhouette,
+             best.cost, best.sizes)
+    return best, scores
 
 
 def _champion_start(champion: Champion | None, prepared, settings) -> np.ndarray | None:

@@ -54,6 +54,7 @@ def test_runs_registry_and_champion_read_back_through_the_client(first):
     assert parent.data.tags["stage"] == "cluster" and parent.data.tags["as_of"] == result.as_of.isoformat()
     assert parent.data.tags["input.customer_features.version"] == str(result.features_version)
     assert parent.data.tags["champion_decision"] == "promoted"
+    assert parent.data.tags["kmeans_start"] == "sample"  # Spark's fit started from the driver's centres
     children = client.search_runs(
         [parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'"
     )
@@ -107,6 +108,7 @@ def test_a_retrain_keeps_ids_and_names_and_moves_the_champion_by_the_rule(spark,
     assert new.where(F.col("cluster_id") != F.col("old")).count() / new.count() < 0.05
 
     tracking.configure_mlflow(again.config)
+    assert MlflowClient().get_run(second.mlflow_run_id).data.tags["kmeans_start"] == "champion"
     champion = str(MlflowClient().get_model_version_by_alias("customer_segments", "champion").version)
     with mlflow.start_run():
         current = cluster.Champion(champion, silhouette=0.9, reference=None)

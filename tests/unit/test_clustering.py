@@ -17,6 +17,7 @@ from segmentation.clustering.model import (
     assign_clusters,
     choose_k,
     CHAMPION_START,
+    SAMPLE_START,
     fit_candidate,
     fit_from_centres,
     model_space,
@@ -61,10 +62,12 @@ def data(spark):
 
 
 def fit(data, config, *ks):
-    """Candidates as the job fits them: the preparation once, then every k on its points."""
+    """Candidates as the job fits K-means: the preparation once, every k fitted on the
+    driver, then in Spark from the driver's centres."""
     prepared = preparation(config).fit(data)
     points = prepared.transform(data).cache()
-    return [fit_candidate(points, points, prepared, config, k) for k in ks]
+    scores = score_ks(standardised_points(points), list(ks), config.seed, config.restarts, config.max_iterations)
+    return [fit_from_centres(points, points, prepared, config, score.centroids, SAMPLE_START) for score in scores]
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +106,7 @@ def test_the_same_customers_give_the_same_model_however_spark_partitioned_them(d
     """Six clusters on four groups: where K-means settles depends on its start, which Spark
     draws partition by partition. Points arriving in one partition or in five, in another
     order, are refitted from the same partitions (`partitioned_by_data`), and the
-    driver's solver reads them in the same order."""
+    driver's solver reads them in the same order, so the job's fit from its centres is the same too."""
     prepared = preparation(CONFIG).fit(data)
     points = prepared.transform(data)
     arrivals = [points.coalesce(1), points.repartition(5, F.rand(seed=3))]
@@ -111,6 +114,11 @@ def test_the_same_customers_give_the_same_model_however_spark_partitioned_them(d
     one, five = (model_space(f.model, CONFIG).centroids_scaled for f in fits)
     np.testing.assert_allclose(one, five, rtol=1e-9, atol=1e-9)
     np.testing.assert_array_equal(*(standardised_points(p) for p in arrivals))
+    # The job's K-means: the driver's centres on either arrival, then Lloyd's iterations in Spark.
+    [score] = score_ks(standardised_points(arrivals[1]), [6], CONFIG.seed, CONFIG.restarts, CONFIG.max_iterations)
+    one, five = (model_space(fit_from_centres(p, points, prepared, CONFIG, score.centroids, SAMPLE_START).model, CONFIG).centroids_scaled
+                 for p in arrivals)
+    np.testing.assert_allclose(one, five, rtol=1e-9, atol=1e-9)
 
 
 def test_a_fit_from_given_centres_reaches_scikit_learn_s_lloyd_from_the_same_start(data):
@@ -121,7 +129,7 @@ def test_a_fit_from_given_centres_reaches_scikit_learn_s_lloyd_from_the_same_sta
     points = prepared.transform(data).cache()
     scaled = standardised_points(points)
     start = scaled[[0, 1, 2, 150, 300, 450]]
-    fitted = fit_from_centres(points, points, prepared, CONFIG, start)
+    fitted = fit_from_centres(points, points, prepared, CONFIG, start, CHAMPION_START)
     oracle = SkKMeans(n_clusters=6, init=start, n_init=1, max_iter=CONFIG.max_iterations, tol=0.0, algorithm="lloyd").fit(scaled)
 
     def rows(centres):
