@@ -372,12 +372,12 @@ class ClusterConfig(_Section):
     # Silhouette is computed on a sample of at most this many customers, whatever their number.
     silhouette_sample: int = Field(ge=100)
     seed: int
-    # K-means finds a local optimum: fit this many times (seeds seed, seed+1, ...) per k and
-    # keep the lowest cost.
+    # K-means finds a local optimum: fit this many times (seeds seed, seed+1, ...) per k on the
+    # driver's sample and keep the lowest cost; Spark's fit starts from the kept centres.
     restarts: int = Field(ge=1)
-    # A K-means retrain of the champion's k starts from the champion's centres (one fit, no
-    # restarts), so barely changed data keeps its clusters, their ids and names; false: it
-    # starts from k-means|| like a first fit.
+    # A K-means retrain of the champion's k starts from the champion's centres (no search on
+    # the driver for a fixed k), so barely changed data keeps its clusters, their ids and
+    # names; false: it starts from the driver's centres like a first fit.
     warm_start: bool
     max_iterations: int = Field(gt=0)
     registered_model: str

@@ -255,8 +255,8 @@ def _fit(ctx: StageContext, customers: DataFrame, count: int, as_of, source, ver
     if len(ks) == 1:
         _log_candidate(ctx, as_of, source, version, best, spark_params)
         return best, [best]
-    log.info("k=%d fitted with Spark from the sample's centres: silhouette %.4f, cost %.1f, sizes %s", best.k, best.silhouette,
-             best.cost, best.sizes)
+    log.info("k=%d fitted with Spark from the %s's centres: silhouette %.4f, cost %.1f, sizes %s", best.k, best.start,
+             best.silhouette, best.cost, best.sizes)
     return best, scores
 
 
