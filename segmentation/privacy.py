@@ -1,10 +1,11 @@
 """Pseudonymisation of customer ids with a keyed hash (HMAC-SHA256), and what erasure matches.
 
-The hash runs in a vectorised (Arrow) pandas UDF that closes over the key. A native
-`sha2` construction would be faster, but it would put key material into the query plan as
-literals, and Spark prints plans in error messages and logs. The key never comes from the
-repository: an environment variable or a secret file, or, for demos only, a fixed and
-publicly known demo key that is logged as such.
+The hash runs in the JVM, built from Spark's `sha2` as RFC 2104 defines HMAC. Its padded
+keys must not become literals of the query plan (Spark prints plans in error messages, logs
+and its UI): they are the data of a one-row DataFrame, read by a scalar subquery, which plans
+print as a reference only. The key never comes from the repository: an environment variable
+or a secret file, or, for demos only, a fixed and publicly known demo key that is logged as
+such.
 
 Erasure takes customer ids as the business knows them (raw), hashes them exactly as ingest
 does, and matches them by the pseudonym in every table but the raw landing tables, where
@@ -14,14 +15,11 @@ they are matched as they arrived.
 from __future__ import annotations
 
 import hashlib
-import hmac
 import logging
 import os
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
-from pyspark.sql import Column, DataFrame
+from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from segmentation.config import Config, PrivacyConfig
@@ -68,22 +66,31 @@ def key_fingerprint(key: bytes) -> str:
     return hashlib.sha256(b"segmentation-key-fingerprint:" + key).hexdigest()[:12]
 
 
-def hmac_sha256_hex(value: Column, key: bytes) -> Column:
-    """HMAC-SHA256 of a string column as 64 lowercase hex characters (null stays null)."""
-
-    @F.pandas_udf("string")  # type: ignore[call-overload]
-    def keyed_hash(ids: pd.Series) -> pd.Series:
-        # A customer has many rows: each distinct id of the batch is hashed once.
-        codes, distinct = pd.factorize(ids)
-        hashed = np.array([hmac.digest(key, v.encode("utf-8"), "sha256").hex() for v in distinct] + [None], dtype=object)
-        return pd.Series(hashed[codes], index=ids.index, dtype=object)  # code -1 (null) takes the last: None
-
-    return keyed_hash(value)
+# SHA-256 reads its input in blocks of 64 bytes; HMAC pads the key to one block (RFC 2104).
+_BLOCK_BYTES = 64
+_INNER_PAD, _OUTER_PAD = 0x36, 0x5C
 
 
-def pseudonymised(value: Column, key: bytes | None) -> Column:
+def hmac_pads(key: bytes) -> tuple[bytes, bytes]:
+    """HMAC-SHA256's inner and outer padded keys: the key (hashed first when longer than a
+    block) padded with zeros to a block, XOR 0x36 and XOR 0x5c."""
+    block = (hashlib.sha256(key).digest() if len(key) > _BLOCK_BYTES else key).ljust(_BLOCK_BYTES, b"\0")
+    return bytes(b ^ _INNER_PAD for b in block), bytes(b ^ _OUTER_PAD for b in block)
+
+
+def hmac_sha256_hex(value: Column, key: bytes, spark: SparkSession) -> Column:
+    """HMAC-SHA256 of a string column's UTF-8 bytes as 64 lowercase hex characters (null stays
+    null): SHA-256(outer pad || SHA-256(inner pad || value)), in the JVM. The pads are a row
+    of data in `spark`, read by a scalar subquery: no plan holds them as literals."""
+    pads = spark.createDataFrame([tuple(bytearray(pad) for pad in hmac_pads(key))], "inner binary, outer binary")
+    padded = pads.select(F.struct("inner", "outer")).scalar()
+    inner = F.unhex(F.sha2(F.concat(padded["inner"], value.cast("binary")), 256))
+    return F.sha2(F.concat(padded["outer"], inner), 256)
+
+
+def pseudonymised(value: Column, key: bytes | None, spark: SparkSession) -> Column:
     """The keyed hash of an id, or the id unchanged when pseudonymisation is off (key None)."""
-    return value if key is None else hmac_sha256_hex(value, key)
+    return value if key is None else hmac_sha256_hex(value, key, spark)
 
 
 # What a feed may pad a value with, trimmed from both ends of every value: ASCII whitespace
@@ -123,7 +130,7 @@ def erasure_ids(raw_ids: DataFrame, key: bytes | None) -> DataFrame:
     pseudonymisation off) for each distinct id in the single column of `raw_ids`."""
     normalised = raw_ids.select(customer_key(F.col(raw_ids.columns[0])).alias("raw_id"))
     distinct = normalised.where(F.col("raw_id").isNotNull()).distinct()
-    return distinct.select("raw_id", pseudonymised(F.col("raw_id"), key).alias("pseudonym"))
+    return distinct.select("raw_id", pseudonymised(F.col("raw_id"), key, raw_ids.sparkSession).alias("pseudonym"))
 
 
 def erasure_condition(columns: list[str], holds_raw_ids: bool) -> str | None:

@@ -178,7 +178,7 @@ def checked_transactions(
     validated = raw.select(
         *[kept(text[c]).alias(c) for c in _TEXT_COLUMNS if c != "customer_id"],
         # An id holding a replacement character is never hashed: its batch is refused.
-        kept(F.when(~text["customer_id"].contains(REPLACEMENT_CHARACTER), pseudonymised(text["customer_id"], key)))
+        kept(F.when(~text["customer_id"].contains(REPLACEMENT_CHARACTER), pseudonymised(text["customer_id"], key, raw.sparkSession)))
         .alias("customer_id"),
         *[kept(typed[c]).alias(c) for c in _PARSED_COLUMNS],
         *[kept(raw_text[c]).alias(_RAW + c) for c in _PARSED_COLUMNS],

@@ -96,7 +96,7 @@ def test_generated_archetypes_land_in_the_expected_tiers(spark, latest):
     ctx, _, snapshot = latest
     key = load_key(ctx.config.privacy)
     truth = generate_customers(spark, ctx.config.generate).select(
-        pseudonymised(F.col("customer_id"), key).alias("customer_id"), "archetype"
+        pseudonymised(F.col("customer_id"), key, spark).alias("customer_id"), "archetype"
     )
     joined = snapshot.join(truth, on="customer_id", how="inner")
     assert joined.count() == snapshot.count()
