@@ -290,8 +290,11 @@ def with_cluster_ids(model: PipelineModel, stable_ids: list[int]) -> PipelineMod
     return PipelineModel(stages=[*model.stages, ClusterIds(ids=stable_ids)])
 
 
-def assign_clusters(model: PipelineModel, customers: DataFrame, space: Space, stable_ids: list[int]) -> DataFrame:
-    """customer_id, the stable cluster id and the (standardised) distance to its centroid."""
+def assign_clusters(model: PipelineModel, customers: DataFrame, space: Space, stable_ids: list[int],
+                    keep: Sequence[str] = ()) -> DataFrame:
+    """customer_id, the columns of `customers` named in `keep` (as they are: the model adds
+    its inputs beside them), the stable cluster id and the (standardised) distance to its
+    centroid."""
     scored = model.transform(customers)
     centroids = F.array(*[F.array(*[F.lit(float(v)) for v in row]) for row in space.centroids_scaled])
     centroid = F.element_at(centroids, F.col(PREDICTION) + 1)
@@ -300,6 +303,7 @@ def assign_clusters(model: PipelineModel, customers: DataFrame, space: Space, st
     )
     return scored.select(
         "customer_id",
+        *keep,
         stable_cluster_id(F.col(PREDICTION), stable_ids).alias(CLUSTER_ID),
         F.sqrt(squared).alias("distance_to_centroid"),
         F.col(PREDICTION).alias("model_cluster_index"),

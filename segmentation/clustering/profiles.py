@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
-from pyspark.sql import DataFrame
+from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 from scipy.optimize import linear_sum_assignment
 
@@ -19,10 +19,10 @@ REVENUE = "revenue_365d"
 
 def cluster_profiles(assigned: DataFrame, features: list[str]) -> DataFrame:
     """Per cluster_id: customers, share of customers and of trailing revenue, mean, median and
-    (population) standard deviation of every feature. `assigned` is the features joined with
-    cluster_id (one row per customer)."""
+    (population) standard deviation of every feature. `assigned` holds the features and
+    cluster_id (one row per customer). One pass over the customers: the totals are summed
+    from the k clusters' rows."""
     columns = list(dict.fromkeys([*features, *NAMING_COLUMNS, REVENUE]))
-    totals = assigned.agg(F.count(F.lit(1)).alias("all_customers"), F.sum(REVENUE).alias("all_revenue"))
     stats = [
         stat
         for c in columns
@@ -30,8 +30,10 @@ def cluster_profiles(assigned: DataFrame, features: list[str]) -> DataFrame:
                      F.stddev_pop(c).alias(f"std_{c}"))
     ]
     per_cluster = assigned.groupBy("cluster_id").agg(F.count(F.lit(1)).alias("customers"), F.sum(REVENUE).alias("revenue"), *stats)
+    every_cluster = Window.partitionBy(F.lit(0))  # the k rows together
     return (
-        per_cluster.join(totals, how="cross")
+        per_cluster.select("*", F.sum("customers").over(every_cluster).alias("all_customers"),
+                           F.sum("revenue").over(every_cluster).alias("all_revenue"))
         .select(
             "cluster_id", "customers",
             (F.col("customers") / F.col("all_customers")).alias("customer_share"),

@@ -113,7 +113,7 @@ class _Clustering:
     candidates: list[KScore]
     space: Space
     matching: Matching
-    assigned: DataFrame  # customer_id, cluster_id, distance_to_centroid (not computed yet)
+    assigned: DataFrame  # customer_id, its features, cluster_id, distance_to_centroid (not computed yet)
     profiles: list[dict]
     names: dict[int, str]
 
@@ -167,8 +167,9 @@ def _compute(ctx: StageContext, customers: DataFrame, count: int, as_of, source,
     best, candidates = _fit(ctx, customers, count, as_of, source, version, too_few_varying, champion)
     space = model_space(best.model, settings)
     matching = match_to_reference(space, champion.reference if champion else None, settings.max_match_distance)
-    assigned = assign_clusters(best.model, customers, space, matching.ids)
-    profiles = [r.asDict() for r in cluster_profiles(customers.join(assigned, on="customer_id", how="inner"), settings.features).collect()]
+    # Each customer's features beside its cluster, for the profiles: no join back to them.
+    assigned = assign_clusters(best.model, customers, space, matching.ids, keep=[c for c in customers.columns if c != "customer_id"])
+    profiles = [r.asDict() for r in cluster_profiles(assigned, settings.features).collect()]
     names = cluster_names(profiles, matching.inherited_names)
     return _Clustering(best, candidates, space, matching, assigned, profiles, names)
 

@@ -29,6 +29,7 @@ from segmentation.sampling import partitioned_by_data
 from segmentation.clustering.search import fit_kmeans, score_ks, silhouette_sqeuclidean
 from segmentation.clustering.profiles import (
     ReferenceClusters,
+    cluster_profiles,
     cluster_name,
     cluster_names,
     distinguishing_feature,
@@ -333,3 +334,20 @@ def test_a_missing_value_of_a_log_feature_gets_the_median_not_zero(spark):
     imputed = {r.customer_id: r.f1__log__imputed for r in prepared.select("customer_id", "f1__log__imputed").collect()}
     assert imputed["a"] == 0.0 and imputed["b"] == pytest.approx(1.0) and imputed["c"] == pytest.approx(2.0)
     assert imputed["d"] == pytest.approx(1.0)  # the median of 0, 1 and 2
+
+
+def test_profiles_by_hand_with_shares_from_one_pass(spark):
+    """Two clusters of hand-made customers: counts, shares of customers and of revenue (the
+    totals summed from the clusters), and each feature's mean, median and population spread."""
+    rows = [  # cluster_id, recency_days, frequency_orders, monetary, channels_used, revenue_365d
+        (1, 10.0, 4.0, 100.0, 1.0, 60.0), (1, 20.0, 6.0, 300.0, 2.0, 20.0), (1, 30.0, 8.0, 200.0, 3.0, 0.0),
+        (2, 400.0, 1.0, 50.0, 1.0, 20.0),
+    ]
+    assigned = spark.createDataFrame(rows, "cluster_id int, recency_days double, frequency_orders double, monetary double, "
+                                           "channels_used double, revenue_365d double")
+    first, second = [r.asDict() for r in cluster_profiles(assigned, ["recency_days", "monetary"]).collect()]
+    assert (first["cluster_id"], first["customers"], second["customers"]) == (1, 3, 1)
+    assert (first["customer_share"], first["revenue_share"], second["revenue_share"]) == (0.75, 0.8, 0.2)
+    assert (first["mean_monetary"], first["median_monetary"]) == (200.0, 200.0)
+    assert first["std_recency_days"] == pytest.approx(np.std([10.0, 20.0, 30.0]))
+    assert (second["mean_recency_days"], second["std_recency_days"]) == (400.0, 0.0)
