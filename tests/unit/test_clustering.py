@@ -122,15 +122,18 @@ def test_the_same_customers_give_the_same_model_however_spark_partitioned_them(d
     np.testing.assert_allclose(one, five, rtol=1e-9, atol=1e-9)
 
 
-def test_a_fit_from_given_centres_reaches_scikit_learn_s_lloyd_from_the_same_start(data):
+@pytest.mark.parametrize("fit_sample", [100_000, None], ids=["on the driver", "in Spark"])
+def test_a_fit_from_given_centres_reaches_scikit_learn_s_lloyd_from_the_same_start(data, fit_sample):
     """A retrain's start: six centres picked from the points (four groups, so where K-means
-    settles depends on them). Spark's iterations reach the centres, cost and sizes of
-    scikit-learn's Lloyd from the same start, and the model assigns customers by them."""
-    prepared = preparation(CONFIG).fit(data)
+    settles depends on them). Lloyd's iterations (on the driver for a bounded fit sample, in
+    Spark without one) reach the centres, cost and sizes of scikit-learn's Lloyd from the same
+    start, and the model assigns customers by them."""
+    config = CONFIG.model_copy(update={"fit_sample": fit_sample})
+    prepared = preparation(config).fit(data)
     points = prepared.transform(data).cache()
     scaled = standardised_points(points)
     start = scaled[[0, 1, 2, 150, 300, 450]]
-    fitted = fit_from_centres(points, points, prepared, CONFIG, start, CHAMPION_START)
+    fitted = fit_from_centres(points, points, prepared, config, start, CHAMPION_START)
     oracle = SkKMeans(n_clusters=6, init=start, n_init=1, max_iter=CONFIG.max_iterations, tol=0.0, algorithm="lloyd").fit(scaled)
 
     def rows(centres):
