@@ -373,7 +373,7 @@ class ClusterConfig(_Section):
     silhouette_sample: int = Field(ge=100)
     seed: int
     # K-means finds a local optimum: fit this many times (seeds seed, seed+1, ...) per k on the
-    # driver's sample and keep the lowest cost; Spark's fit starts from the kept centres.
+    # driver's sample and keep the lowest cost; the fit on the fit sample starts from them.
     restarts: int = Field(ge=1)
     # A K-means retrain of the champion's k starts from the champion's centres (no search on
     # the driver for a fixed k), so barely changed data keeps its clusters, their ids and

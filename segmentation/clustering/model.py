@@ -8,8 +8,9 @@ the silhouette computed on one of at most `cluster.silhouette_sample`, so neithe
 the customer count; every customer is then assigned. The within-cluster cost of every
 candidate is kept for an elbow view. For KMeans, every candidate k is fitted and scored on the
 driver by numpy K-means on the silhouette sample (`clustering/search.py`); the chosen k is
-then fitted in Spark on the fit sample by Lloyd's iterations from the centres found there (or
-from the champion's, `cluster.warm_start`). BisectingKMeans fits every candidate with Spark.
+then fitted on the fit sample by Lloyd's iterations from the centres found there (or from the
+champion's, `cluster.warm_start`), ending in a Spark KMeansModel. BisectingKMeans fits every
+candidate with Spark.
 
 The registered model ends with `ClusterIds`, which maps K-means' cluster index to the stable
 cluster id of `customer_clusters`: loaded with `mlflow.spark`, its `transform` adds

@@ -3,9 +3,9 @@
 Scoring every candidate k with distributed fits costs a Spark job per Lloyd iteration, per
 restart, per k; on the silhouette sample (at most `cluster.silhouette_sample` points,
 whatever the customer count) the same search takes well under a second in numpy. Only the
-chosen k is then fitted with Spark, on the fit sample, by Lloyd's iterations from the centres
-found here: a few aggregates, where k-means|| restarts from scratch took dozens. The
-silhouette is the one Spark's ClusteringEvaluator computes (squared euclidean distance), so
+chosen k is then fitted on the fit sample, by Lloyd's iterations from the centres found here
+(`model.fit_from_centres`), where Spark's k-means|| restarts from scratch took a Spark job
+per iteration. The silhouette is the one Spark's ClusteringEvaluator computes (squared euclidean distance), so
 both solvers' scores read alike.
 """
 

@@ -205,8 +205,8 @@ def _fit(ctx: StageContext, customers: DataFrame, count: int, as_of, source, ver
          too_few_varying: str | None, champion: Champion | None) -> tuple[Candidate, list[KScore]]:
     """The fitted model and every candidate k's scores (a child run each). K-means fits and
     scores every candidate k on the driver (numpy K-means on the silhouette sample), then
-    fits the chosen k in Spark on the fit sample by Lloyd's iterations from the centres found
-    there, or from the champion's when it has that k (`cluster.warm_start`). BisectingKMeans
+    fits the chosen k on the fit sample by Lloyd's iterations from the centres found there,
+    or from the champion's when it has that k (`cluster.warm_start`). BisectingKMeans
     fits every k with Spark. `too_few_varying` (fewer than 2 features vary) fails once the
     distinct points are counted."""
     settings = ctx.config.cluster
@@ -256,7 +256,7 @@ def _fit(ctx: StageContext, customers: DataFrame, count: int, as_of, source, ver
     if len(ks) == 1:
         _log_candidate(ctx, as_of, source, version, best, spark_params)
         return best, [best]
-    log.info("k=%d fitted with Spark from the %s's centres: silhouette %.4f, cost %.1f, sizes %s", best.k, best.start,
+    log.info("k=%d fitted from the %s's centres: silhouette %.4f, cost %.1f, sizes %s", best.k, best.start,
              best.silhouette, best.cost, best.sizes)
     return best, scores
 
