@@ -93,8 +93,8 @@ def _clusterer(config: ClusterConfig, k: int, seed: int):
 
 @dataclass(frozen=True)
 class Candidate(KScore):
-    """A k fitted with Spark: its scores, the whole pipeline (raw features in), and where its
-    centres started (see KMEANS_PARALLEL)."""
+    """A k fitted on the fit sample: its scores, the whole pipeline (raw features in, a Spark
+    K-means model last), and where its centres started (see KMEANS_PARALLEL)."""
 
     model: PipelineModel
     start: str = KMEANS_PARALLEL

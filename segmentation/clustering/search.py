@@ -5,8 +5,8 @@ restart, per k; on the silhouette sample (at most `cluster.silhouette_sample` po
 whatever the customer count) the same search takes well under a second in numpy. Only the
 chosen k is then fitted on the fit sample, by Lloyd's iterations from the centres found here
 (`model.fit_from_centres`), where Spark's k-means|| restarts from scratch took a Spark job
-per iteration. The silhouette is the one Spark's ClusteringEvaluator computes (squared euclidean distance), so
-both solvers' scores read alike.
+per iteration. The silhouette is the one Spark's ClusteringEvaluator computes (squared
+euclidean distance), so both solvers' scores read alike.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ class KScore:
 @dataclass(frozen=True)
 class SampleFit(KScore):
     """A k fitted on the driver's sample: its scores, and the centroids reached (in the
-    sample's units: standardised), for Spark's fit of the chosen k to start from."""
+    sample's units: standardised), for the fit of the chosen k on the fit sample to start from."""
 
     centroids: np.ndarray = field(compare=False)
 
