@@ -54,7 +54,7 @@ def test_runs_registry_and_champion_read_back_through_the_client(first):
     assert parent.data.tags["stage"] == "cluster" and parent.data.tags["as_of"] == result.as_of.isoformat()
     assert parent.data.tags["input.customer_features.version"] == str(result.features_version)
     assert parent.data.tags["champion_decision"] == "promoted"
-    assert parent.data.tags["kmeans_start"] == "sample"  # Spark's fit started from the driver's centres
+    assert parent.data.tags["kmeans_start"] == "sample"  # the fit started from the driver's centres
     children = client.search_runs(
         [parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'"
     )

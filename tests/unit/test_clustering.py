@@ -64,7 +64,7 @@ def data(spark):
 
 def fit(data, config, *ks):
     """Candidates as the job fits K-means: the preparation once, every k fitted on the
-    driver, then in Spark from the driver's centres."""
+    driver's sample, then on the fit sample from the centres found there."""
     prepared = preparation(config).fit(data)
     points = prepared.transform(data).cache()
     scores = score_ks(standardised_points(points), list(ks), config.seed, config.restarts, config.max_iterations)
@@ -115,7 +115,7 @@ def test_the_same_customers_give_the_same_model_however_spark_partitioned_them(d
     one, five = (model_space(f.model, CONFIG).centroids_scaled for f in fits)
     np.testing.assert_allclose(one, five, rtol=1e-9, atol=1e-9)
     np.testing.assert_array_equal(*(standardised_points(p) for p in arrivals))
-    # The job's K-means: the driver's centres on either arrival, then Lloyd's iterations in Spark.
+    # The job's K-means: the driver's centres on either arrival, then Lloyd's iterations from them.
     [score] = score_ks(standardised_points(arrivals[1]), [6], CONFIG.seed, CONFIG.restarts, CONFIG.max_iterations)
     one, five = (model_space(fit_from_centres(p, points, prepared, CONFIG, score.centroids, SAMPLE_START).model, CONFIG).centroids_scaled
                  for p in arrivals)
