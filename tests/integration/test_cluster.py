@@ -85,8 +85,8 @@ class StandaloneCluster:
             try:
                 if self.alive_workers() == count:
                     return
-            except OSError:
-                pass  # the master's web UI is not up yet
+            except (OSError, ValueError):
+                pass  # the master's web UI is not up yet, or answered before its first state (empty, not JSON)
             time.sleep(1)
         logs = "\n".join(p.read_text()[-2000:] for p in sorted(self.work.glob("*.log")))
         raise RuntimeError(f"the standalone cluster did not get {count} workers in {timeout} s:\n{logs}")
