@@ -98,6 +98,7 @@ class Candidate(KScore):
 
     model: PipelineModel
     start: str = KMEANS_PARALLEL
+    solver: str = "spark"  # where Lloyd's iterations ran: "spark", or "numpy" on the driver
 
 
 def fit_candidate(
@@ -130,7 +131,8 @@ def fit_from_centres(
     to the driver, where an iteration takes milliseconds; in Spark (`lloyd`) each took a
     query plan and two jobs, about 1.3 s at 100,000 customers, and from the driver's centres
     the fit took 35 of them there. Without it (every customer), the iterations run in Spark."""
-    if config.fit_sample is not None:
+    on_driver = config.fit_sample is not None
+    if on_driver:
         fit = search.lloyd(standardised_points(points), start, config.max_iterations, TOLERANCE)
         centres, cost = fit.centroids, fit.inertia
         sizes = np.bincount(fit.labels, minlength=len(start)).tolist()
@@ -140,7 +142,8 @@ def fit_from_centres(
     clusterer, order = _kmeans_model_at(points.sparkSession, centres, config.seed)
     silhouette = ClusteringEvaluator(featuresCol=SCALED, predictionCol=PREDICTION).evaluate(clusterer.transform(silhouette_points))
     return Candidate(k=len(centres), cost=cost, silhouette=float(silhouette), sizes=[sizes[i] for i in order],
-                     model=PipelineModel(stages=[*prepared.stages, clusterer]), start=started_from)
+                     model=PipelineModel(stages=[*prepared.stages, clusterer]), start=started_from,
+                     solver="numpy" if on_driver else "spark")
 
 
 def lloyd(points: DataFrame, start: np.ndarray, max_iterations: int) -> tuple[np.ndarray, float, list[int]]:

@@ -231,11 +231,14 @@ def _fit(ctx: StageContext, customers: DataFrame, count: int, as_of, source, ver
             log.warning("k=%d skipped: only %d customers with distinct features", k, distinct)
     ks = [k for k in ks if k < distinct]
     params = {"algorithm": settings.algorithm, "seed": settings.seed, "silhouette_sample_fraction": silhouette}
-    spark_params = {**params, "solver": "spark", "fit_sample_fraction": fit_fraction}
+
+    def fitted_params(candidate: Candidate) -> dict:
+        return {**params, "solver": candidate.solver, "fit_sample_fraction": fit_fraction}
+
     if settings.algorithm != "kmeans":
         candidates = [fit_candidate(fit_points, silhouette_points, prepared, settings, k) for k in ks]
         for candidate in candidates:
-            _log_candidate(ctx, as_of, source, version, candidate, spark_params)
+            _log_candidate(ctx, as_of, source, version, candidate, fitted_params(candidate))
         return choose_k(candidates), candidates
 
     start = _champion_start(champion, prepared, settings)
@@ -254,7 +257,7 @@ def _fit(ctx: StageContext, customers: DataFrame, count: int, as_of, source, ver
         [centres] = [score.centroids for score in scores if score.k == k]
         best = fit_from_centres(fit_points, silhouette_points, prepared, settings, centres, SAMPLE_START)
     if len(ks) == 1:
-        _log_candidate(ctx, as_of, source, version, best, spark_params)
+        _log_candidate(ctx, as_of, source, version, best, fitted_params(best))
         return best, [best]
     log.info("k=%d fitted from the %s's centres: silhouette %.4f, cost %.1f, sizes %s", best.k, best.start,
              best.silhouette, best.cost, best.sizes)

@@ -134,6 +134,7 @@ def test_kmeans_fits_on_a_sample_and_assigns_every_customer(spark, first):
     parent = client.get_run(again.mlflow_run_id)
     [child] = client.search_runs([parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
     assert float(child.data.params["fit_sample_fraction"]) == pytest.approx(1000 / result.customers)
+    assert child.data.params["solver"] == "numpy"  # a bounded fit sample is fitted on the driver
     sizes = client.download_artifacts(child.info.run_id, "cluster_sizes.json")
     assert 900 <= sum(json.loads(Path(sizes).read_text())["cluster_sizes"]) <= 1100  # the sample, not everyone
     clusters = tables.read(spark, ctx.table("customer_clusters")).where(F.col("as_of_date") == result.as_of)

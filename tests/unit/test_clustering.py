@@ -142,6 +142,7 @@ def test_a_fit_from_given_centres_reaches_scikit_learn_s_lloyd_from_the_same_sta
     np.testing.assert_allclose(rows(model_space(fitted.model, CONFIG).centroids_scaled), rows(oracle.cluster_centers_), atol=1e-7)
     assert fitted.cost == pytest.approx(oracle.inertia_, rel=1e-9)
     assert fitted.start == CHAMPION_START and fitted.k == 6
+    assert fitted.solver == ("numpy" if fit_sample else "spark")
     assigned = fitted.model.transform(data).groupBy("cluster_index").count().collect()
     assert fitted.sizes == [dict(assigned).get(i, 0) for i in range(6)]
     assert sorted(fitted.sizes) == sorted(np.bincount(oracle.labels_, minlength=6).tolist())
