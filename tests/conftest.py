@@ -14,8 +14,8 @@ REPO = Path(__file__).resolve().parent.parent
 # top holds the Databricks bundle.
 CONF_DIR = REPO / "segmentation" / "conf"
 
-# Plans for a few hundred rows, not production's (Spark tests both paths; the Spark Connect
-# test's server keeps production's, and its tier table must equal, value for value, the one a
+# Plans for a few hundred rows, not production's (Spark tests both paths; the standalone
+# cluster's run keeps production's, and its tier table must equal, value for value, the one a
 # test session makes):
 # - expressions interpreted, not compiled to Java: Janino compiling each new query (and the
 #   JIT compiling the classes it generates) cost more than it saved. A 300-customer pipeline
