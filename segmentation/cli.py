@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import subprocess
 import sys
 import time
 
@@ -66,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="segmentation", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
     common = _common_options()
-    setup = commands.add_parser("setup", parents=[common], help="check Java and cache Delta Lake's jars for offline sessions")
+    setup = commands.add_parser("setup", parents=[common], help="check Java, cache Delta Lake's jars for offline sessions and make the class-data archive")
     setup.add_argument("--print-jars", action="store_true", help="print the cached jars comma-separated, for spark-submit --jars")
     for name, module_name in STAGES.items():
         module = importlib.import_module(module_name)
@@ -119,6 +120,15 @@ def _setup(args: argparse.Namespace) -> int:
         return 0
     jars = fetch_delta_jars(folder)
     print(f"{delta_artifact()} ready in {folder} ({len(jars)} jars): Spark sessions start without network")
+    if config.spark.class_archive:
+        from segmentation.jvm import build_archive
+
+        try:
+            archive, made = build_archive(config.spark)
+        except (RuntimeError, subprocess.TimeoutExpired) as exc:  # sessions still start, only more slowly
+            print(f"warning: {exc}; Spark sessions start without the class-data archive", file=sys.stderr)
+        else:
+            print(f"class-data archive {'made' if made else 'ready'} in {archive}: Spark's classes are mapped when a session starts")
     return 0
 
 

@@ -109,6 +109,8 @@ class SparkConfig(_Section):
     conf: dict[str, str | int | float | bool]
     # sc://host:port of a Spark Connect server (null: pyspark's SPARK_REMOTE, else a classic session)
     remote: str | None
+    # map the class-data archive `segmentation setup` makes when starting the driver's JVM (segmentation.jvm)
+    class_archive: bool
 
 
 class MlflowConfig(_Section):

@@ -8,6 +8,7 @@ Where a session already exists (Databricks, a notebook, a test) it is used as it
 from __future__ import annotations
 
 import atexit
+import functools
 import importlib
 import logging
 import os
@@ -22,6 +23,7 @@ from pathlib import Path
 
 from segmentation.config import CACHE_DIR, SparkConfig
 from segmentation.errors import SetupError
+from segmentation.jvm import DRIVER_OPTIONS, usable_archive, with_archive
 
 log = logging.getLogger(__name__)
 
@@ -63,25 +65,44 @@ def configured_jars_dir(config: SparkConfig) -> Path:
     return Path(config.jars_dir) if config.jars_dir else default_jars_dir()
 
 
-def java_major_version() -> int:
-    """The major version of the `java` Spark will start, or a SetupError saying how to get Java 17."""
+_JAVA_HINT = (
+    "Java 17 is required: install it (Debian/Ubuntu: 'apt-get install openjdk-17-jdk-headless', "
+    "macOS: 'brew install openjdk@17') and put it on PATH or set JAVA_HOME"
+)
+
+
+def java_binary() -> Path:
+    """The `java` Spark will start (JAVA_HOME's, else the first on PATH), or a SetupError
+    saying how to get Java 17."""
     java_home = os.environ.get("JAVA_HOME")
     java = str(Path(java_home) / "bin" / "java") if java_home else shutil.which("java")
-    hint = (
-        "Java 17 is required: install it (Debian/Ubuntu: 'apt-get install openjdk-17-jdk-headless', "
-        "macOS: 'brew install openjdk@17') and put it on PATH or set JAVA_HOME"
-    )
     if not java or not Path(java).exists():
-        raise SetupError(f"no Java found (JAVA_HOME={java_home!r}, PATH has no 'java'). {hint}")
-    result = subprocess.run([java, "-version"], capture_output=True, text=True, check=False)
-    match = re.search(r'version "(\d+)(?:\.(\d+))?', result.stderr + result.stdout)
+        raise SetupError(f"no Java found (JAVA_HOME={java_home!r}, PATH has no 'java'). {_JAVA_HINT}")
+    return Path(java)
+
+
+@functools.lru_cache(maxsize=4)
+def _version_text(java: Path) -> str:
+    result = subprocess.run([str(java), "-version"], capture_output=True, text=True, check=False)
+    return result.stderr + result.stdout
+
+
+def java_version_text() -> str:
+    """What `java -version` says (asked once per Java)."""
+    return _version_text(java_binary())
+
+
+def java_major_version() -> int:
+    """The major version of the `java` Spark will start, or a SetupError saying how to get Java 17."""
+    java = java_binary()
+    match = re.search(r'version "(\d+)(?:\.(\d+))?', java_version_text())
     if not match:
-        raise SetupError(f"could not read the version of {java}. {hint}")
+        raise SetupError(f"could not read the version of {java}. {_JAVA_HINT}")
     major = int(match.group(1))
     if major == 1 and match.group(2):
         major = int(match.group(2))
     if major < 17:
-        raise SetupError(f"{java} is Java {major}. {hint}")
+        raise SetupError(f"{java} is Java {major}. {_JAVA_HINT}")
     return major
 
 
@@ -191,6 +212,9 @@ def get_spark(config: SparkConfig):
         builder = builder.master(config.master)
     for key, value in config.conf.items():
         builder = builder.config(key, conf_value(value))
+    archive = usable_archive(config, starts_jvm="PYSPARK_GATEWAY_PORT" not in os.environ)
+    if archive is not None:
+        builder = builder.config(DRIVER_OPTIONS, with_archive(conf_value(config.conf.get(DRIVER_OPTIONS, "")), archive))
     mode = _delta_mode(config)
     # provided: the cluster (or spark-submit --jars / --packages) supplies Delta's jars; its
     # SQL extension and catalog are still needed, unless the cluster configured its own.
@@ -209,7 +233,8 @@ def get_spark(config: SparkConfig):
     spark = builder.config(LOG_LEVEL, config.log_level).getOrCreate()
     _quiet_query_context_loggers(config)
     _check_delta_loaded(spark, mode)
-    log.info("Spark %s session started (master %s, Delta jars: %s)", spark.version, spark.conf.get("spark.master"), mode)
+    log.info("Spark %s session started (master %s, Delta jars: %s, class-data archive: %s)", spark.version,
+             spark.conf.get("spark.master"), mode, archive or "none")
     return spark
 
 

@@ -58,3 +58,23 @@ def test_spark_submit_without_delta_jars_says_what_to_pass(tmp_path):
     )
     assert result.returncode == 1
     assert 'spark-submit --jars "$(segmentation setup --print-jars)"' in result.stdout + result.stderr
+
+
+def test_the_sessions_map_the_class_data_archive_setup_made(spark, tmp_path):
+    """`make test` runs `segmentation setup` first, which makes the archive; the test session's
+    JVM was started with it, and a JVM on that session's classpath maps it (with -Xshare:on a
+    JVM the archive does not fit fails to start: checked with another classpath)."""
+    from segmentation.jvm import archive_path
+    from segmentation.spark import java_binary
+    from tests.conftest import make_config
+
+    archive = archive_path(make_config(tmp_path).spark)
+    assert archive.is_file(), f"segmentation setup made no class-data archive ({archive})"
+    runtime = spark.sparkContext._jvm.java.lang.management.ManagementFactory.getRuntimeMXBean()
+    assert f"-XX:SharedArchiveFile={archive}" in list(runtime.getInputArguments())
+    classpath = spark.sparkContext._jvm.java.lang.System.getProperty("java.class.path")
+    strict = [str(java_binary()), "-Xshare:on", f"-XX:SharedArchiveFile={archive}"]
+    fits = run(*strict, "-cp", classpath, "-version")
+    assert fits.returncode == 0, fits.stderr
+    other = run(*strict, "-cp", str(tmp_path), "-version")
+    assert other.returncode != 0 and "shared class paths mismatch" in other.stderr

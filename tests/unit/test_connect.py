@@ -5,7 +5,7 @@ from pathlib import Path
 
 from segmentation.config import load_config
 from segmentation.connect import PORT_SETTING, SERVER_CLASS, server_command
-from segmentation import profiling
+from segmentation import jvm, profiling
 from segmentation.spark import DELTA_SQL, REMOTE_ENV, _submitted_conf, is_connect, remote_url
 from tests.conftest import CONF_DIR
 
@@ -28,6 +28,19 @@ def test_the_server_runs_spark_connect_with_delta_and_the_configured_settings():
     assert settings["spark.sql.shuffle.partitions"] == "3" and settings["spark.log.level"] == "ERROR"
     assert {key: settings[key] for key in DELTA_SQL} == DELTA_SQL
     assert "spark.driver.memory" not in settings and settings["spark.ui.showConsoleProgress"] == "false"
+
+
+def test_the_servers_jvm_maps_the_class_data_archive_when_setup_made_one(tmp_path, monkeypatch):
+    archive = tmp_path / "spark-classes-x.jsa"
+    monkeypatch.setattr(jvm, "archive_path", lambda settings, folder=jvm.ARCHIVE_DIR: archive)
+    config = load_config("local", CONF_DIR, ["spark.conf.spark.driver.extraJavaOptions=-XX:+UseParallelGC"]).spark
+    jars = [Path("/jars/delta-spark.jar")]
+    assert _settings(server_command(config, 15010, jars))[jvm.DRIVER_OPTIONS] == "-XX:+UseParallelGC"  # none made yet
+    archive.write_bytes(b"archive")
+    options = _settings(server_command(config, 15010, jars))[jvm.DRIVER_OPTIONS].split()
+    assert options[0] == "-XX:+UseParallelGC" and f"-XX:SharedArchiveFile={archive}" in options
+    off = config.model_copy(update={"class_archive": False})
+    assert _settings(server_command(off, 15010, jars))[jvm.DRIVER_OPTIONS] == "-XX:+UseParallelGC"
 
 
 def test_a_remote_address_from_the_configuration_or_spark_remote_selects_connect(monkeypatch):
