@@ -69,6 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     common = _common_options()
     setup = commands.add_parser("setup", parents=[common], help="check Java, cache Delta Lake's jars for offline sessions and make the class-data archive")
     setup.add_argument("--print-jars", action="store_true", help="print the cached jars comma-separated, for spark-submit --jars")
+    setup.add_argument("--print-java-options", action="store_true",
+                       help="print the Java options that map the class-data archive, for spark-submit --driver-java-options")
     for name, module_name in STAGES.items():
         module = importlib.import_module(module_name)
         sub = commands.add_parser(name, parents=[common], help=module.HELP, description=module.__doc__)
@@ -111,6 +113,12 @@ def _setup(args: argparse.Namespace) -> int:
     if args.print_jars:
         print(",".join(str(jar) for jar in fetch_delta_jars(folder)))
         return 0
+    if args.print_java_options:  # nothing when setup made no archive (or spark.class_archive is false)
+        from segmentation.jvm import usable_archive, with_archive
+
+        archive = usable_archive(config.spark, starts_jvm=True)
+        print(with_archive(None, archive) if archive else "")
+        return 0
     if remote_url(config.spark):
         print(f"sessions go to the Spark Connect server {remote_url(config.spark)}: no Java and no Delta jars needed here")
         return 0
@@ -125,7 +133,7 @@ def _setup(args: argparse.Namespace) -> int:
 
         try:
             archive, made = build_archive(config.spark)
-        except (RuntimeError, subprocess.TimeoutExpired) as exc:  # sessions still start, only more slowly
+        except (RuntimeError, OSError, subprocess.TimeoutExpired) as exc:  # sessions still start, only more slowly
             print(f"warning: {exc}; Spark sessions start without the class-data archive", file=sys.stderr)
         else:
             print(f"class-data archive {'made' if made else 'ready'} in {archive}: Spark's classes are mapped when a session starts")

@@ -100,8 +100,9 @@ def build_archive(config: SparkConfig, folder: Path = ARCHIVE_DIR) -> tuple[Path
         partial.unlink(missing_ok=True)
         tail = "\n".join((child.stdout + child.stderr).strip().splitlines()[-8:])
         raise RuntimeError(f"the class-data archive was not made (exit {child.returncode}):\n{tail}")
-    os.replace(partial, target)
+    # The record first: another setup removing stale archives meanwhile keeps a recorded one.
     target.with_suffix(".json").write_text(json.dumps({"spark_home": str(spark_home()), "made": time.time()}))
+    os.replace(partial, target)
     log.info("class-data archive made in %.1f s (%.0f MB)", time.perf_counter() - started, target.stat().st_size / 2**20)
     return target, True
 

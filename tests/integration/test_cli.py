@@ -78,3 +78,6 @@ def test_the_sessions_map_the_class_data_archive_setup_made(spark, tmp_path):
     assert fits.returncode == 0, fits.stderr
     other = run(*strict, "-cp", str(tmp_path), "-version")
     assert other.returncode != 0 and "shared class paths mismatch" in other.stderr
+    # what spark-submit's driver is given (--driver-java-options), from the same archive
+    printed = run(str(BIN / "segmentation"), "setup", "--print-java-options")
+    assert printed.returncode == 0 and f"-XX:SharedArchiveFile={archive}" in printed.stdout.split()

@@ -25,9 +25,10 @@ import pytest
 from pyspark.sql import functions as F
 
 from segmentation import tables
+from segmentation.jvm import usable_archive, with_archive
 from segmentation.spark import configured_jars_dir, local_delta_jars
 from segmentation.tiers.snapshot import TIER_COLUMNS
-from tests.conftest import CONF_DIR, FRESH_JVM_SETTINGS, REPO, SHUFFLE_PARTITIONS, SMALL_DATA_PLANS, make_config
+from tests.conftest import CONF_DIR, FRESH_JVM_OPTIONS, FRESH_JVM_SETTINGS, REPO, SHUFFLE_PARTITIONS, SMALL_DATA_PLANS, make_config
 from tests.integration.conftest import FIRST, SETTINGS
 
 pytestmark = pytest.mark.slow
@@ -127,10 +128,14 @@ def cluster(tmp_path_factory):
 def spark_submit(cluster: StandaloneCluster, root: Path, log_path: Path, on_line) -> tuple[int, str]:
     """jobs/run.py under spark-submit on the cluster with the cluster overlay; `on_line` sees
     each line of output as it comes. The exit code and the whole output."""
-    jars = ",".join(str(j) for j in local_delta_jars(configured_jars_dir(make_config(root).spark)))
+    spark_config = make_config(root).spark
+    jars = ",".join(str(j) for j in local_delta_jars(configured_jars_dir(spark_config)))
+    # The driver as the other test JVMs that run one pipeline: C1 only, classes from the archive setup made.
+    archive = usable_archive(spark_config, starts_jvm=True)
+    driver_options = with_archive(FRESH_JVM_OPTIONS, archive) if archive else FRESH_JVM_OPTIONS
     command = [
         str(Path(sys.executable).parent / "spark-submit"), "--master", cluster.url, "--jars", jars,
-        "--driver-memory", "1g", "--executor-memory", "1g", "--conf", "spark.executor.cores=1",
+        "--driver-memory", "1g", "--driver-java-options", driver_options, "--executor-memory", "1g", "--conf", "spark.executor.cores=1",
         "--conf", "spark.driver.host=127.0.0.1", "--conf", "spark.ui.enabled=false",
         str(REPO / "jobs" / "run.py"), "--env", "cluster", "--conf-dir", str(CONF_DIR),
         "--as-of", FIRST.isoformat(),

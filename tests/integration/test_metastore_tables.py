@@ -122,13 +122,16 @@ def test_spark_submit_with_the_cluster_overlay_and_metastore_tables(tmp_path):
     """The README's generic-cluster command: the master and Delta's jars from spark-submit, the
     Delta SQL extension and catalog from the session factory (metastore names need them)."""
     jars = subprocess.run([str(BIN / "segmentation"), "setup", "--print-jars"], capture_output=True, text=True, check=True).stdout.strip()
+    archive = subprocess.run([str(BIN / "segmentation"), "setup", "--print-java-options"], capture_output=True, text=True,
+                             check=True).stdout.strip()
+    assert "-XX:SharedArchiveFile=" in archive  # `make test` ran setup, which made the class-data archive
     overrides = [
         f"storage.root={tmp_path / 'shared'}", f"spark.conf.spark.sql.warehouse.dir={tmp_path / 'warehouse'}",
         "spark.conf.spark.ui.enabled=false", "spark.conf.spark.sql.shuffle.partitions=4",
         "spark.conf.spark.databricks.delta.snapshotPartitions=2", *metastore_settings("spark_catalog.default"),
     ]
     result = subprocess.run(
-        [str(BIN / "spark-submit"), "--master", "local[2]", "--jars", jars, "--driver-java-options", FRESH_JVM_OPTIONS, str(REPO / "jobs" / "run.py"),
+        [str(BIN / "spark-submit"), "--master", "local[2]", "--jars", jars, "--driver-java-options", f"{FRESH_JVM_OPTIONS} {archive}", str(REPO / "jobs" / "run.py"),
          "--env", "cluster", "--conf-dir", str(CONF_DIR), "--dataset", "cdnow_sample", "--until", "features",
          *[arg for item in overrides for arg in ("--set", item)]],
         cwd=tmp_path, capture_output=True, text=True, timeout=600,
