@@ -1,11 +1,11 @@
 """The class-data archive: Spark's classes mapped from one file when a driver JVM starts.
 
-A JVM that starts Spark loads about 15,000 classes from pyspark's and Delta's jars, and
-parses and verifies each of them again every time. Java's class-data sharing (AppCDS) keeps
-them ready in an archive instead. `segmentation setup` makes one for this Java, this pyspark
-installation and these Delta jars: a small Spark workload (Delta writes, a MERGE, history,
-queries) runs in a JVM that writes the
-classes it loaded to the archive as it exits (`-XX:ArchiveClassesAtExit`). The sessions
+A JVM that starts Spark loads about 17,000 classes by its first Spark job, from the JDK's,
+pyspark's and Delta's jars, and parses and verifies each of them again every time. Java's
+class-data sharing (AppCDS) keeps them ready in an archive instead. `segmentation setup`
+makes one for this Java, this pyspark installation and these Delta jars: a small Spark
+workload (Delta writes, a MERGE, history, queries) runs in a JVM that writes the classes it
+loaded to the archive as it exits (`-XX:ArchiveClassesAtExit`). The sessions
 `segmentation.spark.get_spark` starts then map it (`-XX:SharedArchiveFile`).
 
 A JVM that cannot use the archive (another Java, another classpath, a damaged file) starts
