@@ -114,10 +114,9 @@ def _setup(args: argparse.Namespace) -> int:
         print(",".join(str(jar) for jar in fetch_delta_jars(folder)))
         return 0
     if args.print_java_options:  # nothing when setup made no archive (or spark.class_archive is false)
-        from segmentation.jvm import usable_archive, with_archive
+        from segmentation.jvm import archive_options
 
-        archive = usable_archive(config.spark, starts_jvm=True)
-        print(with_archive(None, archive) if archive else "")
+        print(archive_options(config.spark, None))
         return 0
     if remote_url(config.spark):
         print(f"sessions go to the Spark Connect server {remote_url(config.spark)}: no Java and no Delta jars needed here")

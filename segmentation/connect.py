@@ -33,7 +33,7 @@ _SERVER_ONLY = ("spark.driver.memory", "spark.driver.extraJavaOptions")
 def server_command(config: SparkConfig, port: int, jars: list[Path]) -> list[str]:
     """The spark-submit command line of a Spark Connect server on `port` with Delta's `jars`,
     `config`'s master, log level and settings."""
-    from segmentation.jvm import DRIVER_OPTIONS, usable_archive, with_archive
+    from segmentation.jvm import DRIVER_OPTIONS, archive_options
     from segmentation.spark import DELTA_SQL, conf_value
 
     import pyspark
@@ -48,9 +48,9 @@ def server_command(config: SparkConfig, port: int, jars: list[Path]) -> list[str
     command = [str(spark_submit), "--class", SERVER_CLASS, "--name", f"{config.app_name}-connect"]
     if config.master:
         command += ["--master", config.master]
-    archive = usable_archive(config, starts_jvm=True)  # spark-submit starts the server's JVM from pyspark's jars
-    if archive is not None:
-        settings[DRIVER_OPTIONS] = with_archive(settings.get(DRIVER_OPTIONS), archive)
+    options = archive_options(config, settings.get(DRIVER_OPTIONS))  # spark-submit starts the server's JVM from pyspark's jars
+    if options:
+        settings[DRIVER_OPTIONS] = options
     if "spark.driver.memory" in settings:
         command += ["--driver-memory", settings.pop("spark.driver.memory")]
     command += ["--jars", ",".join(str(jar) for jar in jars)]

@@ -80,6 +80,13 @@ def usable_archive(config: SparkConfig, starts_jvm: bool) -> Path | None:
     return archive if archive.is_file() else None
 
 
+def archive_options(config: SparkConfig, options: str | None, starts_jvm: bool = True) -> str:
+    """The driver's Java options `options` with the archive mapped when a session this
+    process starts maps one (usable_archive); otherwise `options` as they are."""
+    archive = usable_archive(config, starts_jvm)
+    return with_archive(options, archive) if archive is not None else (options or "")
+
+
 def build_archive(config: SparkConfig, folder: Path = ARCHIVE_DIR) -> tuple[Path, bool]:
     """Make the archive unless it exists: (its path, whether it was made now). The workload
     runs in a child process, whose JVM writes the archive as it exits; the archive is moved

@@ -25,7 +25,7 @@ import pytest
 from pyspark.sql import functions as F
 
 from segmentation import tables
-from segmentation.jvm import usable_archive, with_archive
+from segmentation.jvm import archive_options
 from segmentation.spark import configured_jars_dir, local_delta_jars
 from segmentation.tiers.snapshot import TIER_COLUMNS
 from tests.conftest import CONF_DIR, FRESH_JVM_OPTIONS, FRESH_JVM_SETTINGS, REPO, SHUFFLE_PARTITIONS, SMALL_DATA_PLANS, make_config
@@ -131,8 +131,7 @@ def spark_submit(cluster: StandaloneCluster, root: Path, log_path: Path, on_line
     spark_config = make_config(root).spark
     jars = ",".join(str(j) for j in local_delta_jars(configured_jars_dir(spark_config)))
     # The driver as the other test JVMs that run one pipeline: C1 only, classes from the archive setup made.
-    archive = usable_archive(spark_config, starts_jvm=True)
-    driver_options = with_archive(FRESH_JVM_OPTIONS, archive) if archive else FRESH_JVM_OPTIONS
+    driver_options = archive_options(spark_config, FRESH_JVM_OPTIONS)
     command = [
         str(Path(sys.executable).parent / "spark-submit"), "--master", cluster.url, "--jars", jars,
         "--driver-memory", "1g", "--driver-java-options", driver_options, "--executor-memory", "1g", "--conf", "spark.executor.cores=1",
