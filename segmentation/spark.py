@@ -23,7 +23,7 @@ from pathlib import Path
 
 from segmentation.config import CACHE_DIR, SparkConfig
 from segmentation.errors import SetupError
-from segmentation.jvm import DRIVER_OPTIONS, archive_options
+from segmentation.jvm import DRIVER_OPTIONS, usable_archive, with_archive
 
 log = logging.getLogger(__name__)
 
@@ -212,10 +212,9 @@ def get_spark(config: SparkConfig):
         builder = builder.master(config.master)
     for key, value in config.conf.items():
         builder = builder.config(key, conf_value(value))
-    options = conf_value(config.conf.get(DRIVER_OPTIONS, ""))
-    mapped = archive_options(config, options, starts_jvm="PYSPARK_GATEWAY_PORT" not in os.environ)
-    if mapped != options:
-        builder = builder.config(DRIVER_OPTIONS, mapped)
+    archive = usable_archive(config, starts_jvm="PYSPARK_GATEWAY_PORT" not in os.environ)
+    if archive is not None:
+        builder = builder.config(DRIVER_OPTIONS, with_archive(conf_value(config.conf.get(DRIVER_OPTIONS, "")), archive))
     mode = _delta_mode(config)
     # provided: the cluster (or spark-submit --jars / --packages) supplies Delta's jars; its
     # SQL extension and catalog are still needed, unless the cluster configured its own.
