@@ -44,7 +44,8 @@ HELP = "benchmark the whole pipeline on N generated customers against DuckDB (RF
 
 # Stages whose work grows with transaction lines; the others with customers.
 LINE_STAGES = ("ingest", "features", "clv")
-TARGETS = {"pipeline_seconds": 180, "peak_memory_gb": 8, "rfm_vs_duckdb": 6, "clv_speedup_vs_lifetimes": 3}
+# The speed issue's targets at 1,000,000 customers (300 s now, 180 s the long-term goal).
+TARGETS = {"pipeline_seconds": 300, "pipeline_seconds_goal": 180, "peak_memory_gb": 8, "rfm_vs_duckdb": 6, "clv_speedup_vs_lifetimes": 3}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -439,7 +440,8 @@ def bench_markdown(report: dict) -> str:
     lines += [
         f"| **pipeline, {_span(report)}** | **{report['pipeline_seconds']:.1f}** | | | **{report['peak_memory_mb']:,}** |",
         "",
-        f"Target: at most {targets['pipeline_seconds']} s and {targets['peak_memory_gb']} GB at 1,000,000 customers.",
+        f"Target: at most {targets['pipeline_seconds']} s (long-term goal {targets.get('pipeline_seconds_goal', '-')} s) "
+        f"and {targets['peak_memory_gb']} GB at 1,000,000 customers.",
     ]
     if "rfm" in report:
         rfm, clv = report["rfm"], report["clv"]
