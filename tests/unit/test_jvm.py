@@ -46,7 +46,7 @@ def test_a_session_maps_the_archive_only_when_it_starts_the_jvm_and_setup_made_o
     assert jvm.usable_archive(config, starts_jvm=True) == archive
     assert jvm.usable_archive(config, starts_jvm=False) is None  # spark-submit started the JVM
     assert jvm.usable_archive(config.model_copy(update={"class_archive": False}), starts_jvm=True) is None
-    # what every JVM-starting caller asks: the driver's options, with the archive when there is one
+    # what the Connect server, setup and the cluster test ask: the driver's options, with the archive when there is one
     assert jvm.archive_options(config, "-Xss4m") == jvm.with_archive("-Xss4m", archive)
     assert jvm.archive_options(config, "-Xss4m", starts_jvm=False) == "-Xss4m"
     archive.unlink()
