@@ -440,7 +440,7 @@ def bench_markdown(report: dict) -> str:
     lines += [
         f"| **pipeline, {_span(report)}** | **{report['pipeline_seconds']:.1f}** | | | **{report['peak_memory_mb']:,}** |",
         "",
-        f"Target: at most {targets['pipeline_seconds']} s (long-term goal {targets.get('pipeline_seconds_goal', '-')} s) "
+        f"Target: at most {targets['pipeline_seconds']} s (long-term goal {targets['pipeline_seconds_goal']} s) "
         f"and {targets['peak_memory_gb']} GB at 1,000,000 customers.",
     ]
     if "rfm" in report:
