@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import operator
 from dataclasses import dataclass
+from functools import reduce
 
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
@@ -167,7 +169,11 @@ def checked_transactions(
     if rules.quantity_sign_mismatch:
         # A sale with a negative quantity, or a return (negative amount) with a positive one.
         checks.append(("quantity_sign_mismatch", (amount != 0) & (quantity != 0) & ((quantity < 0) != (amount < 0))))
-    reasons = F.filter(F.array(*[F.when(failed, F.lit(name)) for name, failed in checks]), lambda r: r.isNotNull())
+    # Most rows fail nothing: one test of every rule gives them an empty list, and only the
+    # rows that fail one build the list (a higher-order function, evaluated row by row).
+    failed_any = reduce(operator.or_, [F.coalesce(failed, F.lit(False)) for _, failed in checks])
+    failures = F.filter(F.array(*[F.when(failed, F.lit(name)) for name, failed in checks]), lambda r: r.isNotNull())
+    reasons = F.when(failed_any, failures).otherwise(F.array().cast("array<string>"))
 
     # A line that does not fit the header may hold a raw customer id (or any personal field
     # of the source) in any column, and whole in raw_record. With pseudonymisation on, none
