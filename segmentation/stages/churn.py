@@ -192,7 +192,7 @@ def train(ctx: StageContext) -> ChurnTrainResult:
             scorer = best_baseline_scorer(evaluated.evaluations, settings.promote_metric, cutoffs)
             drivers = driver_importance(fitted.model, evaluation)
             champion, champion_metric = _champion_on(evaluation, settings)
-            decision = _register_and_decide(evaluated, evaluation, champion, champion_metric, scorer.baselines, settings)
+            decision = _register_and_decide(evaluated, scored, champion, champion_metric, scorer.baselines, settings)
         finally:
             examples.unpersist()
             if scored is not None:
@@ -253,11 +253,11 @@ def _champion_on(evaluation: DataFrame, settings) -> tuple[RegisteredVersion | N
     return champion, (_champion_metric(champion, evaluation, settings.promote_metric) if comparable else None)
 
 
-def _register_and_decide(evaluated: _Evaluated, evaluation: DataFrame, champion: RegisteredVersion | None,
+def _register_and_decide(evaluated: _Evaluated, scored: DataFrame, champion: RegisteredVersion | None,
                          champion_metric: float | None, baselines: dict[str, float], settings) -> ChurnDecision:
     """Register the new version as challenger, and as champion when the rule says so."""
     client = MlflowClient()
-    model_version = _register(evaluated.fitted, evaluation, settings)
+    model_version = _register(evaluated.fitted, scored, settings)
     registry.set_challenger(client, settings.registered_model, model_version)
     metric = evaluated.evaluations[MODEL].metrics[settings.promote_metric]
     return _decide(client, settings, model_version, metric, champion, champion_metric, baselines)
@@ -387,10 +387,13 @@ def _btyd_scores(transactions: DataFrame, cutoff: dt.date, horizon_days: int, cl
 
 
 def _scored_evaluation(model: PipelineModel, evaluation: DataFrame, btyd: DataFrame, recency: str) -> DataFrame:
-    """Evaluation rows with the model's probability and the baselines' scores (larger = riskier)."""
+    """Evaluation rows with the model's probability, the baselines' scores (larger = riskier)
+    and the model's inputs as doubles (the pipeline casts them so), which give the registered
+    signature its example rows (`_register`) without scoring any row again."""
     scored = score_churn(model, evaluation).join(btyd, on="customer_id", how="left")
     baselines = [score.alias(BASELINE_SCORES[name]) for name, score in baseline_scores(recency).items()]
-    return scored.select("customer_id", LABEL, PROBABILITY, *baselines).persist(StorageLevel.MEMORY_AND_DISK)
+    inputs = [F.col(name).cast("double").alias(name) for name in model_inputs(model)]
+    return scored.select("customer_id", LABEL, PROBABILITY, *baselines, *inputs).persist(StorageLevel.MEMORY_AND_DISK)
 
 
 def baseline_scores(recency: str) -> dict[str, Column]:
@@ -430,12 +433,13 @@ def _champion_metric(champion: RegisteredVersion, evaluation: DataFrame, metric:
         scored.unpersist()
 
 
-def _register(fitted: FittedChurn, evaluation: DataFrame, settings) -> str:
-    """Log the pipeline with its signature and register it as a new version."""
-    # Doubles: the pipeline casts every feature to double, and a double column accepts nulls.
-    sample = evaluation.select(*[F.col(c).cast("double") for c in model_inputs(fitted.model)]).limit(5)
-    output = score_churn(fitted.model, sample).select(PROBABILITY).toPandas()
-    return registry.register_spark_model(fitted.model, settings.registered_model, sample.toPandas(), output[PROBABILITY].rename(None))
+def _register(fitted: FittedChurn, scored: DataFrame, settings) -> str:
+    """Log the pipeline with its signature and register it as a new version. The signature's
+    example: five scored evaluation rows (`_scored_evaluation`), their inputs as doubles (a
+    double column accepts nulls) and the probability the model gave them."""
+    inputs = model_inputs(fitted.model)
+    example = scored.select(*inputs, PROBABILITY).limit(5).toPandas()
+    return registry.register_spark_model(fitted.model, settings.registered_model, example[inputs], example[PROBABILITY].rename(None))
 
 
 def _decide(client: MlflowClient, settings, version: str, metric: float, champion: RegisteredVersion | None,

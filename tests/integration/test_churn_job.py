@@ -87,6 +87,18 @@ def test_cutoffs_labels_and_artifacts_are_in_the_run(trained):
     assert metrics["sample_fraction"] == pytest.approx(2000 / sample.customers)
 
 
+def test_the_registered_signature_takes_the_models_inputs_as_doubles(trained):
+    """The signature's example rows come from the scored evaluation rows: the columns the
+    pipeline reads (its features and BG/NBD's own inputs), as doubles, and a double out."""
+    ctx, result = trained
+    tracking.configure_mlflow(ctx.config)
+    info = mlflow.models.get_model_info(f"models:/churn_classifier/{result.model_version}")
+    inputs = {spec.name: spec.type.name for spec in info.signature.inputs.inputs}
+    expected = [*ctx.config.churn.features, *(c for c in ("frequency_days", "recency_days", "tenure_days") if c not in ctx.config.churn.features)]
+    assert list(inputs) == expected and set(inputs.values()) == {"double"}
+    assert [spec.type.name for spec in info.signature.outputs.inputs] == ["double"]
+
+
 def test_first_model_is_champion_and_a_retrain_that_does_not_beat_it_stays_challenger(spark, trained):
     """The same rows and settings again (a retrain without new data): a seeded fit on rows
     partitioned by the data alone gives the same model, so the same PR AUC, which does not
