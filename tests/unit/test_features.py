@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import datetime as dt
 import itertools
+import random
 
 import pytest
 from chispa import assert_df_equality
+from pyspark.sql import functions as F
 
-from segmentation.features.customer import customer_features, feature_columns, latest_transaction_date
+from segmentation.features.customer import customer_features, customer_features_by_date, feature_columns, latest_transaction_date
 from segmentation.schema import TRANSACTIONS_SCHEMA
 
 AS_OF = dt.date(2025, 3, 10)
@@ -164,3 +166,39 @@ def test_latest_transaction_date(spark):
     assert latest_transaction_date(df) == dt.date(2025, 4, 2)
     assert latest_transaction_date(df.limit(0)) is None
 
+
+
+def _random_lines(seed: int = 11):
+    """60 customers buying and returning at random through 2024 and 2025: several lines per
+    order, several orders on a day, lines at the first and last hours of a day, null
+    categories, discounts and margins, and customers who only return."""
+    rng = random.Random(seed)
+    lines = []
+    for c in range(60):
+        start = dt.date(2024, 1, 1) + dt.timedelta(days=rng.randrange(400))
+        for o in range(rng.randrange(1, 9)):
+            day = (start + dt.timedelta(days=rng.randrange(500))).isoformat()
+            hour = rng.choice([0, 10, 23])
+            order, channel = f"O{c}-{o}-{rng.randrange(2)}", rng.choice(CHANNELS)
+            for _ in range(rng.randrange(1, 4)):
+                amount = round(rng.uniform(5, 200), 2) * (-1 if rng.random() < 0.12 else 1)
+                lines.append(line(f"c{c}", day, amount, order=order, channel=channel, hour=hour,
+                                  category=rng.choice(["art", "books", "toys", None]),
+                                  discount=rng.choice([0.0, 2.5, None]), margin=rng.choice([None, 1.5])))
+    lines.append(line("returns-only", "2024-11-03", -40))
+    return lines
+
+
+def test_several_dates_in_one_pass_equal_each_date_alone(spark):
+    """`customer_features_by_date` makes the snapshots of several dates in one aggregation;
+    every date's rows are exactly those `customer_features` gives for it alone, and a customer
+    with no line yet on an early date has no row for it."""
+    transactions = spark.createDataFrame(_random_lines(), TRANSACTIONS_SCHEMA)
+    dates = [dt.date(2024, 3, 1), dt.date(2024, 10, 1), dt.date(2024, 11, 3), dt.date(2025, 1, 1), dt.date(2025, 6, 30)]
+    stacked = customer_features_by_date(transactions, dates, CHANNELS)
+    assert stacked.columns == feature_columns(CHANNELS)
+    for as_of in dates:
+        alone = customer_features(transactions, as_of, CHANNELS)
+        assert alone.count() > 0
+        assert_df_equality(stacked.where(F.col("as_of_date") == F.lit(as_of)), alone, ignore_row_order=True, ignore_nullable=True)
+    assert stacked.count() == sum(customer_features(transactions, d, CHANNELS).count() for d in dates)
