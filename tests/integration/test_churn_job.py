@@ -20,7 +20,7 @@ from segmentation.stages import generate
 from segmentation.stages import ingest
 from segmentation.stages.context import StageContext
 from segmentation import tables, tracking
-from segmentation.churn.btyd import BTYD_FEATURES
+from segmentation.churn.btyd import BTYD_FEATURES, BTYD_INPUTS
 from segmentation.cli import main
 from segmentation.errors import ModelRegistryError
 from tests.conftest import PLANTED_DROPOUT, make_config
@@ -94,7 +94,7 @@ def test_the_registered_signature_takes_the_models_inputs_as_doubles(trained):
     tracking.configure_mlflow(ctx.config)
     info = mlflow.models.get_model_info(f"models:/churn_classifier/{result.model_version}")
     inputs = {spec.name: spec.type.name for spec in info.signature.inputs.inputs}
-    expected = [*ctx.config.churn.features, *(c for c in ("frequency_days", "recency_days", "tenure_days") if c not in ctx.config.churn.features)]
+    expected = [*ctx.config.churn.features, *(c for c in BTYD_INPUTS if c not in ctx.config.churn.features)]
     assert list(inputs) == expected and set(inputs.values()) == {"double"}
     assert [spec.type.name for spec in info.signature.outputs.inputs] == ["double"]
 
