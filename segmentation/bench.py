@@ -226,9 +226,10 @@ class ProcessTreeMemory:
     (macOS), the resident set is used.
     """
 
-    def __init__(self, interval: float = 0.5) -> None:
+    def __init__(self, interval: float = 0.5, pid: int | None = None) -> None:
         self.interval = interval
-        self.samples: list[tuple[float, int]] = []
+        self.pid = pid  # the tree's root; this process by default
+        self.samples: list[tuple[float, float, int]] = []  # (reading began, reading ended, bytes)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, name="memory-sampler", daemon=True)
 
@@ -243,22 +244,25 @@ class ProcessTreeMemory:
     def _sample(self) -> None:
         import psutil
 
-        me = psutil.Process()
+        root = psutil.Process(self.pid)
         while not self._stop.is_set():
-            total = 0
-            for process in [me, *me.children(recursive=True)]:
+            began, total = time.perf_counter(), 0
+            for process in [root, *root.children(recursive=True)]:
                 try:
                     total += _proportional_bytes(process)
                 except psutil.Error:  # a worker that ended between listing and reading
                     pass
-            self.samples.append((time.perf_counter(), total))
+            self.samples.append((began, time.perf_counter(), total))
             self._stop.wait(self.interval)
 
     def peak_between(self, started: float, ended: float) -> float:
-        """Peak megabytes sampled in [started, ended] (the nearest sample if none)."""
-        inside = [size for t, size in self.samples if started <= t <= ended]
+        """Peak megabytes of the samples read wholly within [started, ended] (the nearest
+        sample if none). Reading a JVM's pages takes tens of milliseconds, a second on a
+        loaded machine: a sample that began before `started` may hold memory freed since."""
+        inside = [size for began, done, size in self.samples if started <= began and done <= ended]
         if not inside and self.samples:
-            inside = [min(self.samples, key=lambda sample: abs(sample[0] - ended))[1]]
+            nearest = min(self.samples, key=lambda sample: abs((sample[0] + sample[1]) / 2 - ended))
+            inside = [nearest[2]]
         return max(inside, default=0) / 2**20
 
 

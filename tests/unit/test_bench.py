@@ -4,6 +4,8 @@ Delta snapshot, the process-tree memory sampler, and the tables it writes."""
 from __future__ import annotations
 
 import datetime as dt
+import subprocess
+import sys
 import time
 
 import pytest
@@ -48,23 +50,48 @@ def _sample_for(memory, seconds: float, samples: int = 4, timeout: float = 60.0)
         time.sleep(0.05)
 
 
-def test_memory_sampler_sees_the_process_and_windows_pick_their_peak():
-    # A sample reads every process's proportional set size, which takes tens of milliseconds
-    # when the test session's Spark JVM is in the tree: the windows are long enough for that.
-    # On a loaded machine a sample can take a second: each window waits for its own samples.
-    with bench.ProcessTreeMemory(interval=0.02) as memory:
-        _sample_for(memory, 0.5)
-        started = time.perf_counter()
-        ballast = b"x" * (300 * 2**20)  # 300 MB, written, so resident
-        _sample_for(memory, 0.8)
-        ended = time.perf_counter()
-        del ballast
-        _sample_for(memory, 0.8)
+# Holds 300 MB (written, so resident) while its last line was "hold", frees it on any other;
+# answers each line once the memory is held or freed.
+_BALLAST_CHILD = """
+import sys
+ballast = None
+for line in sys.stdin:
+    ballast = b"x" * (300 * 2**20) if line.strip() == "hold" else None
+    print("done", flush=True)
+"""
+
+
+def test_memory_sampler_sees_a_process_tree_and_windows_pick_their_peak():
+    # The tree sampled is a child the test controls, not this process: the test session's
+    # Spark JVM grows and shrinks on its own and would blur a 300 MB step. The child's own
+    # child proves descendants are counted.
+    child = subprocess.Popen([sys.executable, "-c", f"import subprocess, sys; subprocess.run([sys.executable, '-c', {_BALLAST_CHILD!r}])"],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+    def ask(line: str) -> float:
+        child.stdin.write(line + "\n")
+        child.stdin.flush()
+        assert child.stdout.readline().strip() == "done"
+        return time.perf_counter()
+
+    try:
+        ask("free")  # the grandchild is up
+        with bench.ProcessTreeMemory(interval=0.02, pid=child.pid) as memory:
+            _sample_for(memory, 0.5)
+            started = time.perf_counter()
+            held = ask("hold")
+            _sample_for(memory, 0.5)
+            ended = time.perf_counter()
+            freed = ask("free")
+            _sample_for(memory, 0.5)
+    finally:
+        child.stdin.close()
+        child.wait(timeout=60)
     assert len(memory.samples) > 10
     before = memory.peak_between(0, started)
-    during = memory.peak_between(started, ended)
-    after = memory.peak_between(ended + 0.1, time.perf_counter())
-    assert during - before > 250 and during - after > 250
+    during = memory.peak_between(held, ended)
+    after = memory.peak_between(freed, time.perf_counter())
+    assert during - before > 250 and during - after > 250, (before, during, after)
 
 
 def _report(customers, seconds, memory_mb):
