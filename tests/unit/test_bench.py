@@ -94,6 +94,16 @@ def test_memory_sampler_sees_a_process_tree_and_windows_pick_their_peak():
     assert during - before > 250 and during - after > 250, (before, during, after)
 
 
+def test_memory_sampler_keeps_its_own_reads_within_its_share_of_a_core():
+    # Without the bound, an interval of 0 would keep the sampler reading all the time.
+    with bench.ProcessTreeMemory(interval=0.0, max_share=0.2) as memory:
+        started = time.perf_counter()
+        _sample_for(memory, 1.0, samples=5)
+        elapsed = time.perf_counter() - started
+    assert len(memory.samples) >= 5
+    assert 0 < memory.busy_seconds <= 0.3 * elapsed
+
+
 def _report(customers, seconds, memory_mb):
     return {"customers_generated": customers, "customers": customers, "transactions": customers * 16,
             "pipeline_seconds": seconds, "peak_memory_mb": memory_mb}
