@@ -168,7 +168,7 @@ def pipeline_report(ctx: StageContext, config, results, memory: "ProcessTreeMemo
         "stages": stages,
         "pipeline_seconds": round(pipeline_seconds, 1),
         "peak_memory_mb": round(memory.peak_between(timings["ingest"].started, timings[last].ended)),
-        "memory_sampler": {"samples": len(memory.samples), "seconds": round(memory.busy_seconds, 1)},
+        "memory_sampler": {"samples": len(memory.samples), "seconds": round(memory.busy_seconds, 1), "max_share": memory.max_share},
         "targets": TARGETS,
     }
 
@@ -465,7 +465,7 @@ def bench_markdown(report: dict) -> str:
     if "memory_sampler" in report:  # reports before 2026-12-08 do not say
         sampler = report["memory_sampler"]
         lines += ["", f"Memory: {sampler['samples']:,} samples of the process tree's proportional set size, which took "
-                  f"the sampler {sampler['seconds']:.1f} s of one core (at most {MEMORY_SAMPLER_SHARE:.0%} of it)."]
+                  f"the sampler {sampler['seconds']:.1f} s of one core (at most {sampler['max_share']:.0%} of it)."]
     if "rfm" in report:
         rfm, clv = report["rfm"], report["clv"]
         theirs = clv["lifetimes"]

@@ -150,14 +150,26 @@ def test_the_comparisons_need_the_clv_stage(until, baselines, refused):
         assert shortfall.startswith(f"bench --until {until}: ") and "--no-baselines" in shortfall
 
 
+def _stopped_after_ingest() -> dict:
+    """A bench report of 300 customers stopped after ingest."""
+    return {**_report(300, 12.0, 900), "customers": None, "as_of": None, "until": "ingest", "command": "segmentation bench",
+            "machine": {"cpus": 2, "memory_gb": 23.5}, "spark": {}, "profile": None,
+            "stages": [{"stage": "ingest", "seconds": 12.0, "rows": 4800, "rows_per_second": 400, "peak_memory_mb": 900}],
+            "targets": bench.TARGETS}
+
+
 def test_a_bench_stopped_after_ingest_reads_as_such():
-    report = {**_report(300, 12.0, 900), "customers": None, "as_of": None, "until": "ingest", "command": "segmentation bench",
-              "machine": {"cpus": 2, "memory_gb": 23.5}, "spark": {}, "profile": None,
-              "stages": [{"stage": "ingest", "seconds": 12.0, "rows": 4800, "rows_per_second": 400, "peak_memory_mb": 900}],
-              "targets": bench.TARGETS}
-    text = bench.bench_markdown(report)
+    text = bench.bench_markdown(_stopped_after_ingest())
     assert text.startswith("### 300 customers, 4,800 transactions\n")
     assert "| **pipeline, ingest only** | **12.0** |" in text
+
+
+def test_the_report_says_what_the_memory_sampler_took_and_older_reports_still_read():
+    report = _stopped_after_ingest()
+    sampled = bench.bench_markdown({**report, "memory_sampler": {"samples": 1234, "seconds": 6.5, "max_share": 0.05}})
+    assert ("Memory: 1,234 samples of the process tree's proportional set size, which took the sampler 6.5 s of one core "
+            "(at most 5% of it).") in sampled
+    assert "Memory:" not in bench.bench_markdown(report)
 
 
 def test_the_command_refuses_comparisons_without_clv_before_any_spark_session(capsys, monkeypatch):
